@@ -1,0 +1,284 @@
+"""Access resolution: (presented key, model name) → allowed, or the reason it is not.
+
+The proxy calls `resolve_access` on every /v1 request, so the warm path touches no database:
+decisions are built from two cached records, the key's and the deployment's. Each lives in this
+process's memory for `ACCESS_LOCAL_TTL` seconds (default 1 s) and, when Redis is configured, in
+Redis until a change deletes it. Revoking a key or changing a grant deletes the shared entry at once
+(see `invalidate_key` / `invalidate_deployment`), so every process sees the change within about a
+second without waiting for a long TTL. The cold path makes one query per record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled
+
+from .secrets import API_KEY_PREFIX, hash_secret
+
+SHARED_TTL = 300  # seconds a record may sit in Redis; changes delete it explicitly before that
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: int
+    org_id: int
+    org_slug: str
+    key_hash: str
+    prefix: str
+    revoked: bool
+    expires_at: float | None  # unix seconds
+    all_models: bool
+    allowed: tuple[int, ...]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    budget_micros: int | None
+    org_rpm_limit: int | None
+    org_tpm_limit: int | None
+    org_budget_micros: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    id: int
+    name: str
+    org_id: int
+    upstream_model: str
+    price_input_micros: int
+    price_output_micros: int
+    created_at: float
+    granted_orgs: tuple[int, ...]
+
+    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
+        total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
+        return -(-total // 1_000_000)
+
+
+class AccessDenied(Exception):
+    """Why a request may not proceed; `status` is the HTTP status of the error contract."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    key: KeyRecord
+    deployment: DeploymentRecord
+
+
+def key_allows(key: KeyRecord, deployment: DeploymentRecord) -> bool:
+    """The one rule for whether a key may call a deployment (used by /v1/models too)."""
+    if deployment.org_id != key.org_id and key.org_id not in deployment.granted_orgs:
+        return False
+    return key.all_models or deployment.id in key.allowed
+
+
+# --- the two caches -----------------------------------------------------------------------------
+
+_MISSING = object()
+_local: dict[str, tuple[float, object]] = {}
+
+
+def _key_cache_id(key_hash: str) -> str:
+    return f"tokios:access:key:{key_hash}"
+
+
+def _deployment_cache_id(name: str) -> str:
+    return f"tokios:access:dep:{name}"
+
+
+def _local_get(cache_id: str):
+    entry = _local.get(cache_id)
+    if entry is None:
+        return None
+    expires, value = entry
+    if expires < time.monotonic():
+        _local.pop(cache_id, None)
+        return None
+    return value
+
+
+def _local_put(cache_id: str, value: object) -> None:
+    if len(_local) > 100_000:  # bounded: a flood of random keys must not grow memory forever
+        _local.clear()
+    _local[cache_id] = (time.monotonic() + settings.ACCESS_LOCAL_TTL, value)
+
+
+async def _cached(cache_id: str, record_type: type, load):
+    value = _local_get(cache_id)
+    if value is not None:
+        return None if value is _MISSING else value
+    if redis_enabled():
+        raw = await get_async_redis().get(cache_id)
+        if raw is not None:
+            data = orjson.loads(raw)
+            value = _MISSING if data is None else _from_dict(record_type, data)
+            _local_put(cache_id, value)
+            return None if value is _MISSING else value
+    record = await sync_to_async(load)()
+    _local_put(cache_id, _MISSING if record is None else record)
+    if redis_enabled():
+        payload = orjson.dumps(None if record is None else asdict(record))
+        # Unknown ids are remembered only briefly: creating one later also invalidates it.
+        await get_async_redis().set(cache_id, payload, ex=SHARED_TTL if record else 5)
+    return record
+
+
+def _from_dict(record_type: type, data: dict):
+    for name in ("allowed", "granted_orgs"):
+        if name in data:
+            data[name] = tuple(data[name])
+    return record_type(**data)
+
+
+def _load_key(key_hash: str) -> KeyRecord | None:
+    from .models import ApiKey
+
+    # One query: the join yields a row per allowed deployment (or one row with None).
+    rows = list(
+        ApiKey.objects.filter(key_hash=key_hash).values_list(
+            "id",
+            "org_id",
+            "org__slug",
+            "prefix",
+            "revoked_at",
+            "expires_at",
+            "all_models",
+            "rpm_limit",
+            "tpm_limit",
+            "monthly_budget_micros",
+            "org__rpm_limit",
+            "org__tpm_limit",
+            "org__monthly_budget_micros",
+            "allowed_deployments__id",
+        )
+    )
+    if not rows:
+        return None
+    (kid, org_id, slug, prefix, revoked_at, expires_at, all_models, rpm, tpm, budget, orpm, otpm, obudget, _) = rows[0]
+    return KeyRecord(
+        id=kid,
+        org_id=org_id,
+        org_slug=slug,
+        key_hash=key_hash,
+        prefix=prefix,
+        revoked=revoked_at is not None,
+        expires_at=expires_at.timestamp() if expires_at else None,
+        all_models=all_models,
+        allowed=tuple(sorted(row[-1] for row in rows if row[-1] is not None)),
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        budget_micros=budget,
+        org_rpm_limit=orpm,
+        org_tpm_limit=otpm,
+        org_budget_micros=obudget,
+    )
+
+
+def _load_deployment(name: str) -> DeploymentRecord | None:
+    from deployments.models import Deployment
+
+    rows = list(
+        Deployment.objects.filter(name=name).values_list(
+            "id",
+            "org_id",
+            "upstream_model",
+            "price_input_micros",
+            "price_output_micros",
+            "created_at",
+            "grants__org_id",
+        )
+    )
+    if not rows:
+        return None
+    did, org_id, upstream_model, pin, pout, created_at, _ = rows[0]
+    return DeploymentRecord(
+        id=did,
+        name=name,
+        org_id=org_id,
+        upstream_model=upstream_model,
+        price_input_micros=pin,
+        price_output_micros=pout,
+        created_at=created_at.timestamp(),
+        granted_orgs=tuple(sorted(row[-1] for row in rows if row[-1] is not None)),
+    )
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+async def authenticate_key(secret: str | None) -> KeyRecord:
+    """The key behind a presented secret, or AccessDenied(401)."""
+    if not secret:
+        raise AccessDenied(
+            401,
+            "missing_api_key",
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-tokios-…' (or x-api-key).",
+        )
+    if not secret.startswith(API_KEY_PREFIX) or len(secret) > 200:
+        raise AccessDenied(401, "invalid_api_key", "Incorrect API key provided.")
+    key_hash = hash_secret(secret)
+    key = await _cached(_key_cache_id(key_hash), KeyRecord, lambda: _load_key(key_hash))
+    # The lookup was by hash; the record's hash is the stored one, so equality is the
+    # constant-time comparison of digests, not of secrets.
+    if key is None:
+        raise AccessDenied(401, "invalid_api_key", f"Incorrect API key provided: {secret[:18]}…")
+    if key.revoked:
+        raise AccessDenied(401, "invalid_api_key", "This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= time.time():
+        raise AccessDenied(401, "invalid_api_key", "This API key has expired.")
+    return key
+
+
+async def get_deployment(name: str) -> DeploymentRecord | None:
+    return await _cached(_deployment_cache_id(name), DeploymentRecord, lambda: _load_deployment(name))
+
+
+async def resolve_access(secret: str | None, model: str | None) -> Access:
+    """Allowed (key, deployment), or AccessDenied with 401 / 404 / 403 in that order of checks."""
+    key = await authenticate_key(secret)
+    if not model or not isinstance(model, str):
+        raise AccessDenied(400, "invalid_request_error", "you must provide a model parameter", "model")
+    deployment = await get_deployment(model)
+    if deployment is None:
+        raise AccessDenied(
+            404, "model_not_found", f"The model `{model}` does not exist or you do not have access to it.", "model"
+        )
+    if not key_allows(key, deployment):
+        raise AccessDenied(
+            403, "model_not_allowed", f"This API key is not allowed to use the model `{model}`.", "model"
+        )
+    return Access(key=key, deployment=deployment)
+
+
+def _invalidate(cache_id: str) -> None:
+    def run() -> None:
+        _local.pop(cache_id, None)
+        if redis_enabled():
+            get_sync_redis().delete(cache_id)
+
+    transaction.on_commit(run)
+
+
+def invalidate_key(key_hash: str) -> None:
+    """Forget a key's cached record once the current transaction commits."""
+    _invalidate(_key_cache_id(key_hash))
+
+
+def invalidate_deployment(name: str) -> None:
+    _invalidate(_deployment_cache_id(name))
+
+
+def clear_local_cache() -> None:
+    _local.clear()

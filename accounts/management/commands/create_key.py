@@ -1,0 +1,44 @@
+from django.core.management.base import BaseCommand
+
+from accounts.actions import create_api_key
+from deployments.models import usd_to_micros
+
+from ._util import clear_errors, get_deployment, get_org, positive_int
+
+
+class Command(BaseCommand):
+    help = "Create an API key for an organisation. Prints the key, once, as the last line."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--org", required=True, metavar="SLUG")
+        parser.add_argument("--name", required=True)
+        parser.add_argument(
+            "--model", action="append", default=[], metavar="NAME", help="restrict to this deployment (repeatable)"
+        )
+        parser.add_argument("--rpm", type=positive_int, help="requests per minute")
+        parser.add_argument("--tpm", type=positive_int, help="tokens per minute")
+        parser.add_argument("--budget", metavar="USD", help="monthly spend cap in USD")
+
+    def handle(self, *args, org, name, model, rpm, tpm, budget, **options):
+        organisation = get_org(org)
+        deployments = [get_deployment(m) for m in model]
+        budget_micros = None
+        if budget is not None:
+            try:
+                budget_micros = usd_to_micros(budget)
+            except (ValueError, ArithmeticError) as exc:
+                from django.core.management.base import CommandError
+
+                raise CommandError(f"--budget: {budget!r} is not a valid amount ({exc}).") from None
+        with clear_errors():
+            key, secret = create_api_key(
+                org=organisation,
+                name=name,
+                deployments=deployments,
+                rpm_limit=rpm,
+                tpm_limit=tpm,
+                monthly_budget_micros=budget_micros,
+                actor_label="cli",
+            )
+        self.stdout.write(f"Created key {key.prefix}… ({key.name}) for {organisation.slug}. Store it now: it is shown once.")
+        self.stdout.write(secret)

@@ -1,0 +1,43 @@
+import secrets
+
+from django.core.management.base import BaseCommand
+
+from accounts.actions import add_member, create_api_key, create_org
+from accounts.models import Organization, Role, User
+from deployments.actions import create_connector_token, create_deployment
+from deployments.models import Deployment
+
+
+class Command(BaseCommand):
+    help = "Create (or reuse) a demo org, deployment and user; print a fresh connector token and API key."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--server", default="http://127.0.0.1:8000")
+
+    def handle(self, *args, server, **options):
+        org = Organization.objects.filter(slug="demo").first() or create_org(slug="demo", name="Demo", actor_label="cli")
+        user = User.objects.filter(email="admin@demo.local").first()
+        password = None
+        if user is None:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_user("admin@demo.local", password, is_staff=True, is_superuser=True)
+            add_member(org=org, user=user, role=Role.OWNER, actor_label="cli")
+        deployment = Deployment.objects.filter(name="gemma-tunnel").first() or create_deployment(
+            org=org, name="gemma-tunnel", price_input_micros=100_000, price_output_micros=400_000, actor_label="cli"
+        )
+        _, token = create_connector_token(deployment=deployment, name="demo", actor_label="cli")
+        _, key = create_api_key(org=org, name="demo key", actor_label="cli")
+        out = self.stdout.write
+        out("")
+        out("Tokios demo is ready.")
+        if password:
+            out(f"  Dashboard:        {server}/  sign in as admin@demo.local / {password}")
+        else:
+            out(f"  Dashboard:        {server}/  (admin@demo.local; password shown on first run — reset with `manage.py changepassword admin@demo.local`)")
+        out(f"  Connector token:  {token}")
+        out("  Start a connector beside your model:")
+        out(f"    python -m tokios_connector --server {server} --token {token} --upstream http://127.0.0.1:8080/v1")
+        out(f"  API key:          {key}")
+        out(f"  Try it:  curl {server}/v1/chat/completions -H 'Authorization: Bearer {key}' \\")
+        out("             -H 'content-type: application/json' -d '{\"model\":\"gemma-tunnel\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")
+        out("")

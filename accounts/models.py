@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
+
+
+def validate_org_slug(value: str) -> None:
+    if not SLUG_RE.match(value):
+        raise ValidationError(
+            f"{value!r} is not a valid organisation slug: use 1-50 lower-case letters, digits and "
+            "hyphens, starting and ending with a letter or digit."
+        )
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        if password:
+            user.set_password(password)
+        else:
+            user.set_unusable_password()
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra) -> User:
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra) -> User:
+        extra["is_staff"] = True
+        extra["is_superuser"] = True
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person who signs in with an email address. Staff users are platform operators."""
+
+    email = models.EmailField(unique=True)
+    name = models.CharField(max_length=150, blank=True)
+    is_staff = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class OrganizationQuerySet(models.QuerySet["Organization"]):
+    def for_user(self, user) -> OrganizationQuerySet:
+        return self.filter(memberships__user=user).distinct()
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=50, unique=True, validators=[validate_org_slug])
+    created_at = models.DateTimeField(default=timezone.now)
+    # Optional org-wide limits, enforced on top of each key's own.
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget_micros = models.BigIntegerField(
+        null=True, blank=True, help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000)."
+    )
+
+    objects = OrganizationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "org"], name="unique_membership")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.org} ({self.role})"
+
+    @property
+    def can_manage(self) -> bool:
+        return self.role in {Role.OWNER, Role.ADMIN}
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def for_org(self, org: Organization) -> ApiKeyQuerySet:
+        return self.filter(org=org)
+
+    def active(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """An `sk-tokios-…` key. Only its SHA-256 and a short display prefix are stored."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=32, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Model access: every deployment the org may use, or only the listed ones.
+    all_models = models.BooleanField(default=True)
+    allowed_deployments = models.ManyToManyField(
+        "deployments.Deployment", blank=True, related_name="restricted_keys"
+    )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget_micros = models.BigIntegerField(
+        null=True, blank=True, help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000)."
+    )
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def status(self) -> str:
+        if self.is_revoked:
+            return "revoked"
+        if self.is_expired:
+            return "expired"
+        return "active"
+
+
+class AuditAction(models.TextChoices):
+    KEY_CREATED = "key.created", "API key created"
+    KEY_REVOKED = "key.revoked", "API key revoked"
+    KEY_UPDATED = "key.updated", "API key updated"
+    TOKEN_CREATED = "connector_token.created", "Connector token created"
+    TOKEN_REVOKED = "connector_token.revoked", "Connector token revoked"
+    GRANT_CREATED = "grant.created", "Model grant created"
+    GRANT_REVOKED = "grant.revoked", "Model grant revoked"
+    MEMBER_ADDED = "member.added", "Member added"
+    MEMBER_ROLE_CHANGED = "member.role_changed", "Member role changed"
+    MEMBER_REMOVED = "member.removed", "Member removed"
+    DEPLOYMENT_CREATED = "deployment.created", "Deployment created"
+    DEPLOYMENT_UPDATED = "deployment.updated", "Deployment updated"
+    ORG_CREATED = "org.created", "Organisation created"
+
+
+class AuditLogQuerySet(models.QuerySet["AuditLog"]):
+    def for_org(self, org: Organization) -> AuditLogQuerySet:
+        return self.filter(org=org)
+
+
+class AuditLog(models.Model):
+    org = models.ForeignKey(Organization, null=True, on_delete=models.CASCADE, related_name="audit_logs")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who acted when there is no user: "cli", "api-token:…".
+    actor_label = models.CharField(max_length=100, blank=True)
+    action = models.CharField(max_length=40, choices=AuditAction.choices)
+    target = models.CharField(max_length=200, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AuditLogQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} {self.target}"
+
+    @property
+    def actor_display(self) -> str:
+        return str(self.actor) if self.actor_id else (self.actor_label or "system")

@@ -1,0 +1,40 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.management.commands._util import clear_errors, get_org
+from deployments.actions import create_connector_token, create_deployment
+from deployments.models import usd_to_micros
+
+
+def price(value: str | None, flag: str) -> int:
+    if value is None:
+        return 0
+    try:
+        return usd_to_micros(value)
+    except (ValueError, ArithmeticError) as exc:
+        raise CommandError(f"{flag}: {value!r} is not a valid USD amount per million tokens ({exc}).") from None
+
+
+class Command(BaseCommand):
+    help = "Create a deployment (the `model` name clients send). Prints a connector token as the last line."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--org", required=True, metavar="SLUG")
+        parser.add_argument("--upstream-model", default="", metavar="M")
+        parser.add_argument("--price-input", metavar="USD_PER_MTOK")
+        parser.add_argument("--price-output", metavar="USD_PER_MTOK")
+
+    def handle(self, *args, name, org, upstream_model, price_input, price_output, **options):
+        organisation = get_org(org)
+        with clear_errors():
+            deployment = create_deployment(
+                org=organisation,
+                name=name,
+                upstream_model=upstream_model,
+                price_input_micros=price(price_input, "--price-input"),
+                price_output_micros=price(price_output, "--price-output"),
+                actor_label="cli",
+            )
+            token, secret = create_connector_token(deployment=deployment, name="initial", actor_label="cli")
+        self.stdout.write(f"Created deployment {deployment.name} for {organisation.slug}; connector token {token.prefix}… (shown once):")
+        self.stdout.write(secret)

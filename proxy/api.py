@@ -1,0 +1,34 @@
+"""The /v1 API: django-ninja routes, each a thin call into `gateway.handle` with its surface."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import NinjaAPI
+
+from . import gateway
+from .errors import GatewayError
+from .surfaces import chat, models
+
+api = NinjaAPI(title="Tokios /v1", version="1", urls_namespace="v1", docs_url=None, openapi_url=None)
+
+
+def is_anthropic(request: HttpRequest) -> bool:
+    return "anthropic-version" in request.headers
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest):
+    return await gateway.handle(request, "chat", chat.chat_completions)
+
+
+@api.get("/models")
+async def list_models(request: HttpRequest):
+    return await gateway.handle(request, "models", models.list_models, anthropic=is_anthropic(request), parse_body=False)
+
+
+@api.get("/models/{model_id}")
+async def get_model(request: HttpRequest, model_id: str):
+    async def handler(ctx):
+        return await models.get_model(ctx, model_id)
+
+    return await gateway.handle(request, "models", handler, anthropic=is_anthropic(request), parse_body=False)

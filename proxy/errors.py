@@ -1,0 +1,80 @@
+"""Error bodies in each surface's shape (wire-formats §1.5, §3.6, §6.7)."""
+
+from __future__ import annotations
+
+import orjson
+from django.http import HttpResponse
+
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+class GatewayError(Exception):
+    """Raised anywhere on the /v1 path; rendered in the calling surface's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.error_type = error_type
+        self.headers = headers or {}
+
+
+def openai_error_body(status: int, message: str, code: str | None, param: str | None, error_type: str | None) -> dict:
+    return {
+        "error": {
+            "message": message,
+            "type": error_type or OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def anthropic_error_body(status: int, message: str, error_type: str | None, request_id: str) -> dict:
+    return {
+        "type": "error",
+        "error": {"type": error_type or ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"), "message": message},
+        "request_id": request_id,
+    }
+
+
+def json_response(data: dict | list, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+    if headers:
+        for name, value in headers.items():
+            response[name] = value
+    return response

@@ -1,0 +1,66 @@
+"""GET /v1/models and /v1/models/{id}: exactly the deployments the key may call."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse
+
+from accounts.access import DeploymentRecord, KeyRecord, get_deployment, key_allows
+
+from ..errors import GatewayError, json_response
+from ..gateway import Context
+from ..tunnel import presence
+
+
+def _visible_names(key: KeyRecord) -> list[str]:
+    from deployments.models import Deployment
+
+    qs = Deployment.objects.filter(org_id=key.org_id) | Deployment.objects.filter(grants__org_id=key.org_id)
+    if not key.all_models:
+        qs = qs.filter(id__in=key.allowed)
+    return sorted(set(qs.values_list("name", flat=True)))
+
+
+async def _records(key: KeyRecord) -> list[DeploymentRecord]:
+    names = await sync_to_async(_visible_names)(key)
+    records = [await get_deployment(name) for name in names]
+    # The same rule as every request's access check, so the list and a 403 never disagree.
+    return [r for r in records if r is not None and key_allows(key, r)]
+
+
+async def _entry(ctx: Context, record: DeploymentRecord) -> dict:
+    online = bool(await presence.live_connectors(record.id))
+    if ctx.anthropic:
+        return {
+            "type": "model",
+            "id": record.name,
+            "display_name": record.name,
+            "created_at": datetime.fromtimestamp(record.created_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "online": online,
+        }
+    return {"id": record.name, "object": "model", "created": int(record.created_at), "owned_by": "tokios", "online": online}
+
+
+async def list_models(ctx: Context) -> HttpResponse:
+    entries = [await _entry(ctx, r) for r in await _records(ctx.key)]
+    if ctx.anthropic:
+        return json_response(
+            {
+                "data": entries,
+                "has_more": False,
+                "first_id": entries[0]["id"] if entries else None,
+                "last_id": entries[-1]["id"] if entries else None,
+            }
+        )
+    return json_response({"object": "list", "data": entries})
+
+
+async def get_model(ctx: Context, model_id: str) -> HttpResponse:
+    record = await get_deployment(model_id)
+    if record is None or not key_allows(ctx.key, record):
+        raise GatewayError(
+            404, f"The model `{model_id}` does not exist or you do not have access to it.", code="model_not_found", param="model"
+        )
+    return json_response(await _entry(ctx, record))
