@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization
-from deployments.models import Deployment
+from deployments.models import Deployment, micros_to_usd
 
 
 class Surface(models.TextChoices):
@@ -48,3 +51,139 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.status_code}"
+
+
+class Period(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+
+
+class UsageRollupQuerySet(models.QuerySet["UsageRollup"]):
+    def for_org(self, org: Organization) -> UsageRollupQuerySet:
+        return self.filter(org=org)
+
+    def hourly(self) -> UsageRollupQuerySet:
+        return self.filter(period=Period.HOUR)
+
+    def daily(self) -> UsageRollupQuerySet:
+        return self.filter(period=Period.DAY)
+
+    def between(self, start, end) -> UsageRollupQuerySet:
+        """Buckets starting in [start, end)."""
+        return self.filter(bucket_start__gte=start, bucket_start__lt=end)
+
+
+class UsageRollup(models.Model):
+    """Pre-summed usage per (period, bucket, org, key, deployment), filled idempotently by
+    `billing.rollups.roll_up()`. Usage pages and statements read these, never the raw events."""
+
+    period = models.CharField(max_length=4, choices=Period.choices)
+    bucket_start = models.DateTimeField(help_text="UTC start of the hour or day.")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="usage_rollups")
+    # SET_NULL keeps the money when a key or deployment is deleted; `billing.signals` first folds
+    # the rows into the NULL row of the same bucket so the unique constraint still holds.
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0, help_text="Requests answered with status >= 400.")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = UsageRollupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["bucket_start"]
+        constraints = [
+            # NULL key/deployment (e.g. a 404 for an unknown model) must be one row per bucket, and
+            # SQL treats NULLs as distinct in unique indexes. COALESCE to 0 (never a real id) works on
+            # SQLite and every PostgreSQL, unlike `nulls_distinct=False` (PostgreSQL 15+ only).
+            models.UniqueConstraint(
+                "period",
+                "bucket_start",
+                "org",
+                Coalesce("api_key", models.Value(0)),
+                Coalesce("deployment", models.Value(0)),
+                name="unique_usage_rollup_bucket",
+            ),
+        ]
+        indexes = [models.Index(fields=["org", "period", "bucket_start"])]
+
+    def __str__(self) -> str:
+        return f"{self.period} {self.bucket_start:%Y-%m-%d %H:%M} org={self.org_id}"
+
+
+class RollupWatermark(models.Model):
+    """How far `roll_up()` has read the append-only UsageEvent table. One row per `name`.
+
+    Event ids are assigned at insert but become visible at commit, so a smaller id can appear after
+    a larger one was seen. A run therefore re-reads from `safe_event_id` (the largest id seen by the
+    run before the last); hours are recomputed absolutely, so reading an event twice is harmless.
+    """
+
+    name = models.CharField(max_length=32, unique=True, default="usage")
+    last_event_id = models.BigIntegerField(default=0, help_text="Largest event id the last run saw.")
+    safe_event_id = models.BigIntegerField(default=0, help_text="Next run re-reads events above this id.")
+    pruned_before = models.DateTimeField(
+        null=True, blank=True, help_text="Raw events before this instant were pruned after roll-up."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ event {self.last_event_id}"
+
+
+class StatementQuerySet(models.QuerySet["Statement"]):
+    def for_org(self, org: Organization) -> StatementQuerySet:
+        return self.filter(org=org)
+
+
+class Statement(models.Model):
+    """What an org used and owes for one calendar month (UTC), built from the rollups."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="statements")
+    month = models.DateField(help_text="First day of the month.")
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    total_micros = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = StatementQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-month"]
+        constraints = [models.UniqueConstraint(fields=["org", "month"], name="unique_statement_month")]
+
+    def __str__(self) -> str:
+        return f"{self.org} {self.month:%Y-%m}"
+
+    @property
+    def total_usd(self) -> Decimal:
+        return micros_to_usd(self.total_micros)
+
+
+class StatementLine(models.Model):
+    statement = models.ForeignKey(Statement, on_delete=models.CASCADE, related_name="lines")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Kept so the statement still reads right after the deployment is deleted.
+    deployment_name = models.CharField(max_length=64, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["deployment_name", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.statement}: {self.deployment_name or '(no model)'}"
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return micros_to_usd(self.cost_micros)
