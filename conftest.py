@@ -1,0 +1,24 @@
+"""Suite-wide rules: tests that need real services skip without them locally and fail in CI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKIOS_HTTPS", "0")
+
+REQUIRE_SERVICES = os.environ.get("CI", "").lower() == "true" or os.environ.get("TOKIOS_REQUIRE_SERVICES") == "1"
+NEEDS = {
+    "redis": ("REDIS_URL", "set REDIS_URL=redis://127.0.0.1:6379/0 to run it"),
+    "postgres": ("DATABASE_URL", "set DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run it"),
+}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, (variable, hint) in NEEDS.items():
+        if item.get_closest_marker(marker) and not os.environ.get(variable):
+            message = f"needs {marker}: {variable} is not set ({hint})"
+            if REQUIRE_SERVICES:
+                pytest.fail(f"{message} — CI requires the real services", pytrace=False)
+            pytest.skip(message)
