@@ -1,0 +1,97 @@
+"""Helpers shared by the Anthropic and Responses translators (not public API)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from .errors import TranslationError
+from .sse import dumps
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def is_number(value: Any) -> bool:
+    # bool is an int subclass; JSON true must not pass as 1.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_number(body: dict, key: str, low: float, high: float | None, param: str | None = None) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    name = param or key
+    if not is_number(value):
+        raise TranslationError(f"{name}: Input should be a valid number", name)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise TranslationError(f"{name}: Input should be {bound}, got {value}", name)
+    return value
+
+
+def check_bool(body: dict, key: str, param: str | None = None) -> bool | None:
+    value = body.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    name = param or key
+    raise TranslationError(f"{name}: Input should be a valid boolean", name)
+
+
+def check_str(body: dict, key: str, param: str | None = None, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    name = param or key
+    if value is None:
+        if required:
+            raise TranslationError(f"{name}: Field required", name)
+        return None
+    if not isinstance(value, str):
+        raise TranslationError(f"{name}: Input should be a valid string", name)
+    if required and not value:
+        raise TranslationError(f"{name}: String should have at least 1 character", name)
+    return value
+
+
+def usage_numbers(usage: dict) -> tuple[int | None, int | None, int, int]:
+    """(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens) from a chat usage dict."""
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details") or {}
+    out_details = usage.get("completion_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    reasoning = out_details.get("reasoning_tokens") if isinstance(out_details, dict) else 0
+    return (
+        prompt if is_int(prompt) else None,
+        completion if is_int(completion) else None,
+        cached if is_int(cached) else 0,
+        reasoning if is_int(reasoning) else 0,
+    )
+
+
+def upstream_error(err: Any) -> tuple[str, str]:
+    """(message, upstream type) from whatever an upstream put under ``"error"``."""
+    if isinstance(err, dict):
+        message = err.get("message")
+        kind = err.get("type")
+        return (
+            message if isinstance(message, str) and message else "Upstream error",
+            kind if isinstance(kind, str) else "",
+        )
+    if isinstance(err, str) and err:
+        return err, ""
+    return "Upstream error", ""
+
+
+def tool_call_arguments(fn: dict) -> str:
+    args = fn.get("arguments")
+    if args is None:
+        return ""
+    if isinstance(args, str):
+        return args
+    # Some upstreams send an already-parsed object; clients expect a JSON string.
+    return dumps(args).decode()
