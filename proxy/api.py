@@ -6,8 +6,7 @@ from django.http import HttpRequest
 from ninja import NinjaAPI
 
 from . import gateway
-from .errors import GatewayError
-from .surfaces import chat, models
+from .surfaces import chat, messages, models, responses
 
 api = NinjaAPI(title="Tokios /v1", version="1", urls_namespace="v1", docs_url=None, openapi_url=None)
 
@@ -32,3 +31,26 @@ async def get_model(request: HttpRequest, model_id: str):
         return await models.get_model(ctx, model_id)
 
     return await gateway.handle(request, "models", handler, anthropic=is_anthropic(request), parse_body=False)
+
+
+@api.post("/messages")
+async def create_message(request: HttpRequest):
+    return await gateway.handle(request, "messages", messages.create_message, anthropic=True)
+
+
+@api.post("/messages/count_tokens")
+async def count_tokens(request: HttpRequest):
+    return await gateway.handle(request, "count_tokens", messages.count_tokens, anthropic=True)
+
+
+@api.post("/responses")
+async def create_response(request: HttpRequest):
+    return await gateway.handle(request, "responses", responses.create_response)
+
+
+@api.get("/responses/{response_id}")
+async def get_response(request: HttpRequest, response_id: str):
+    async def handler(ctx):
+        return await responses.get_response(ctx, response_id)
+
+    return await gateway.handle(request, "responses", handler, parse_body=False)

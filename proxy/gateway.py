@@ -7,6 +7,7 @@ in the surface's shape. It also guarantees that exactly one usage record is subm
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from accounts.access import AccessDenied, DeploymentRecord, KeyRecord, authentic
 from . import usage
 from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
 
+log = logging.getLogger("tokios.gateway")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -36,6 +38,7 @@ class Context:
     body: dict = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # added to the response (rate limits…)
     reservation: object | None = None  # set by limits; settled with the record
+    extra_history: list = field(default_factory=list)  # responses: the chain this request continues
 
     def error_response(self, exc: GatewayError) -> HttpResponse:
         if self.anthropic:
@@ -158,6 +161,12 @@ async def handle(
         record.status_code = exc.status
         record.error_code = exc.code or exc.error_type or ""
         return ctx.error_response(exc)
+    except Exception:
+        # A bug must still answer in the caller's format, with the id to find it in the logs.
+        log.exception("unhandled error in %s request %s", surface, request_id)
+        record.status_code = 500
+        record.error_code = "internal_error"
+        return ctx.error_response(GatewayError(500, f"Internal error; request id {request_id}.", code="internal_error"))
     finally:
         # A streaming handler submits its record when the stream ends (it knows the usage then).
         if not streaming:
