@@ -83,9 +83,7 @@ class UsageRollup(models.Model):
     # SET_NULL keeps the money when a key or deployment is deleted; `billing.signals` first folds
     # the rows into the NULL row of the same bucket so the unique constraint still holds.
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    deployment = models.ForeignKey(
-        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0, help_text="Requests answered with status >= 400.")
     input_tokens = models.BigIntegerField(default=0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from celery.schedules import crontab
+
 from .env import database_from_url, env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -64,12 +66,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "accounts",
     "deployments",
     "proxy",
     "billing",
     "dashboard",
+    "api",
 ]
 
 # Every middleware here is async-capable, so async /v1 views run without a thread hop.
@@ -99,6 +103,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.org",
             ],
         },
     },
@@ -163,6 +168,27 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Metering jobs (billing/tasks.py). Each is idempotent, so a missed or doubled run is harmless;
+# `expires` stops a stopped worker from finding a pile of stale roll-ups when it comes back.
+ROLLUP_INTERVAL = env_float("TOKIOS_ROLLUP_INTERVAL", 60.0)
+CELERY_BEAT_SCHEDULE = {
+    "roll-up-usage": {
+        "task": "billing.roll_up_usage",
+        "schedule": ROLLUP_INTERVAL,
+        "options": {"expires": ROLLUP_INTERVAL},
+    },
+    "build-statements": {
+        "task": "billing.build_statements",
+        "schedule": crontab(minute=5),  # hourly
+        "options": {"expires": 3000},
+    },
+    "prune-usage-events": {
+        "task": "billing.prune_usage_events",
+        "schedule": crontab(hour=3, minute=17),  # daily, off the hour
+        "options": {"expires": 3600},
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -187,13 +213,26 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tokios@localhost")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
+        "api.authentication.PersonalAccessTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Tokios management API", "VERSION": "1"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tokios management API",
+    "VERSION": "1",
+    "DESCRIPTION": "Manage an organisation's API keys, deployments, connector tokens, grants and members, "
+    "and read its usage and statements. Authenticate with the dashboard session or "
+    "`Authorization: Bearer pat-tokios-…` (a personal access token from your profile page).",
+    # Swagger UI and Redoc from the drf-spectacular-sidecar package, served by Tokios: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 # --- The /v1 gateway -------------------------------------------------------------------------
 # Seconds an access decision may be served from this process's memory. Revocations and grant

@@ -1,0 +1,103 @@
+"""Billing fixtures: an org with two deployments and two keys, an outsider org, and an event factory.
+
+Redis-backed tests use the database number in REDIS_URL and delete only Tokios's own limiter,
+spend and access-cache keys there, never FLUSHALL (the Redis server is shared).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+
+from accounts.access import clear_local_cache
+from accounts.actions import create_api_key, create_org
+from billing import limits
+from billing.models import UsageEvent
+from deployments.actions import create_deployment
+
+OUR_REDIS_PATTERNS = ("tokios:rl:*", "tokios:spend:*", "tokios:access:*")
+_request_ids = itertools.count(1)
+
+
+def clear_our_redis_keys() -> None:
+    if not settings.REDIS_URL:
+        return
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        for pattern in OUR_REDIS_PATTERNS:
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_limiter_state():
+    """Each test starts with full buckets, no spend counters and no cached access records."""
+    clear_our_redis_keys()
+    for limiter in limits._limiters.values():
+        if isinstance(limiter, limits.LocalLimiter):
+            limiter.reset()
+    limits._seeding.clear()
+    clear_local_cache()
+    yield
+    clear_our_redis_keys()
+
+
+@pytest.fixture
+def org(db):
+    return create_org(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def outsider_org(db):
+    return create_org(slug="outsider", name="Outsider")
+
+
+@pytest.fixture
+def deployment(org):
+    # $0.15 / MTok in, $0.60 / MTok out.
+    return create_deployment(org=org, name="gemma-small", price_input_micros=150_000, price_output_micros=600_000)
+
+
+@pytest.fixture
+def deployment_b(org):
+    return create_deployment(org=org, name="llama-big", price_input_micros=2_000_000, price_output_micros=8_000_000)
+
+
+@pytest.fixture
+def key(org):
+    return create_api_key(org=org, name="ci")[0]
+
+
+@pytest.fixture
+def key_b(org):
+    return create_api_key(org=org, name="laptop")[0]
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def make_event(*, org, key=None, deployment=None, at=None, status=200, tokens_in=10, tokens_out=20, **extra):
+    """One UsageEvent as the gateway writes it, priced from the deployment."""
+    cost = deployment.cost_micros(tokens_in, tokens_out) if deployment is not None else 0
+    return UsageEvent.objects.create(
+        request_id=f"req_test{next(_request_ids):016d}",
+        created_at=at or datetime.now(UTC),
+        org=org,
+        api_key=key,
+        deployment=deployment,
+        surface=extra.pop("surface", "chat"),
+        status_code=status,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_micros=cost,
+        **extra,
+    )
