@@ -66,12 +66,14 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "accounts",
     "deployments",
     "proxy",
     "billing",
     "dashboard",
+    "api",
 ]
 
 # Every middleware here is async-capable, so async /v1 views run without a thread hop.
@@ -101,6 +103,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.org",
             ],
         },
     },

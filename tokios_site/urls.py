@@ -11,5 +11,6 @@ urlpatterns = [
     path("v1/", include("proxy.urls")),
     path("admin/", admin.site.urls),
     path("healthz", healthz),
+    path("api/", include("api.urls")),
     path("", include("dashboard.urls")),
 ]

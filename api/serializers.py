@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.models import ApiKey, Membership, Organization, Role
+from billing.models import Statement, StatementLine
+from dashboard.models import Invitation
+from deployments.models import ConnectorToken, Deployment, ModelGrant
+
+
+class OrgSerializer(serializers.Serializer):
+    slug = serializers.CharField(source="org.slug")
+    name = serializers.CharField(source="org.name")
+    role = serializers.ChoiceField(choices=Role.choices)
+    monthly_budget_micros = serializers.IntegerField(source="org.monthly_budget_micros", allow_null=True)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    models = serializers.SlugRelatedField(
+        source="allowed_deployments",
+        slug_field="name",
+        many=True,
+        required=False,
+        queryset=Deployment.objects.none(),
+        help_text="Model names this key may call; empty for every model the org may use.",
+    )
+    status = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "status",
+            "all_models",
+            "models",
+            "rpm_limit",
+            "tpm_limit",
+            "monthly_budget_micros",
+            "expires_at",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+        read_only_fields = ["id", "prefix", "status", "all_models", "created_at", "last_used_at", "revoked_at"]
+        extra_kwargs = {"monthly_budget_micros": {"min_value": 0}}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        org = self.context.get("org")
+        if org is not None:
+            self.fields["models"].child_relation.queryset = Deployment.objects.usable_by(org)
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    secret = serializers.CharField(read_only=True, help_text="Shown once; Tokios keeps only its hash.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "secret"]
+
+
+class ConnectorSerializer(serializers.Serializer):
+    connector_id = serializers.CharField()
+    version = serializers.CharField()
+    remote = serializers.CharField()
+    connected_since = serializers.DateTimeField()
+    last_heartbeat = serializers.DateTimeField()
+    inflight = serializers.IntegerField()
+    max_concurrency = serializers.IntegerField()
+    draining = serializers.BooleanField()
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    online = serializers.SerializerMethodField()
+    connectors = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "upstream_model",
+            "price_input_micros",
+            "price_output_micros",
+            "created_at",
+            "online",
+            "connectors",
+        ]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {
+            "price_input_micros": {"min_value": 0, "help_text": "Micro-USD per million input tokens."},
+            "price_output_micros": {"min_value": 0, "help_text": "Micro-USD per million output tokens."},
+            # Uniqueness (global) is the action's rule; it answers with a clear message.
+            "name": {"validators": []},
+        }
+
+    def _connectors(self, deployment: Deployment) -> list:
+        cache = self.context.setdefault("_connectors", {})
+        if deployment.id not in cache:
+            from dashboard.presence import connectors_for
+
+            cache[deployment.id] = [c.as_dict() for c in connectors_for(deployment.id)]
+        return cache[deployment.id]
+
+    def get_online(self, deployment: Deployment) -> bool:
+        return bool(self._connectors(deployment))
+
+    @extend_schema_field(ConnectorSerializer(many=True))
+    def get_connectors(self, deployment: Deployment) -> list:
+        return ConnectorSerializer(self._connectors(deployment), many=True).data
+
+
+class DeploymentUpdateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Deployment
+        fields = ["upstream_model", "price_input_micros", "price_output_micros"]
+        extra_kwargs = {"price_input_micros": {"min_value": 0}, "price_output_micros": {"min_value": 0}}
+
+
+class ConnectorTokenSerializer(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ConnectorToken
+        fields = ["id", "name", "prefix", "status", "created_at", "last_seen_at", "revoked_at"]
+        read_only_fields = ["id", "prefix", "status", "created_at", "last_seen_at", "revoked_at"]
+
+    def get_status(self, token: ConnectorToken) -> str:
+        return "revoked" if token.revoked_at else "active"
+
+
+class ConnectorTokenCreatedSerializer(ConnectorTokenSerializer):
+    secret = serializers.CharField(read_only=True, help_text="Shown once; Tokios keeps only its hash.")
+    command = serializers.CharField(read_only=True, help_text="The connector command line with this token.")
+
+    class Meta(ConnectorTokenSerializer.Meta):
+        fields = [*ConnectorTokenSerializer.Meta.fields, "secret", "command"]
+
+
+class GrantSerializer(serializers.ModelSerializer):
+    org = serializers.SlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
+    org_name = serializers.CharField(source="org.name", read_only=True)
+
+    class Meta:
+        model = ModelGrant
+        fields = ["id", "org", "org_name", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        # The pair's uniqueness is grant_model's rule, with its own message.
+        validators: list = []
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    email = serializers.EmailField(source="user.email", read_only=True)
+    name = serializers.CharField(source="user.name", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "name", "role", "created_at"]
+        read_only_fields = ["id", "email", "name", "created_at"]
+
+
+class MemberAddSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "status", "created_at", "expires_at"]
+        read_only_fields = fields
+
+
+class MemberAddResultSerializer(serializers.Serializer):
+    member = MemberSerializer(allow_null=True)
+    invitation = InvitationSerializer(allow_null=True)
+
+
+class UsageBucketSerializer(serializers.Serializer):
+    bucket_start = serializers.DateTimeField()
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_micros = serializers.IntegerField()
+
+
+class UsageSerializer(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+    period = serializers.ChoiceField(choices=["day", "hour"])
+    key = serializers.IntegerField(allow_null=True)
+    deployment = serializers.IntegerField(allow_null=True)
+    totals = UsageTotalsSerializer()
+    buckets = UsageBucketSerializer(many=True)
+
+
+class StatementLineSerializer(serializers.ModelSerializer):
+    deployment = serializers.CharField(source="deployment_name")
+
+    class Meta:
+        model = StatementLine
+        fields = ["deployment", "requests", "errors", "input_tokens", "output_tokens", "cost_micros"]
+
+
+class StatementSerializer(serializers.ModelSerializer):
+    month = serializers.SerializerMethodField()
+    lines = StatementLineSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Statement
+        fields = ["month", "requests", "input_tokens", "output_tokens", "total_micros", "updated_at", "lines"]
+
+    def get_month(self, statement: Statement) -> str:
+        return f"{statement.month:%Y-%m}"

@@ -1,0 +1,28 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+app_name = "api"
+
+router = SimpleRouter(use_regex_path=False)
+router.register("orgs/<slug:org>/keys", views.ApiKeyViewSet, basename="keys")
+router.register("orgs/<slug:org>/deployments", views.DeploymentViewSet, basename="deployments")
+router.register(
+    "orgs/<slug:org>/deployments/<int:deployment_pk>/tokens", views.ConnectorTokenViewSet, basename="tokens"
+)
+router.register("orgs/<slug:org>/deployments/<int:deployment_pk>/grants", views.GrantViewSet, basename="grants")
+router.register("orgs/<slug:org>/members", views.MemberViewSet, basename="members")
+router.register("orgs/<slug:org>/invitations", views.InvitationViewSet, basename="invitations")
+router.register("orgs/<slug:org>/statements", views.StatementViewSet, basename="statements")
+
+urlpatterns = [
+    path("", views.ApiRoot.as_view(), name="root"),
+    path("orgs/", views.OrgList.as_view(), name="orgs"),
+    path("orgs/<slug:org>/usage/", views.UsageView.as_view(), name="usage"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
+    *router.urls,
+]

@@ -1,0 +1,120 @@
+"""Writes the dashboard owns: invitations. Membership writes themselves go through accounts.actions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from accounts.actions import add_member, audit
+from accounts.models import Membership, Organization, Role, User
+from accounts.secrets import hash_secret, new_secret
+
+from .models import INVITATION_PREFIX, Invitation
+
+MEMBER_INVITED = "member.invited"
+INVITATION_REVOKED = "invitation.revoked"
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Either the membership of a user who already had an account, or the invitation that was sent."""
+
+    membership: Membership | None = None
+    invitation: Invitation | None = None
+
+
+def add_or_invite(
+    *,
+    org: Organization,
+    email: str,
+    role: str,
+    actor: User | None,
+    accept_url: Callable[[str], str],
+    actor_label: str = "",
+) -> AddResult:
+    """Add an existing user at once; email anyone else an invitation link.
+
+    `accept_url(secret)` builds the absolute link (it needs the request's host, which actions do not see).
+    """
+    email = User.objects.normalize_email(email).strip().lower()
+    if role not in Role.values:
+        raise ValidationError(f"Unknown role {role!r}.")
+    user = User.objects.filter(email__iexact=email).first()
+    if user is not None:
+        return AddResult(membership=add_member(org=org, user=user, role=role, actor=actor, actor_label=actor_label))
+    invitation, secret = invite(org=org, email=email, role=role, actor=actor, actor_label=actor_label)
+    send_invitation_email(invitation=invitation, link=accept_url(secret))
+    return AddResult(invitation=invitation)
+
+
+@transaction.atomic
+def invite(
+    *, org: Organization, email: str, role: str, actor: User | None, actor_label: str = ""
+) -> tuple[Invitation, str]:
+    if Invitation.objects.for_org(org).pending().filter(email__iexact=email).exists():
+        raise ValidationError(f"{email} already has a pending invitation to {org.name}.")
+    secret, prefix, token_hash = new_secret(INVITATION_PREFIX)
+    invitation = Invitation.objects.create(
+        org=org, email=email, role=role, prefix=prefix, token_hash=token_hash, invited_by=actor
+    )
+    audit(org=org, action=MEMBER_INVITED, target=email, actor=actor, actor_label=actor_label, role=role)
+    return invitation, secret
+
+
+def send_invitation_email(*, invitation: Invitation, link: str) -> None:
+    context = {"invitation": invitation, "link": link}
+    send_mail(
+        subject=f"You are invited to {invitation.org.name} on Tokios",
+        message=render_to_string("dashboard/email/invitation.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[invitation.email],
+    )
+
+
+def find_invitation(secret: str) -> Invitation | None:
+    """The invitation a link's secret opens, whatever its state (the page explains expired ones)."""
+    if not secret.startswith(INVITATION_PREFIX):
+        return None
+    return Invitation.objects.select_related("org").filter(token_hash=hash_secret(secret)).first()
+
+
+@transaction.atomic
+def accept_invitation(
+    *, invitation: Invitation, user: User | None = None, name: str = "", password: str | None = None
+) -> Membership:
+    """Join the org: as the signed-in `user` (whose email must match), or as a new account."""
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if not invitation.is_pending:
+        raise ValidationError(f"This invitation is {invitation.status}.")
+    if user is None:
+        if User.objects.filter(email__iexact=invitation.email).exists():
+            raise ValidationError("An account with this email already exists: sign in to accept.")
+        user = User.objects.create_user(invitation.email, password, name=name.strip())
+    elif user.email.lower() != invitation.email.lower():
+        raise ValidationError(f"This invitation is for {invitation.email}; you are signed in as {user.email}.")
+    if Membership.objects.filter(org=invitation.org, user=user).exists():
+        membership = Membership.objects.get(org=invitation.org, user=user)
+    else:
+        membership = add_member(
+            org=invitation.org, user=user, role=invitation.role, actor=user, actor_label="invitation"
+        )
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    return membership
+
+
+@transaction.atomic
+def revoke_invitation(*, invitation: Invitation, actor: User | None = None, actor_label: str = "") -> None:
+    if invitation.revoked_at is None and invitation.accepted_at is None:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit(
+            org=invitation.org, action=INVITATION_REVOKED, target=invitation.email, actor=actor, actor_label=actor_label
+        )

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django import forms
+from django.contrib.auth import password_validation
+from django.core.exceptions import ValidationError
+
+from accounts.models import ApiKey, AuditAction, Organization, Role
+from deployments.models import Deployment, micros_to_usd, usd_to_micros
+
+from .actions import INVITATION_REVOKED, MEMBER_INVITED
+
+MAX_RANGE_DAYS = 400
+
+
+class UsdField(forms.DecimalField):
+    """A USD amount typed as a decimal ("0.15"), cleaned to integer micro-USD."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", Decimal("0"))
+        kwargs.setdefault("max_digits", 18)
+        kwargs.setdefault("decimal_places", 6)
+        super().__init__(**kwargs)
+        self.widget.attrs.setdefault("step", "0.000001")
+        self.widget.attrs.setdefault("inputmode", "decimal")
+
+    def clean(self, value):
+        amount = super().clean(value)
+        if amount is None:
+            return None
+        try:
+            return usd_to_micros(amount)
+        except (ValueError, InvalidOperation) as exc:
+            raise ValidationError(str(exc)) from None
+
+    def prepare_value(self, value):
+        if isinstance(value, int):
+            return micros_to_usd(value).normalize()
+        return value
+
+
+def _end_of_day(day: date) -> datetime:
+    return datetime.combine(day, time.max, tzinfo=UTC)
+
+
+class DeploymentForm(forms.Form):
+    name = forms.CharField(
+        max_length=64,
+        help_text="What API clients send as `model`, e.g. gemma-tunnel. Lower-case; unique on this server.",
+    )
+    upstream_model = forms.CharField(
+        max_length=200, required=False, help_text="Rewrite `model` to this name upstream. Leave empty to keep it."
+    )
+    price_input_micros = UsdField(label="Input price (USD per million tokens)", initial=0)
+    price_output_micros = UsdField(label="Output price (USD per million tokens)", initial=0)
+
+
+class PricesForm(forms.Form):
+    upstream_model = forms.CharField(max_length=200, required=False, label="Upstream model")
+    price_input_micros = UsdField(label="Input price (USD per million tokens)")
+    price_output_micros = UsdField(label="Output price (USD per million tokens)")
+
+
+class ConnectorTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="Where it runs, e.g. “gpu-box-1”.")
+
+
+class GrantForm(forms.Form):
+    org = forms.CharField(
+        label="Organisation slug", max_length=50, help_text="The slug of the org to share this model with."
+    )
+
+    def clean_org(self) -> Organization:
+        slug = self.cleaned_data["org"].strip().lower()
+        org = Organization.objects.filter(slug=slug).first()
+        if org is None:
+            raise ValidationError(f"No organisation with slug {slug!r}.")
+        return org
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    deployments = forms.ModelMultipleChoiceField(
+        queryset=Deployment.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Model access",
+        help_text="Tick none for every model the organisation may use.",
+    )
+    rpm_limit = forms.IntegerField(min_value=1, required=False, label="Requests per minute")
+    tpm_limit = forms.IntegerField(min_value=1, required=False, label="Tokens per minute")
+    monthly_budget_micros = UsdField(required=False, label="Monthly budget (USD)")
+    expires_on = forms.DateField(
+        required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}), help_text="Optional; UTC."
+    )
+
+    def __init__(self, *args, org: Organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["deployments"].queryset = Deployment.objects.usable_by(org).order_by("name")
+
+    @classmethod
+    def for_key(cls, key: ApiKey, data=None) -> ApiKeyForm:
+        initial = {
+            "name": key.name,
+            "deployments": [] if key.all_models else list(key.allowed_deployments.all()),
+            "rpm_limit": key.rpm_limit,
+            "tpm_limit": key.tpm_limit,
+            "monthly_budget_micros": key.monthly_budget_micros,
+            "expires_on": key.expires_at.date() if key.expires_at else None,
+        }
+        return cls(data, org=key.org, initial=initial)
+
+    def clean_expires_on(self):
+        day = self.cleaned_data["expires_on"]
+        if day is not None and _end_of_day(day) <= datetime.now(UTC):
+            raise ValidationError("The expiry must be in the future.")
+        return day
+
+    def key_fields(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "deployments": list(data["deployments"]),
+            "rpm_limit": data["rpm_limit"],
+            "tpm_limit": data["tpm_limit"],
+            "monthly_budget_micros": data["monthly_budget_micros"],
+            "expires_at": _end_of_day(data["expires_on"]) if data["expires_on"] else None,
+        }
+
+
+class MemberAddForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+    def __init__(self, *args, roles: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [(value, label) for value, label in Role.choices if value in roles]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class PersonalAccessTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. “terraform” or “billing export”.")
+    expires_in_days = forms.TypedChoiceField(
+        label="Expires",
+        coerce=int,
+        choices=[(30, "in 30 days"), (90, "in 90 days"), (365, "in a year"), (0, "never")],
+        initial=90,
+    )
+
+    def expires_at(self, now: datetime) -> datetime | None:
+        days = self.cleaned_data["expires_in_days"]
+        return now + timedelta(days=days) if days else None
+
+
+class AcceptInvitationForm(forms.Form):
+    name = forms.CharField(max_length=150, required=False, label="Your name")
+    password1 = forms.CharField(label="Password", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password2 = forms.CharField(
+        label="Password again", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+
+    def __init__(self, *args, email: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.email = email
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password1") and data.get("password1") != data.get("password2"):
+            self.add_error("password2", "The two passwords differ.")
+        elif data.get("password1"):
+            from accounts.models import User
+
+            try:
+                password_validation.validate_password(
+                    data["password1"], User(email=self.email, name=data.get("name", ""))
+                )
+            except ValidationError as exc:
+                self.add_error("password1", exc)
+        return data
+
+
+AUDIT_ACTION_CHOICES = [
+    ("", "Any action"),
+    *AuditAction.choices,
+    (MEMBER_INVITED, "Member invited"),
+    (INVITATION_REVOKED, "Invitation revoked"),
+]
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.ChoiceField(choices=AUDIT_ACTION_CHOICES, required=False)
+    actor = forms.CharField(
+        required=False, label="Actor", widget=forms.TextInput(attrs={"placeholder": "email or label"})
+    )
+    target = forms.CharField(
+        required=False, label="Target", widget=forms.TextInput(attrs={"placeholder": "prefix, email, model…"})
+    )
+    start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+
+class UsageFilterForm(forms.Form):
+    """Filters of the usage page and its CSV export; dates are inclusive UTC days."""
+
+    start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    key = forms.ModelChoiceField(
+        queryset=ApiKey.objects.none(), required=False, empty_label="All keys", label="API key"
+    )
+    deployment = forms.ModelChoiceField(
+        queryset=Deployment.objects.none(), required=False, empty_label="All models", label="Model"
+    )
+    period = forms.ChoiceField(choices=[("day", "Per day"), ("hour", "Per hour")], required=False, label="Buckets")
+
+    DEFAULT_DAYS = 30
+    MAX_HOURLY_DAYS = 14
+
+    def __init__(self, data, *, org: Organization, today: date):
+        super().__init__(data)
+        self.today = today
+        self.fields["key"].queryset = ApiKey.objects.for_org(org).order_by("name")
+        self.fields["deployment"].queryset = Deployment.objects.usable_by(org).order_by("name")
+
+    def clean(self):
+        data = super().clean()
+        end = data.get("end") or self.today
+        start = data.get("start") or end - timedelta(days=self.DEFAULT_DAYS - 1)
+        if start > end:
+            raise ValidationError("“From” must be on or before “To”.")
+        if (end - start).days + 1 > MAX_RANGE_DAYS:
+            raise ValidationError(f"Pick at most {MAX_RANGE_DAYS} days.")
+        period = data.get("period") or "day"
+        if period == "hour" and (end - start).days + 1 > self.MAX_HOURLY_DAYS:
+            raise ValidationError(f"Hourly buckets cover at most {self.MAX_HOURLY_DAYS} days; pick “Per day”.")
+        data.update(start=start, end=end, period=period)
+        return data
+
+    def query(self) -> dict:
+        """Arguments for billing.queries.usage_series: aware UTC datetimes, end exclusive."""
+        data = self.cleaned_data
+        return {
+            "start": datetime.combine(data["start"], time.min, tzinfo=UTC),
+            "end": datetime.combine(data["end"] + timedelta(days=1), time.min, tzinfo=UTC),
+            "key": data.get("key"),
+            "deployment": data.get("deployment"),
+            "period": data["period"],
+        }

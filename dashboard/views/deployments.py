@@ -1,0 +1,158 @@
+"""Deployments: live status, creation, prices, connector tokens and grants. Owners and admins only."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from deployments.actions import (
+    create_connector_token,
+    create_deployment,
+    grant_model,
+    revoke_connector_token,
+    revoke_grant,
+    update_deployment,
+)
+from deployments.models import ConnectorToken, Deployment, ModelGrant
+
+from ..access import OrgRequest, org_view, owned_or_404
+from ..forms import ConnectorTokenForm, DeploymentForm, GrantForm, PricesForm
+from ..presence import connectors_for, online_ids
+from .common import connector_command, secret_page
+
+
+@org_view(manage=True)
+def deployment_list(request: OrgRequest) -> HttpResponse:
+    own = list(Deployment.objects.for_org(request.org))
+    shared = list(Deployment.objects.filter(grants__org=request.org).select_related("org"))
+    online = online_ids(own + shared)
+    return render(
+        request,
+        "dashboard/deployments.html",
+        {"own": own, "shared": shared, "online": online, "form": DeploymentForm()},
+    )
+
+
+@org_view(manage=True)
+def deployment_create(request: OrgRequest) -> HttpResponse:
+    form = DeploymentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = create_deployment(org=request.org, created_by=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error("name", exc)
+        else:
+            messages.success(request, f"Deployment {deployment.name} created. Now create a connector token.")
+            return redirect("dashboard:deployment_detail", pk=deployment.pk)
+    return render(request, "dashboard/deployment_form.html", {"form": form})
+
+
+def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dict:
+    context = {
+        "deployment": deployment,
+        "connectors": connectors_for(deployment.id),
+        "tokens": deployment.connector_tokens.select_related("created_by"),
+        "grants": deployment.grants.select_related("org").order_by("org__slug"),
+        "command": connector_command(request),
+        "prices_form": PricesForm(
+            initial={
+                "upstream_model": deployment.upstream_model,
+                "price_input_micros": deployment.price_input_micros,
+                "price_output_micros": deployment.price_output_micros,
+            }
+        ),
+        "token_form": ConnectorTokenForm(),
+        "grant_form": GrantForm(),
+    }
+    context.update(forms)
+    context["has_active_token"] = any(t.revoked_at is None for t in context["tokens"])
+    return context
+
+
+@org_view(manage=True)
+def deployment_detail(request: OrgRequest, pk: int) -> HttpResponse:
+    deployment = owned_or_404(Deployment, request.org, pk=pk)
+    return render(request, "dashboard/deployment_detail.html", _detail_context(request, deployment))
+
+
+@org_view(manage=True)
+@require_POST
+def deployment_prices(request: OrgRequest, pk: int) -> HttpResponse:
+    deployment = owned_or_404(Deployment, request.org, pk=pk)
+    form = PricesForm(request.POST)
+    if form.is_valid():
+        update_deployment(deployment=deployment, actor=request.user, **form.cleaned_data)
+        messages.success(request, "Prices saved.")
+        return redirect("dashboard:deployment_detail", pk=pk)
+    return render(request, "dashboard/deployment_detail.html", _detail_context(request, deployment, prices_form=form))
+
+
+@org_view(manage=True)
+@require_POST
+def token_create(request: OrgRequest, pk: int) -> HttpResponse:
+    deployment = owned_or_404(Deployment, request.org, pk=pk)
+    form = ConnectorTokenForm(request.POST)
+    if not form.is_valid():
+        return render(
+            request, "dashboard/deployment_detail.html", _detail_context(request, deployment, token_form=form)
+        )
+    token, secret = create_connector_token(
+        deployment=deployment, name=form.cleaned_data["name"], created_by=request.user
+    )
+    return secret_page(
+        request,
+        title=f"Connector token for {deployment.name}",
+        what="connector token",
+        secret=secret,
+        back_url=reverse("dashboard:deployment_detail", args=[deployment.pk]),
+        command=connector_command(request, secret),
+    )
+
+
+@org_view(manage=True)
+def token_revoke(request: OrgRequest, pk: int, token_pk: int) -> HttpResponse:
+    token = owned_or_404(ConnectorToken, request.org, pk=token_pk, deployment_id=pk)
+    if request.method == "POST":
+        revoke_connector_token(token=token, actor=request.user)
+        messages.success(request, f"Token {token.prefix}… revoked; connectors using it are disconnected.")
+        return redirect("dashboard:deployment_detail", pk=pk)
+    return render(
+        request,
+        "dashboard/confirm.html",
+        {
+            "title": f"Revoke connector token {token.prefix}…?",
+            "body": f"Connectors using it are disconnected at once and {token.deployment.name} goes offline "
+            "unless another connector with a different token is running.",
+            "action": "Revoke token",
+            "cancel_url": reverse("dashboard:deployment_detail", args=[pk]),
+        },
+    )
+
+
+@org_view(manage=True)
+@require_POST
+def grant_create(request: OrgRequest, pk: int) -> HttpResponse:
+    deployment = owned_or_404(Deployment, request.org, pk=pk)
+    form = GrantForm(request.POST)
+    if form.is_valid():
+        try:
+            grant_model(deployment=deployment, org=form.cleaned_data["org"], actor=request.user)
+        except ValidationError as exc:
+            form.add_error("org", exc)
+        else:
+            messages.success(request, f"{form.cleaned_data['org'].slug} can now call {deployment.name}.")
+            return redirect("dashboard:deployment_detail", pk=pk)
+    return render(request, "dashboard/deployment_detail.html", _detail_context(request, deployment, grant_form=form))
+
+
+@org_view(manage=True)
+@require_POST
+def grant_revoke(request: OrgRequest, pk: int, grant_pk: int) -> HttpResponse:
+    grant = owned_or_404(ModelGrant, request.org, pk=grant_pk, deployment_id=pk)
+    revoke_grant(grant=grant, actor=request.user)
+    messages.success(request, f"{grant.org.slug} can no longer call {grant.deployment.name}.")
+    return redirect("dashboard:deployment_detail", pk=pk)
