@@ -48,7 +48,11 @@ class Proc:
         self.log = open(self.log_path, "wb")
         self.args = args
         self.env = env
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        # Its own session, so that stopping it also stops what it started (llama-cpp-server is a
+        # wrapper around the real binary).
+        self.popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -71,6 +75,10 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # anything it left behind
+        except (ProcessLookupError, PermissionError):
+            pass
         self.log.close()
         return self.popen.returncode
 
