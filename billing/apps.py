@@ -6,4 +6,6 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (signals registers its receivers on import)
+        from . import limits, signals  # noqa: F401  (signals registers its receivers on import)
+
+        limits.install()

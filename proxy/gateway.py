@@ -155,6 +155,10 @@ async def handle(
             ctx.body = _read_json(request)
         response = await handler(ctx)
         streaming = isinstance(response, StreamingHttpResponse)
+        if streaming:
+            # A client gone before the server starts iterating the stream means the generator's
+            # `finally` never runs; the response's close() then records the request instead.
+            response._resource_closers.append(lambda: _finish_unstarted(ctx))
         record.status_code = response.status_code
         return ctx.finish_headers(response)
     except GatewayError as exc:
@@ -172,6 +176,13 @@ async def handle(
         if not streaming:
             record.finish()
             finish_record(ctx)
+
+
+def _finish_unstarted(ctx: Context) -> None:
+    if not ctx.record.submitted:
+        ctx.record.cancelled = True
+        ctx.record.finish()
+        finish_record(ctx)
 
 
 def finish_record(ctx: Context) -> None:

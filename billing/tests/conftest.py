@@ -17,6 +17,7 @@ from accounts.actions import create_api_key, create_org
 from billing import limits
 from billing.models import UsageEvent
 from deployments.actions import create_deployment
+from proxy import usage
 
 OUR_REDIS_PATTERNS = ("tokios:rl:*", "tokios:spend:*", "tokios:access:*")
 _request_ids = itertools.count(1)
@@ -39,7 +40,10 @@ def clear_our_redis_keys() -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_limiter_state():
-    """Each test starts with full buckets, no spend counters and no cached access records."""
+    """Each test starts with full buckets, no spend counters, no cached access records, and no usage
+    records queued by an earlier test (their writer task died with that test's event loop)."""
+    usage._queue.clear()
+    usage._writing.clear()
     clear_our_redis_keys()
     for limiter in limits._limiters.values():
         if isinstance(limiter, limits.LocalLimiter):
@@ -47,6 +51,8 @@ def fresh_limiter_state():
     limits._seeding.clear()
     clear_local_cache()
     yield
+    usage._queue.clear()
+    usage._writing.clear()
     clear_our_redis_keys()
 
 

@@ -1,0 +1,288 @@
+"""The limiter itself, in process and in Redis: buckets, reservations, settlement, budgets, seeding."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import replace
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from accounts.access import DeploymentRecord, KeyRecord
+from billing import limits
+from billing.limits import Bucket, Budget, Reservation, go_duration, plan, rate_headers, rfc3339
+
+from .conftest import make_event, utc
+
+NOW_MS = 1_795_000_000_000  # a fixed instant (2026-11-18), so refill is exactly what a test adds
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request, settings):
+    """Run a test against the in-process limiter and against Redis."""
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "") if request.param == "redis" else ""
+    limiter = limits.get_limiter()
+    assert isinstance(limiter, limits.RedisLimiter if request.param == "redis" else limits.LocalLimiter)
+    return limiter
+
+
+def rpm(limit: int, name: str = "k1") -> Bucket:
+    return Bucket(f"tokios:rl:{{o1}}:{name}:rpm", "key", "requests", limit, 1)
+
+
+def tpm(limit: int, cost: int, name: str = "k1") -> Bucket:
+    return Bucket(f"tokios:rl:{{o1}}:{name}:tpm", "key", "tokens", limit, cost)
+
+
+def budget(limit: int | None, cost: int, name: str = "k1", month: str = "2026-11") -> Budget:
+    return Budget(f"tokios:spend:{{o1}}:{name}:{month}", "key", 1, 1, month, limit, cost)
+
+
+def key_record(**limits_) -> KeyRecord:
+    fields = dict(
+        id=7,
+        org_id=3,
+        org_slug="acme",
+        key_hash="x" * 64,
+        prefix="sk-tokios-abc",
+        revoked=False,
+        expires_at=None,
+        all_models=True,
+        allowed=(),
+        rpm_limit=None,
+        tpm_limit=None,
+        budget_micros=None,
+        org_rpm_limit=None,
+        org_tpm_limit=None,
+        org_budget_micros=None,
+    )
+    fields.update(limits_)
+    return KeyRecord(**fields)
+
+
+DEPLOYMENT = DeploymentRecord(
+    id=5,
+    name="gemma-small",
+    org_id=3,
+    upstream_model="",
+    price_input_micros=150_000,
+    price_output_micros=600_000,
+    created_at=0.0,
+    granted_orgs=(),
+)
+
+
+# --- buckets --------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_exactly_the_limit_of_concurrent_requests_is_admitted(backend):
+    decisions = await asyncio.gather(*(backend.acquire([rpm(20)], [], NOW_MS) for _ in range(50)))
+
+    assert sum(d.status == "ok" for d in decisions) == 20
+    assert {d.status for d in decisions} == {"ok", "limited"}
+
+
+@pytest.mark.asyncio
+async def test_a_bucket_refills_at_its_limit_per_minute(backend):
+    for _ in range(20):
+        assert (await backend.acquire([rpm(20)], [], NOW_MS)).status == "ok"
+    refused = await backend.acquire([rpm(20)], [], NOW_MS + 2_999)
+
+    admitted = await backend.acquire([rpm(20)], [], NOW_MS + 3_000)  # 20 per minute = one per 3 s
+
+    assert refused.status == "limited"
+    assert refused.retry_ms == 1
+    assert admitted.status == "ok"
+    assert (await backend.acquire([rpm(20)], [], NOW_MS + 3_000)).status == "limited"
+
+
+@pytest.mark.asyncio
+async def test_a_refused_request_takes_nothing_from_any_bucket(backend):
+    await backend.acquire([rpm(5), tpm(100, 90)], [], NOW_MS)
+
+    refused = await backend.acquire([rpm(5), tpm(100, 50)], [], NOW_MS)
+    after = await backend.acquire([rpm(5), tpm(100, 10)], [], NOW_MS)
+
+    assert refused.status == "limited" and refused.denied == 1
+    assert refused.retry_ms == 24_000  # 40 tokens short at 100 per minute
+    assert after.status == "ok"
+    assert after.levels == [3.0, 0.0]
+
+
+@pytest.mark.asyncio
+async def test_settling_gives_back_the_unused_part_of_a_token_reservation(backend):
+    bucket = tpm(2000, 1000)
+    await backend.acquire([rpm(10), bucket], [], NOW_MS)
+
+    await backend.settle(Reservation((rpm(10), bucket), ()), 300, 0, NOW_MS)
+
+    probe = await backend.acquire([tpm(2000, 1700)], [], NOW_MS)
+    assert probe.status == "ok"
+    assert probe.levels == [0.0]
+
+
+@pytest.mark.asyncio
+async def test_usage_beyond_the_reservation_is_taken_and_the_bucket_goes_below_zero(backend):
+    bucket = tpm(1000, 500)
+    await backend.acquire([bucket], [], NOW_MS)
+
+    await backend.settle(Reservation((bucket,), ()), 1300, 0, NOW_MS)
+
+    refused = await backend.acquire([tpm(1000, 1)], [], NOW_MS)
+    assert refused.status == "limited"
+    assert refused.levels == [-300.0]
+    assert refused.retry_ms == 18_060  # 301 tokens at 1000 per minute
+
+
+# --- budgets --------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_missing_spend_counter_asks_for_a_seed_and_charges_nothing(backend):
+    decision = await backend.acquire([rpm(5)], [budget(1000, 10)], NOW_MS)
+
+    assert decision.status == "seed"
+    assert decision.missing == [0]
+    assert (await backend.acquire([rpm(5)], [], NOW_MS)).levels == [4.0]
+
+
+@pytest.mark.asyncio
+async def test_a_request_that_could_cross_the_budget_is_refused(backend):
+    first = await backend.acquire([], [budget(1000, 100)], NOW_MS, {budget(1000, 100).key: 850})
+
+    refused = await backend.acquire([], [budget(1000, 100)], NOW_MS)
+    exactly_to_the_cap = await backend.acquire([], [budget(1000, 50)], NOW_MS)
+
+    assert first.status == "ok" and first.used == [950]
+    assert refused.status == "over_budget"
+    assert exactly_to_the_cap.status == "ok" and exactly_to_the_cap.used == [1000]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_reservations_against_a_nearly_spent_budget_overspend_at_most_their_overruns(backend):
+    limit, seed, reserve = 10_000, 9_000, 300
+    await backend.acquire([], [budget(limit, 0)], NOW_MS, {budget(limit, 0).key: seed})
+
+    decisions = await asyncio.gather(*(backend.acquire([], [budget(limit, reserve)], NOW_MS) for _ in range(60)))
+    admitted = [d for d in decisions if d.status == "ok"]
+    assert len(admitted) == 3  # 9000 + 3 x 300 = 9900; a fourth would reach 10200
+    # Two finish within their reservation, one runs 120 over it.
+    actual = [250, 300, 420]
+    for cost in actual:
+        await backend.settle(Reservation((), (budget(limit, reserve),)), 0, cost, NOW_MS)
+
+    spent = await backend.spent(budget(limit, 0).key)
+    assert spent == seed + sum(actual)
+    overspend = max(0, spent - limit)
+    assert overspend <= sum(max(0, c - reserve) for c in actual)
+
+
+@pytest.mark.asyncio
+async def test_spend_is_tracked_for_keys_without_a_budget(backend):
+    await backend.acquire([], [budget(None, 40)], NOW_MS, {budget(None, 40).key: 1_000_000})
+
+    decision = await backend.acquire([], [budget(None, 40)], NOW_MS)
+
+    assert decision.status == "ok"
+    assert decision.used == [1_000_080]
+
+
+@pytest.mark.asyncio
+async def test_a_refused_request_does_not_reserve_budget(backend):
+    await backend.acquire([rpm(1)], [budget(1000, 10)], NOW_MS, {budget(1000, 10).key: 0})
+
+    refused = await backend.acquire([rpm(1)], [budget(1000, 10)], NOW_MS)
+
+    assert refused.status == "limited"
+    assert await backend.spent(budget(1000, 0).key) == 10
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("redis", [False, pytest.param(True, marks=pytest.mark.redis)])
+async def test_counters_are_seeded_from_the_database_once_however_many_requests_wait(
+    redis, settings, org, key, deployment, time_machine
+):
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "") if redis else ""
+    time_machine.move_to(utc(2026, 11, 18, 12), tick=False)
+    await sync_to_async(make_event)(
+        org=org, key=key, deployment=deployment, at=utc(2026, 11, 2), tokens_in=1_000_000, tokens_out=0
+    )
+    await sync_to_async(make_event)(  # last month: not this month's spend
+        org=org, key=key, deployment=deployment, at=utc(2026, 10, 31, 23, 59), tokens_out=1_000_000
+    )
+    record = key_record(id=key.pk, org_id=org.pk, budget_micros=10_000_000)
+    buckets, budgets = plan(record, replace(DEPLOYMENT, id=deployment.pk), 100, utc(2026, 11, 18, 12).timestamp())
+    before = limits.seed_queries
+
+    decisions = await asyncio.gather(*(limits.acquire(buckets, budgets, NOW_MS) for _ in range(20)))
+
+    assert [d.status for d in decisions] == ["ok"] * 20
+    assert limits.seed_queries - before == 2  # the key's counter and the org's, once each
+    reserve = budgets[0].cost
+    assert await limits.get_limiter().spent(budgets[0].key) == 150_000 + 20 * reserve
+
+
+# --- planning and headers -------------------------------------------------------------------------
+
+
+def test_a_request_is_planned_against_key_and_org_limits_and_both_spend_counters():
+    record = key_record(rpm_limit=60, tpm_limit=1000, org_rpm_limit=600, budget_micros=5_000_000)
+
+    buckets, budgets = plan(record, DEPLOYMENT, 4000, utc(2026, 11, 30, 23, 59, 59).timestamp())
+
+    assert [(b.scope, b.kind, b.capacity, b.cost) for b in buckets] == [
+        ("key", "requests", 60, 1),
+        ("key", "tokens", 1000, 1000),  # clamped: a request never needs more than a full bucket
+        ("org", "requests", 600, 1),
+    ]
+    assert [(g.scope, g.limit, g.cost, g.month) for g in budgets] == [
+        ("key", 5_000_000, 2400, "2026-11"),  # 4000 tokens at the higher (output) price
+        ("org", None, 2400, "2026-11"),
+    ]
+    assert all(k.key.startswith("tokios:") and "{o3}" in k.key for k in [*buckets, *budgets])
+
+
+def test_budget_counters_are_keyed_by_utc_month():
+    record = key_record(budget_micros=1)
+
+    _, november = plan(record, DEPLOYMENT, 1, utc(2026, 11, 30, 23, 59, 59).timestamp())
+    _, december = plan(record, DEPLOYMENT, 1, utc(2026, 12, 1).timestamp())
+
+    assert november[0].key.endswith(":2026-11")
+    assert december[0].key.endswith(":2026-12")
+
+
+@pytest.mark.parametrize(
+    "ms, text",
+    [(0, "0s"), (12, "12ms"), (999, "999ms"), (1000, "1s"), (1500, "1.5s"), (360_000, "6m0s"), (61_234, "1m1.234s"), (3_600_000, "1h0m0s")],
+)
+def test_durations_are_printed_the_way_go_prints_them(ms, text):
+    assert go_duration(ms) == text
+
+
+def test_headers_report_the_tightest_of_the_key_and_org_limits():
+    buckets = [rpm(60), Bucket("o", "org", "requests", 100, 1), tpm(10_000, 500)]
+
+    headers = rate_headers(buckets, [59.0, 3.0, 9_500.0], NOW_MS)
+
+    assert headers == {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "3",
+        "x-ratelimit-reset-requests": "58.2s",
+        "x-ratelimit-limit-tokens": "10000",
+        "x-ratelimit-remaining-tokens": "9500",
+        "x-ratelimit-reset-tokens": "3s",
+    }
+
+
+def test_anthropic_headers_give_the_reset_as_an_rfc3339_instant():
+    headers = rate_headers([rpm(60)], [59.0], NOW_MS, anthropic=True)
+
+    assert headers["anthropic-ratelimit-requests-limit"] == "60"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "59"
+    assert headers["anthropic-ratelimit-requests-reset"] == rfc3339(NOW_MS + 1000)
+    assert headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    assert "anthropic-ratelimit-tokens-limit" not in headers
