@@ -14,13 +14,17 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from proxy.handler import GatewayHandler  # noqa: E402
 from proxy.tunnel.consumer import ConnectorConsumer  # noqa: E402
 
+gateway_app = GatewayHandler()
 static_app = ASGIStaticFilesHandler(django_app)
 static_prefix = "/" + settings.STATIC_URL.lstrip("/")
 
 
 async def http_app(scope, receive, send):
+    if scope["path"].startswith("/v1/"):
+        return await gateway_app(scope, receive, send)
     if scope["path"].startswith(static_prefix):
         return await static_app(scope, receive, send)
     return await django_app(scope, receive, send)

@@ -15,6 +15,7 @@ import time
 import orjson
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 from django.utils import timezone
 
@@ -51,6 +52,15 @@ def _token_still_valid(token_id: int) -> bool:
 
 class ConnectorConsumer(AsyncWebsocketConsumer):
     info: presence.ConnectorInfo | None = None
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale DB connections (through sync_to_async, a thread hop) before every
+        # message. Frames arrive thousands of times a second here and this consumer touches the
+        # database only inside sync_to_async calls of its own, so go straight to the handler.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.pending: dict[str, asyncio.Queue | str] = {}  # request id → local queue or reply channel

@@ -1,0 +1,232 @@
+"""Tunnel benchmark: direct-to-upstream vs through Tokios, on this machine, in one run.
+
+    .venv/bin/python bench/tunnel.py [--duration 10] [--modes embedded,redis] [--metering both]
+
+Starts the fake upstream (the labelled test double, zero think time), a Tokios uvicorn process and
+one connector per mode, then measures with wrk (Debian's `wrk`, installed by `apt-get install wrk`):
+- non-streaming latency p50/p99 at c=1 and requests/s at c=32, direct vs through Tokios;
+- streamed chunks/s through one connector (wrk on a 1,000-chunk stream, c=8);
+- added time to first chunk (sequential streaming requests, median);
+- CPU time per request of the server and the connector (from /proc, during the c=32 run).
+`--metering both` runs each mode with metering and limits on and off, side by side. Redis mode uses
+REDIS_URL (default redis://127.0.0.1:6379/9) and DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tokios_bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wrk(url: str, *, connections: int, duration: int, body: str, key: str | None) -> dict:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
+    script.write(
+        f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n{auth}'
+    )
+    script.close()
+    out = subprocess.run(
+        ["wrk", "-t", "2" if connections > 1 else "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
+         "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {
+        "p50": ms("50"),
+        "p99": ms("99"),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": requests,
+        "errors": int(errors.group(1)) if errors else 0,
+    }
+
+
+async def first_chunk_ms(url: str, key: str | None, body: bytes, n: int) -> float:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    samples = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        headers = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        if key:
+            headers += f"Authorization: Bearer {key}\r\n"
+        started = time.perf_counter()
+        writer.write(headers.encode() + b"\r\n" + body)
+        await writer.drain()
+        buf = b""
+        while b'"content":"w' not in buf:  # the first chunk that carries a token
+            data = await reader.read(65536)
+            if not data:
+                break
+            buf += data
+        samples.append((time.perf_counter() - started) * 1000)
+        writer.close()
+    return statistics.median(samples)
+
+
+class Stack:
+    def __init__(self, mode: str, metering: bool, upstream: str):
+        self.mode, self.metering = mode, metering
+        self.data = Path(tempfile.mkdtemp(prefix=f"tokios-bench-{mode}-"))
+        self.env = {**os.environ, "TOKIOS_DATA_DIR": str(self.data), "TOKIOS_HTTPS": "0",
+                    "TOKIOS_METERING": "1" if metering else "0", "TOKIOS_LIMITS": "1" if metering else "0"}
+        self.env.pop("DATABASE_URL", None)
+        self.env.pop("REDIS_URL", None)
+        if mode == "redis":
+            self.env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+            self.env["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokios_bench")
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS tokios_bench"], capture_output=True)
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE tokios_bench"], check=True, capture_output=True)
+            subprocess.run(["redis-cli", "-n", "9", "flushdb"], capture_output=True)
+        manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731
+        manage("migrate")
+        manage("create_org", "bench")
+        self.token = manage("create_deployment", "bench-model", "--org", "bench", "--price-input", "1", "--price-output", "2")
+        # Limits far above what the benchmark sends: enforced (and paid for) but never hit.
+        self.key = manage("create_key", "--org", "bench", "--name", "bench", "--rpm", "100000000", "--tpm", "1000000000")
+        self.port = free_port()
+        self.server = subprocess.Popen(
+            [PY, "-m", "uvicorn", "tokios_site.asgi:application", "--port", str(self.port), "--log-level", "warning",
+             "--no-access-log", "--http", "httptools", "--loop", "uvloop"], cwd=ROOT, env=self.env)
+        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        self.connector = subprocess.Popen(
+            [PY, "-m", "tokios_connector", "--server", f"http://127.0.0.1:{self.port}", "--token", self.token,
+             "--upstream", upstream, "--max-concurrency", "512", "--log-level", "warning"], cwd=ROOT, env=self.env)
+        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            r = httpx.post(self.url, json={"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]},
+                           headers={"authorization": f"Bearer {self.key}"})
+            if r.status_code == 200:
+                return
+            time.sleep(0.2)
+        raise SystemExit(f"{mode}: the tunnel did not come up: {r.status_code} {r.text}")
+
+    def stop(self) -> None:
+        for proc in (self.connector, self.server):
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+PLAIN = '{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}'
+STREAM = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"go [[words=1000]]"}]}'
+FIRST = b'{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"go [[words=2]]"}]}'
+
+
+def measure(url: str, key: str | None, duration: int, pids: list[int]) -> dict:
+    c1 = wrk(url, connections=1, duration=duration, body=PLAIN, key=key)
+    before = [cpu_seconds(p) for p in pids]
+    c32 = wrk(url, connections=32, duration=duration, body=PLAIN, key=key)
+    cpu = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+    stream = wrk(url, connections=8, duration=duration, body=STREAM, key=key)
+    ttfc = asyncio.run(first_chunk_ms(url, key, FIRST, 200))
+    return {
+        "c1_p50": c1["p50"], "c1_p99": c1["p99"], "c1_rps": c1["rps"],
+        "c32_p50": c32["p50"], "c32_p99": c32["p99"], "c32_rps": c32["rps"],
+        "errors": c1["errors"] + c32["errors"] + stream["errors"],
+        "chunks_per_s": stream["rps"] * 1002,  # 1000 words + role chunk + finish chunk per stream
+        "ttfc_ms": ttfc,
+        "cpu_ms_per_req": [1000 * c / max(1, c32["requests"]) for c in cpu],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--modes", default="embedded,redis")
+    parser.add_argument("--metering", choices=["on", "off", "both"], default="on")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    up_port = free_port()
+    upstream = subprocess.Popen([PY, "-m", "tests.fakes.fake_upstream", "--port", str(up_port)], cwd=ROOT)
+    wait_http(f"http://127.0.0.1:{up_port}/_fake/stats")
+    direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    try:
+        results = {"direct": measure(direct_url, None, args.duration, [upstream.pid])}
+        meterings = {"on": [True], "off": [False], "both": [False, True]}[args.metering]
+        for mode in args.modes.split(","):
+            for metering in meterings:
+                stack = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1")
+                try:
+                    name = f"{mode}{'' if args.metering != 'both' else (' +meter' if metering else ' -meter')}"
+                    results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
+                finally:
+                    stack.stop()
+    finally:
+        upstream.terminate()
+    report(results)
+
+
+def report(results: dict) -> None:
+    direct = results["direct"]
+    print(f"\n{'':16}{'c1 p50':>9}{'c1 p99':>9}{'c32 rps':>9}{'c32 p50':>9}{'c32 p99':>9}{'chunks/s':>10}{'TTFC':>8}{'CPU/req':>16}{'errors':>7}")
+    for name, r in results.items():
+        cpu = "+".join(f"{c:.2f}" for c in r["cpu_ms_per_req"]) + " ms"
+        print(f"{name:16}{r['c1_p50']:8.2f}m{r['c1_p99']:8.2f}m{r['c32_rps']:9.0f}{r['c32_p50']:8.1f}m{r['c32_p99']:8.1f}m"
+              f"{r['chunks_per_s']:10.0f}{r['ttfc_ms']:7.2f}m{cpu:>16}{r['errors']:7}")
+    print("\nThrough Tokios vs direct (targets: added p50 ≤ 3 ms, ≥ 1,000 req/s at c=32, ≥ 20,000 chunks/s, "
+          "added TTFC ≤ 3 ms, ≤ 1.5 ms CPU/request):")
+    for name, r in results.items():
+        if name == "direct":
+            continue
+        print(f"  {name:14} added p50 {r['c1_p50'] - direct['c1_p50']:6.2f} ms | req/s at c=32 {r['c32_rps']:6.0f} "
+              f"({r['c32_rps'] / direct['c32_rps']:.2f}× direct) | chunks/s {r['chunks_per_s']:7.0f} "
+              f"({r['chunks_per_s'] / direct['chunks_per_s']:.2f}×) | added TTFC {r['ttfc_ms'] - direct['ttfc_ms']:5.2f} ms | "
+              f"CPU/request {sum(r['cpu_ms_per_req']):.2f} ms (server + connector)")
+    on = {k[:-7]: v for k, v in results.items() if k.endswith(" +meter")}
+    off = {k[:-7]: v for k, v in results.items() if k.endswith(" -meter")}
+    for mode in sorted(set(on) & set(off)):
+        a, b = off[mode], on[mode]
+        print(f"  metering+limits cost ({mode}): throughput {100 * (1 - b['c32_rps'] / a['c32_rps']):+.1f}% lost, "
+              f"p50 {b['c1_p50'] - a['c1_p50']:+.2f} ms (targets: < 10%, < 1 ms)")
+
+
+if __name__ == "__main__":
+    main()
