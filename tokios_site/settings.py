@@ -126,6 +126,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Keep the connection: the usage writer commits from one thread many times a second.
+            "CONN_MAX_AGE": 600,
         }
     }
 
