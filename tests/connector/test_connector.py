@@ -1,0 +1,438 @@
+"""The connector against an in-test server (tunnel.FakeTokios) and the fake upstream process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from tests.connector.conftest import TOKEN, StartConnector, Upstream
+from tests.connector.tunnel import FakeTokios
+from tests.fakes.process import free_port
+from tokios_connector import PROTOCOL_VERSION, __version__
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+
+def chat(text: str = "hello there", **extra: object) -> dict[str, object]:
+    return {"model": "client-model", "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def test_it_says_hello_and_waits_for_welcome(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    base_with_credentials = upstream.base.replace("http://", "http://user:pw@")
+    await start_connector(upstream=base_with_credentials, model="local-llama", max_concurrency=7)
+    peer = await tunnel.accept()
+
+    assert peer.authorization == f"Bearer {TOKEN}"
+    hello = await peer.next_control()
+    assert hello == {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "version": __version__,
+        "upstream": upstream.base,  # credentials stripped
+        "model": "local-llama",
+        "max_concurrency": 7,
+    }
+    with pytest.raises(asyncio.TimeoutError):
+        await peer.next_control(timeout=0.2)  # nothing else before welcome
+
+    await peer.send(
+        {"type": "welcome", "deployment": "d", "connector_id": "c", "heartbeat_interval": 15, "heartbeat_timeout": 45}
+    )
+    await peer.send({"type": "ping", "t": 1234.5})
+    assert await peer.next_control() == {"type": "pong", "t": 1234.5}
+
+
+async def test_it_relays_a_non_streaming_request(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    headers = {
+        "Content-Type": "application/json",
+        "X-Request-Id": "req-abc",
+        "Cookie": "session=1",
+        "Authorization": "Bearer sk-tokios-client-key",
+    }
+    await peer.request("r1", chat(), headers=headers)
+    response = await peer.collect("r1")
+
+    assert response.error is None
+    assert response.status == 200
+    assert response.start["headers"]["content-type"] == "application/json"
+    assert "transfer-encoding" not in response.start["headers"]
+    assert "connection" not in response.start["headers"]
+    answer = response.json()
+    assert answer["choices"][0]["message"]["content"] == "w0 w1 w2 w3 w4 w5 w6 w7"
+    assert answer["model"] == "client-model"  # no --model: the body goes through untouched
+    timing = response.end["timing"]
+    assert isinstance(timing["upstream_ms"], int) and isinstance(timing["ttfb_ms"], int)
+    assert 0 <= timing["ttfb_ms"] <= timing["upstream_ms"]
+
+    stats = upstream.stats()
+    assert stats["last_path"] == "POST /v1/chat/completions"
+    sent = stats["last_headers"]
+    assert sent["x-request-id"] == "req-abc"
+    assert "cookie" not in sent
+    assert "authorization" not in sent  # the client's Tokios key never reaches the model
+
+
+async def test_it_rewrites_model_and_adds_the_upstream_key(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector(model="local-llama", upstream_key="upstream-key-1")
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("r1", chat())
+    response = await peer.collect("r1")
+
+    assert response.status == 200
+    stats = upstream.stats()
+    assert stats["last_body"]["model"] == "local-llama"
+    assert stats["last_body"]["messages"] == chat()["messages"]
+    assert stats["last_headers"]["authorization"] == "Bearer upstream-key-1"
+
+
+async def test_it_streams_chunks_as_they_arrive(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    sent_at = time.monotonic()
+    await peer.request("s1", chat("go [[words=5 delay_ms=150]]", stream=True))
+    response = await peer.collect("s1")
+
+    assert response.status == 200
+    assert response.start["headers"]["content-type"].startswith("text/event-stream")
+    # The upstream needs >= 750 ms; the first chunk must not wait for it to finish.
+    assert response.chunks[0].at - sent_at < 0.4
+    assert response.end_at - response.chunks[0].at > 0.5
+    assert len(response.chunks) >= 5
+    data = response.sse_data()
+    assert data[-1] == "[DONE]"
+    words = "".join(
+        json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1] if json.loads(d)["choices"]
+    )
+    assert words == "w0 w1 w2 w3 w4"
+
+
+async def test_it_reassembles_a_large_request_body_sent_in_parts(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    prompt = "lorem " * 220_000  # 1.3 MB: five request.body parts
+    await peer.request("big", chat(prompt))
+    response = await peer.collect("big")
+
+    assert response.status == 200, response.body[:300]
+    assert response.json()["usage"]["prompt_tokens"] == 220_000
+    assert upstream.stats()["last_body"]["messages"][0]["content"] == prompt
+
+
+async def test_it_splits_a_large_response_into_several_frames(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    text = "abcdefghij_" * 40_000  # a 440 KB answer
+    await peer.request("big", chat(f"[[text={text}]]"))
+    response = await peer.collect("big")
+
+    assert response.status == 200
+    assert len(response.body) > 256 * 1024
+    assert len(response.chunks) > 1
+    assert all(len(chunk.payload) <= 256 * 1024 for chunk in response.chunks)
+    assert response.json()["choices"][0]["message"]["content"] == text.replace("_", " ").strip()
+
+
+async def test_cancel_aborts_the_upstream_request(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("c1", chat("[[words=50 delay_ms=100]]", stream=True))
+    kind, _, _ = await peer.next_event("c1")
+    assert kind == "response.start"
+    await peer.send({"type": "cancel", "id": "c1"})
+
+    stats = await upstream.wait_for("aborted", 1)
+    assert stats["aborted"] == 1
+    assert stats["completed"] == 0
+    await asyncio.sleep(0.3)
+    assert all(kind == "chunk" for kind, _, _ in peer.pending_events("c1")), "nothing but in-flight chunks after cancel"
+
+    # The slot is free again and the connection is healthy.
+    await peer.request("c2", chat())
+    assert (await peer.collect("c2")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/admin"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/chat/completions"),
+        ("POST", "/models"),
+        ("POST", "/chat/completions?x=1"),
+        ("POST", "/chat/completions/../../_fake/reset"),
+        ("GET", "http://169.254.169.254/latest/meta-data"),
+    ],
+)
+async def test_it_refuses_paths_outside_the_allow_list(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream, method: str, path: str
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("p1", chat() if method == "POST" else None, method=method, path=path)
+    response = await peer.collect("p1")
+
+    assert response.start is None
+    assert response.error["code"] == "path_not_allowed"
+    assert upstream.stats()["started"] == 0
+
+
+async def test_it_forwards_llama_cpp_extensions_to_the_upstream_root(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("t1", {"content": "one two three"}, path="/tokenize")
+    response = await peer.collect("t1")
+    assert len(response.json()["tokens"]) == 3
+    assert upstream.stats()["last_path"] == "POST /tokenize"
+
+    await peer.request("m1", None, method="GET", path="/models")
+    response = await peer.collect("m1")
+    assert [m["id"] for m in response.json()["data"]] == ["fake-model"]
+    assert upstream.stats()["last_path"] == "GET /v1/models"
+
+
+async def test_it_answers_overloaded_over_max_concurrency(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector(max_concurrency=2)
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    slow = chat("[[words=4 delay_ms=100]]", stream=True)
+    await peer.request("a", slow)
+    await peer.request("b", slow)
+    asked = time.monotonic()
+    await peer.request("c", chat())
+    third = await peer.collect("c")
+
+    assert third.error["code"] == "overloaded"
+    assert third.end_at - asked < 0.3  # refused at once, not queued
+    assert (await peer.collect("a")).end is not None
+    assert (await peer.collect("b")).end is not None
+    await peer.request("d", chat())
+    assert (await peer.collect("d")).status == 200
+
+
+async def test_it_reconnects_after_the_server_goes_away(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    first = await tunnel.accept()
+    await first.handshake()
+    await first.ws.close(1012, "restarting")
+
+    second = await tunnel.accept(timeout=5)
+    await second.handshake()
+    second.ws.transport.abort()  # and once more without a closing handshake
+
+    third = await tunnel.accept(timeout=5)
+    await third.handshake()
+    await third.request("r1", chat())
+    assert (await third.collect("r1")).status == 200
+
+
+async def test_it_reconnects_when_the_server_restarts(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+    port = tunnel.port
+
+    await tunnel.stop()
+    await asyncio.sleep(0.5)  # a few connection attempts fail meanwhile
+    await tunnel.start(port)
+
+    peer = await tunnel.accept(timeout=10)
+    await peer.handshake()
+    await peer.send({"type": "ping", "t": 1.0})
+    assert (await peer.next_control())["type"] == "pong"
+
+
+async def test_it_reconnects_when_the_server_goes_silent(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    first = await tunnel.accept()
+    await first.handshake(heartbeat_timeout=0.5)
+
+    second = await tunnel.accept(timeout=5)
+    await asyncio.wait_for(first.ws.wait_closed(), 5)
+    assert first.ws.close_code == 1001
+    assert (await second.next_control())["type"] == "hello"
+
+
+async def test_in_flight_requests_are_cancelled_when_the_tunnel_drops(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+    await peer.request("r1", chat("[[words=50 delay_ms=100]]", stream=True))
+    assert (await peer.next_event("r1"))[0] == "response.start"
+
+    peer.ws.transport.abort()
+
+    # Nobody can receive the answer any more, so the model must stop generating it.
+    assert (await upstream.wait_for("aborted", 1))["aborted"] == 1
+
+
+async def test_upstream_failures_map_to_error_codes(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector(read_timeout=0.5)
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("slow", chat("[[first_delay_ms=3000]]"))
+    timed_out = await peer.collect("slow")
+    assert timed_out.start is None
+    assert timed_out.error["code"] == "upstream_timeout"
+
+    await peer.request("broken", chat("[[words=6 fail_after=2]]", stream=True))
+    broken = await peer.collect("broken")
+    assert broken.status == 200
+    assert b'"w0"' in broken.body and b'" w1"' in broken.body and b"[DONE]" not in broken.body
+    assert broken.error["code"] == "upstream_error"
+
+    await peer.request("500", chat("[[status=500]]"))
+    failed = await peer.collect("500")
+    assert failed.status == 500  # an upstream HTTP error is an answer, relayed as is
+    assert failed.json()["error"]["code"] == 500
+    assert failed.end is not None
+
+
+async def test_an_unreachable_upstream_is_reported(tunnel: FakeTokios, start_connector: StartConnector) -> None:
+    await start_connector(upstream=f"http://127.0.0.1:{free_port()}/v1")
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("r1", chat())
+    response = await peer.collect("r1")
+
+    assert response.start is None
+    assert response.error["code"] == "upstream_unreachable"
+
+
+async def test_it_rejects_malformed_requests_and_survives_garbage(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.ws.send("not json")
+    await peer.ws.send(b"\x01xbinary")
+    await peer.send({"type": "something.new"})
+    await peer.send(
+        {
+            "type": "request",
+            "id": "bad",
+            "method": "POST",
+            "path": "/chat/completions",
+            "headers": {},
+            "body": None,
+            "body_parts": -1,
+        }
+    )
+    assert (await peer.collect("bad")).error["code"] == "bad_request"
+
+    await peer.request("ok", chat())
+    assert (await peer.collect("ok")).status == 200
+
+
+async def test_it_logs_one_line_per_request_without_secrets_or_prompts(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await start_connector(upstream_key="upstream-secret-9")
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("req-42", chat("my private prompt"))
+    await peer.collect("req-42")
+    await asyncio.sleep(0.05)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "tokios_connector"]
+    assert any(line.startswith("connected to ") and "fake-deployment" in line for line in lines)
+    request_lines = [line for line in lines if line.startswith("req req-42 ")]
+    assert len(request_lines) == 1
+    assert "POST /chat/completions -> 200" in request_lines[0]
+    # The in-test server's own handshake log shows the token it received; that is not ours.
+    everything = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
+    assert "my private prompt" not in everything
+    assert TOKEN not in everything
+    assert "upstream-secret-9" not in everything
+
+
+async def test_log_prompts_logs_the_request_body(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tokios_connector")
+    await start_connector(log_prompts=True)
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("r1", chat("my private prompt"))
+    await peer.collect("r1")
+
+    assert "my private prompt" in caplog.text
+
+
+async def test_draining_refuses_new_requests_and_finishes_in_flight(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    connector = await start_connector(grace=5)
+    peer = await tunnel.accept()
+    await peer.handshake()
+    await peer.request("a", chat("[[words=5 delay_ms=100]]", stream=True))
+    kind, start, _ = await peer.next_event("a")
+    assert kind == "response.start"
+
+    connector.request_stop("test")
+
+    assert await peer.next_control() == {"type": "draining"}
+    await peer.request("late", chat())
+    assert (await peer.collect("late")).error["code"] == "overloaded"
+    finished = await peer.collect("a", start=start)
+    assert finished.end is not None
+    assert finished.sse_data()[-1] == "[DONE]"
+    await asyncio.wait_for(peer.ws.wait_closed(), 5)
+    assert peer.ws.close_code == 1001

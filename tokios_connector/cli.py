@@ -1,0 +1,170 @@
+"""Command line: ``python -m tokios_connector --server ... --token ... --upstream ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from . import __version__
+from .config import Config, public_url, upstream_base, websocket_url
+from .connector import Connector
+
+T = TypeVar("T")
+
+DESCRIPTION = """\
+Connect a local OpenAI-compatible model server (llama.cpp, Ollama, vLLM, ...) to a Tokios
+deployment. The connector dials out over one WebSocket, so the model needs no inbound port.
+Every option can also be given as an environment variable (shown in brackets); prefer
+TOKIOS_CONNECTOR_TOKEN over --token, which other local users can read in the process list.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise ValueError
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokios_connector", description=DESCRIPTION)
+    p.add_argument("--server", help="Tokios base URL, e.g. https://tokios.example [TOKIOS_SERVER]")
+    p.add_argument("--token", help="connector token from the deployment page [TOKIOS_CONNECTOR_TOKEN]")
+    p.add_argument("--upstream", help="model server base URL, e.g. http://127.0.0.1:8080/v1 [TOKIOS_UPSTREAM]")
+    p.add_argument("--model", help="rewrite the request's `model` to this upstream model name [TOKIOS_MODEL]")
+    p.add_argument(
+        "--max-concurrency",
+        metavar="N",
+        help="in-flight requests before answering overloaded (default 64) [TOKIOS_MAX_CONCURRENCY]",
+    )
+    p.add_argument(
+        "--upstream-key",
+        metavar="KEY",
+        help="API key the upstream expects, sent as a Bearer token [TOKIOS_UPSTREAM_KEY]",
+    )
+    p.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for in-flight requests (default 30) [TOKIOS_GRACE]",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        metavar="SECONDS",
+        help="upstream and server connect timeout (default 10) [TOKIOS_CONNECT_TIMEOUT]",
+    )
+    p.add_argument(
+        "--read-timeout",
+        metavar="SECONDS",
+        help="upstream read timeout between bytes (default 600) [TOKIOS_READ_TIMEOUT]",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info [TOKIOS_LOG_LEVEL]")
+    p.add_argument("--log-prompts", action="store_true", help="log request bodies (prompts); off by default")
+    p.add_argument("--version", action="version", version=f"tokios_connector {__version__}")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Config, str]:
+    """Command line first, then environment. Errors exit with status 2 via argparse."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def pick(name: str, env_name: str, convert: Callable[[str], T], default: T, what: str) -> T:
+        raw = getattr(args, name)
+        source = f"--{name.replace('_', '-')}"
+        if raw is None:
+            raw = env.get(env_name) or None
+            source = env_name
+        if raw is None:
+            return default
+        try:
+            return convert(raw)
+        except ValueError:
+            parser.error(f"{source} must be {what} (got {raw!r})")
+            raise  # unreachable: parser.error exits
+
+    def required(name: str, env_name: str) -> str:
+        value = getattr(args, name) or env.get(env_name)
+        if not value:
+            parser.error(f"--{name} is required (or set {env_name})")
+        return value
+
+    server = required("server", "TOKIOS_SERVER")
+    token = required("token", "TOKIOS_CONNECTOR_TOKEN")
+    upstream = required("upstream", "TOKIOS_UPSTREAM")
+    try:
+        server_url = websocket_url(server)
+        base = upstream_base(upstream)
+    except ValueError as exc:
+        parser.error(str(exc))
+    config = Config(
+        server_url=server_url,
+        token=token.strip(),
+        upstream=base,
+        model=args.model or env.get("TOKIOS_MODEL") or None,
+        max_concurrency=pick("max_concurrency", "TOKIOS_MAX_CONCURRENCY", _positive_int, 64, "a positive integer"),
+        upstream_key=args.upstream_key or env.get("TOKIOS_UPSTREAM_KEY") or None,
+        grace=pick("grace", "TOKIOS_GRACE", _non_negative_float, 30.0, "a number of seconds >= 0"),
+        connect_timeout=pick(
+            "connect_timeout", "TOKIOS_CONNECT_TIMEOUT", _positive_float, 10.0, "a number of seconds > 0"
+        ),
+        read_timeout=pick("read_timeout", "TOKIOS_READ_TIMEOUT", _positive_float, 600.0, "a number of seconds > 0"),
+        log_prompts=args.log_prompts,
+    )
+    level = args.log_level or env.get("TOKIOS_LOG_LEVEL", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        parser.error(f"TOKIOS_LOG_LEVEL must be one of debug, info, warning, error (got {level!r})")
+    return config, level
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # websockets logs handshake headers (our Bearer token) at debug level, and httpx logs one line
+    # per upstream request at info: keep both quiet whatever --log-level says.
+    for noisy in ("websockets", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(coro_factory: Callable[[], object]) -> int:
+    """Run on uvloop when it is installed: its faster transports matter at thousands of frames a second."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro_factory())  # type: ignore[arg-type]
+    return uvloop.run(coro_factory())  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = parse_config(argv, os.environ)
+    configure_logging(level)
+    logging.getLogger("tokios_connector").info(
+        "tokios_connector %s: server %s, upstream %s%s, max concurrency %d",
+        __version__,
+        public_url(config.server_url),
+        public_url(config.upstream),
+        f", model {config.model}" if config.model else "",
+        config.max_concurrency,
+    )
+    return run(lambda: Connector(config).run())

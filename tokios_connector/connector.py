@@ -1,0 +1,576 @@
+"""The connector's event loop: one outbound WebSocket carrying many concurrent upstream requests.
+
+Protocol: docs/connector-protocol.md. One asyncio task per request streams the upstream body back
+chunk by chunk; the WebSocket reader never awaits a send, so a slow server cannot stop it from
+seeing `cancel` and `ping` frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import sys
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from . import PROTOCOL_VERSION, __version__
+from .config import Config, public_url
+from .frames import MAX_FRAME_SIZE, JSONDecodeError, chunk_frames, chunk_prefix, dumps, loads, valid_request_id
+from .transport import make_transport
+from .upstream import Route, build_routes, request_headers, response_headers, rewrite_model
+
+log = logging.getLogger("tokios_connector")
+# websockets logs handshake headers (our Bearer token) and frame contents (prompts) at debug level.
+# Give it a logger of our own, pinned at INFO, so no root logging setup can switch that on.
+ws_log = logging.getLogger("tokios_connector.websocket")
+ws_log.setLevel(logging.INFO)
+
+EXIT_OK = 0
+EXIT_AUTH = 2
+
+# Close codes after which reconnecting cannot help (docs: "Close codes").
+FATAL_CLOSE_CODES = {
+    4001: "connector token rejected by server (close 4001): check --token",
+    4003: "connector token revoked by server (close 4003): check --token",
+}
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+STABLE_AFTER = 60.0  # a connection up this long resets the backoff attempt counter
+MAX_BODY_PARTS = 4096  # 1 GiB at 256 KiB a part: refuse nonsense before buffering it
+LOG_PROMPT_LIMIT = 4000
+
+
+class _CoalescingTransport:
+    """Wraps the WebSocket's transport so frames written in one event-loop iteration leave in one
+    syscall. With dozens of streams relaying chunks at once, a write() per frame was the largest
+    single CPU cost of the connector; this delays a frame by at most one loop iteration."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class FatalError(Exception):
+    """Retrying cannot help (bad token); the message is meant for the operator."""
+
+
+class _PendingBody:
+    """A request whose body is still arriving in `request.body` parts."""
+
+    __slots__ = ("frame", "route", "parts", "remaining")
+
+    def __init__(self, frame: dict[str, Any], route: Route, remaining: int) -> None:
+        self.frame = frame
+        self.route = route
+        self.parts: list[bytes] = []
+        self.remaining = remaining
+
+
+class Session:
+    """State tied to one WebSocket connection; request ids are only meaningful within it."""
+
+    __slots__ = ("ws", "inflight", "idle", "last_rx", "helpers")
+
+    def __init__(self, ws: ClientConnection, now: float) -> None:
+        self.ws = ws
+        self.inflight: dict[str, asyncio.Task[None] | _PendingBody] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.last_rx = now
+        # Strong references to fire-and-forget send tasks (asyncio keeps only weak ones).
+        self.helpers: set[asyncio.Task[None]] = set()
+
+    def running_tasks(self) -> list[asyncio.Task[None]]:
+        return [entry for entry in self.inflight.values() if isinstance(entry, asyncio.Task)]
+
+
+def backoff_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter, as the protocol specifies."""
+    # The exponent is clamped: 2**attempt overflows a float after ~1024 attempts (8 hours at 30 s).
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+class Connector:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.routes = build_routes(config.upstream)
+        self.draining = False
+        self.session: Session | None = None
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Serve until drained (exit 0) or the token is rejected (exit 2)."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        self._http = self._make_http_client()
+        forever = asyncio.create_task(self._connect_forever())
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({forever, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if forever in done:
+                return forever.result()
+            await self._drain()
+            return EXIT_OK
+        except FatalError as exc:
+            print(str(exc), file=sys.stderr, flush=True)
+            return EXIT_AUTH
+        finally:
+            for task in (forever, stop):
+                task.cancel()
+            await asyncio.gather(forever, stop, return_exceptions=True)
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await self._http.aclose()
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """First call: start draining. Second call: stop waiting for in-flight requests."""
+        if self.draining:
+            log.warning("%s again: not waiting for in-flight requests any longer", reason)
+            self._force.set()
+            return
+        log.info("%s: draining (grace %gs)", reason, self.config.grace)
+        self.draining = True
+        self._stop.set()
+
+    def _make_http_client(self) -> httpx.AsyncClient:
+        cfg = self.config
+        return httpx.AsyncClient(
+            # One shared client; its transport pools up to this many upstream connections.
+            transport=make_transport(cfg.upstream, max_connections=max(256, cfg.max_concurrency)),
+            timeout=httpx.Timeout(
+                connect=cfg.connect_timeout,
+                read=cfg.read_timeout,
+                write=cfg.read_timeout,
+                pool=cfg.connect_timeout,
+            ),
+            follow_redirects=False,  # a redirect must never take a request off the upstream
+            # Environment proxies must not reroute a local model's traffic (and its prompts).
+            trust_env=False,
+            # Compressed upstream bodies would cost CPU twice and confuse raw byte relaying.
+            headers={"accept-encoding": "identity"},
+        )
+
+    async def _drain(self) -> None:
+        session = self.session
+        if session is None:
+            log.info("not connected: exiting")
+            return
+        ws = session.ws
+        try:
+            await ws.send(dumps({"type": "draining"}), text=True)
+        except ConnectionClosed:
+            return
+        if session.inflight:
+            log.info("waiting up to %gs for %d in-flight requests", self.config.grace, len(session.inflight))
+            waiters = [
+                asyncio.create_task(session.idle.wait()),
+                asyncio.create_task(ws.wait_closed()),
+                asyncio.create_task(self._force.wait()),
+            ]
+            await asyncio.wait(waiters, timeout=self.config.grace, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        if session.inflight:
+            log.warning("abandoning %d in-flight requests", len(session.inflight))
+        await self._abandon(session)
+        await ws.close(1001, "connector draining")
+        log.info("drained: exiting")
+
+    # ----------------------------------------------------------------- connection loop
+
+    async def _connect_forever(self) -> int:
+        cfg = self.config
+        url = cfg.server_url
+        shown = public_url(url)
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        while not self.draining:
+            started = loop.time()
+            code: int | None = None
+            reason = ""
+            problem = "connection ended"
+            try:
+                async with connect(
+                    url,
+                    additional_headers={"Authorization": f"Bearer {cfg.token}"},
+                    user_agent_header=f"tokios-connector/{__version__}",
+                    max_size=MAX_FRAME_SIZE,
+                    # The protocol has its own ping/pong and 45 s watchdog; websockets' keepalive
+                    # would only add a second, shorter timer that trips when the server is busy.
+                    ping_interval=None,
+                    # Chunks are small SSE events on a fast link: deflate costs more CPU than it saves.
+                    compression=None,
+                    open_timeout=cfg.connect_timeout,
+                    close_timeout=5,
+                    max_queue=64,
+                    write_limit=256 * 1024,
+                    logger=ws_log,
+                ) as ws:
+                    ws.transport = _CoalescingTransport(ws.transport)  # type: ignore[assignment]
+                    await self._serve_connection(ws)
+                code, reason = ws.close_code, ws.close_reason or ""
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise FatalError(
+                        f"server refused the connector upgrade (HTTP {status}): check --token and --server"
+                    ) from None
+                problem = f"connect to {shown} failed: HTTP {status}"
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else 1006
+                reason = exc.rcvd.reason if exc.rcvd else ""
+            except (OSError, asyncio.TimeoutError) as exc:  # noqa: UP041 - a distinct class on Python 3.10
+                problem = f"connect to {shown} failed: {exc or type(exc).__name__}"
+            except Exception as exc:  # noqa: BLE001 - anything else must not end a forever-loop
+                problem = f"connection to {shown} failed: {exc!r}"
+
+            if code in FATAL_CLOSE_CODES:
+                raise FatalError(FATAL_CLOSE_CODES[code])
+            if code is not None:
+                problem = f"disconnected (close {code}{f' {reason!r}' if reason else ''})"
+            if self.draining:
+                log.info("%s", problem)
+                break
+            if loop.time() - started >= STABLE_AFTER:
+                attempt = 0
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.warning("%s; reconnecting in %.1fs", problem, delay)
+            await asyncio.sleep(delay)
+        return EXIT_OK
+
+    async def _serve_connection(self, ws: ClientConnection) -> None:
+        cfg = self.config
+        await ws.send(
+            dumps(
+                {
+                    "type": "hello",
+                    "protocol": PROTOCOL_VERSION,
+                    "version": __version__,
+                    "upstream": public_url(cfg.upstream),
+                    "model": cfg.model,
+                    "max_concurrency": cfg.max_concurrency,
+                }
+            ),
+            text=True,
+        )
+        welcome = await self._await_welcome(ws)
+        if welcome is None:
+            return
+        timeout = welcome.get("heartbeat_timeout")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = cfg.heartbeat_timeout
+        log.info(
+            "connected to %s as connector %s for deployment %s",
+            public_url(cfg.server_url),
+            welcome.get("connector_id"),
+            welcome.get("deployment"),
+        )
+        loop = asyncio.get_running_loop()
+        session = Session(ws, loop.time())
+        self.session = session
+        watchdog = asyncio.create_task(self._watchdog(session, float(timeout)))
+        try:
+            async for message in ws:
+                session.last_rx = loop.time()
+                if isinstance(message, str):
+                    self._on_frame(session, message)
+                else:
+                    log.warning("ignoring unexpected binary frame from server (%d bytes)", len(message))
+        finally:
+            watchdog.cancel()
+            self.session = None
+            await self._abandon(session)
+
+    async def _await_welcome(self, ws: ClientConnection) -> dict[str, Any] | None:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), self.config.heartbeat_timeout)
+        except (TimeoutError, asyncio.TimeoutError):  # noqa: UP041 - distinct classes on Python 3.10
+            log.warning("no welcome from server within %gs", self.config.heartbeat_timeout)
+            await ws.close(1002, "no welcome")
+            return None
+        frame = self._decode(raw)
+        if frame is None or frame.get("type") != "welcome":
+            log.warning("expected welcome, got %.200r", raw)
+            await ws.close(1002, "expected welcome")
+            return None
+        return frame
+
+    async def _watchdog(self, session: Session, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        interval = min(5.0, max(0.05, timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            silent = loop.time() - session.last_rx
+            if silent > timeout:
+                log.warning("nothing from server for %.0fs: reconnecting", silent)
+                await session.ws.close(1001, "heartbeat timeout")
+                return
+
+    async def _abandon(self, session: Session) -> None:
+        """Cancel whatever is still running: its answers have nowhere to go."""
+        tasks = session.running_tasks()
+        session.inflight.clear()
+        session.idle.set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ----------------------------------------------------------------- frames from the server
+
+    @staticmethod
+    def _decode(raw: str | bytes) -> dict[str, Any] | None:
+        try:
+            frame = loads(raw)
+        except (JSONDecodeError, ValueError):
+            return None
+        return frame if isinstance(frame, dict) else None
+
+    def _on_frame(self, session: Session, raw: str) -> None:
+        frame = self._decode(raw)
+        if frame is None:
+            log.warning("ignoring malformed frame from server: %.200r", raw)
+            return
+        kind = frame.get("type")
+        if kind == "request":
+            self._on_request(session, frame)
+        elif kind == "request.body":
+            self._on_body_part(session, frame)
+        elif kind == "cancel":
+            self._on_cancel(session, frame.get("id"))
+        elif kind == "ping":
+            self._send_soon(session, {"type": "pong", "t": frame.get("t")})
+        else:
+            log.debug("ignoring frame of type %r", kind)
+
+    def _on_request(self, session: Session, frame: dict[str, Any]) -> None:
+        rid = frame.get("id")
+        if not valid_request_id(rid):
+            log.warning("ignoring request with invalid id %.80r", rid)
+            return
+        if rid in session.inflight:
+            # Answering would corrupt the stream that owns this id.
+            log.warning("ignoring request %s: id already in flight", rid)
+            return
+        if self.draining:
+            self._reject(session, rid, "overloaded", "connector is draining")
+            return
+        path = frame.get("path")
+        method = frame.get("method")
+        route = self.routes.get(path) if isinstance(path, str) else None
+        if route is None or method != route.method:
+            self._reject(session, rid, "path_not_allowed", f"{method} {path} is not forwarded by this connector")
+            log.info("req %s %s %s -> path_not_allowed", rid, method, str(path)[:200])
+            return
+        body = frame.get("body")
+        parts = frame.get("body_parts") or 0
+        if (
+            not isinstance(parts, int)
+            or isinstance(parts, bool)
+            or not 0 <= parts <= MAX_BODY_PARTS
+            or (body is not None and not isinstance(body, str))
+            or (parts and body is not None)
+        ):
+            self._reject(session, rid, "bad_request", "body must be a string or null and body_parts an int >= 0")
+            return
+        if len(session.inflight) >= self.config.max_concurrency:
+            self._reject(session, rid, "overloaded", f"over max_concurrency ({self.config.max_concurrency})")
+            log.info("req %s %s -> overloaded", rid, path)
+            return
+        session.idle.clear()
+        if parts:
+            session.inflight[rid] = _PendingBody(frame, route, parts)
+            return
+        self._start(session, rid, frame, route, body.encode() if body else None)
+
+    def _on_body_part(self, session: Session, frame: dict[str, Any]) -> None:
+        rid = frame.get("id")
+        entry = session.inflight.get(rid) if isinstance(rid, str) else None
+        if not isinstance(entry, _PendingBody):
+            # Usually a part of a request that was just cancelled.
+            log.debug("ignoring request.body for %.80r", rid)
+            return
+        data = frame.get("data")
+        if not isinstance(data, str):
+            del session.inflight[rid]
+            self._mark_idle_if_empty(session)
+            self._reject(session, rid, "bad_request", "request.body data must be a string")
+            return
+        entry.parts.append(data.encode())
+        entry.remaining -= 1
+        if entry.remaining == 0:
+            self._start(session, rid, entry.frame, entry.route, b"".join(entry.parts))
+
+    def _on_cancel(self, session: Session, rid: object) -> None:
+        entry = session.inflight.pop(rid, None) if isinstance(rid, str) else None
+        if entry is None:
+            return  # already finished: the cancel crossed our response.end
+        if isinstance(entry, asyncio.Task):
+            entry.cancel()
+        else:
+            log.info("req %s %s -> cancelled before its body arrived", rid, entry.frame.get("path"))
+        self._mark_idle_if_empty(session)
+
+    @staticmethod
+    def _mark_idle_if_empty(session: Session) -> None:
+        if not session.inflight:
+            session.idle.set()
+
+    # ----------------------------------------------------------------- sending
+
+    def _send_soon(self, session: Session, frame: dict[str, Any]) -> None:
+        """Send from the reader without awaiting it, so a full write buffer never blocks reading."""
+        task = asyncio.create_task(self._send_quietly(session.ws, dumps(frame)))
+        session.helpers.add(task)
+        task.add_done_callback(session.helpers.discard)
+
+    @staticmethod
+    async def _send_quietly(ws: ClientConnection, data: bytes) -> None:
+        try:
+            await ws.send(data, text=True)
+        except ConnectionClosed:
+            pass
+
+    def _reject(self, session: Session, rid: str, code: str, message: str) -> None:
+        self._send_soon(session, {"type": "response.error", "id": rid, "code": code, "message": message})
+
+    # ----------------------------------------------------------------- one request
+
+    def _start(self, session: Session, rid: str, frame: dict[str, Any], route: Route, body: bytes | None) -> None:
+        task = asyncio.create_task(self._proxy(session.ws, rid, frame, route, body))
+        session.inflight[rid] = task
+
+        def finished(done: asyncio.Task[None]) -> None:
+            # The id may already belong to a newer request if this one was cancelled.
+            if session.inflight.get(rid) is done:
+                del session.inflight[rid]
+            self._mark_idle_if_empty(session)
+
+        task.add_done_callback(finished)
+
+    async def _proxy(
+        self, ws: ClientConnection, rid: str, frame: dict[str, Any], route: Route, body: bytes | None
+    ) -> None:
+        cfg = self.config
+        assert self._http is not None
+        loop = asyncio.get_running_loop()
+        path = frame["path"]
+        if body is not None and route.rewrite_model and cfg.model:
+            body = rewrite_model(body, cfg.model)
+        if cfg.log_prompts and body:
+            log.info("req %s body: %s", rid, body[:LOG_PROMPT_LIMIT].decode(errors="replace"))
+        headers = request_headers(frame.get("headers"), cfg.upstream_key)
+        if body is not None and not any(name == "content-type" for name, _ in headers):
+            headers.append(("content-type", "application/json"))
+        prefix = chunk_prefix(rid)
+        started = loop.time()
+        first_byte: float | None = None
+        status: int | None = None
+        sent = 0
+        outcome = "ok"
+        error: tuple[str, str] | None = None
+        try:
+            async with self._http.stream(route.method, route.url, headers=headers, content=body) as response:
+                status = response.status_code
+                await ws.send(
+                    dumps(
+                        {
+                            "type": "response.start",
+                            "id": rid,
+                            "status": status,
+                            "headers": response_headers(response.headers),
+                        }
+                    ),
+                    text=True,
+                )
+                async for chunk in response.aiter_raw():
+                    if first_byte is None:
+                        first_byte = loop.time()
+                    sent += len(chunk)
+                    for piece in chunk_frames(prefix, chunk):
+                        await ws.send(piece)
+            done = loop.time()
+            await ws.send(
+                dumps(
+                    {
+                        "type": "response.end",
+                        "id": rid,
+                        "timing": {
+                            "upstream_ms": round((done - started) * 1000),
+                            "ttfb_ms": round(((first_byte or done) - started) * 1000),
+                        },
+                    }
+                ),
+                text=True,
+            )
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except ConnectionClosed:
+            outcome = "tunnel closed"
+        except httpx.TimeoutException as exc:
+            error = ("upstream_timeout", f"upstream timed out ({type(exc).__name__})")
+        except httpx.ConnectError as exc:
+            error = ("upstream_unreachable", f"cannot connect to upstream: {exc}")
+        except httpx.HTTPError as exc:
+            # Broken mid-body (or before the status line): the upstream went away or spoke nonsense.
+            error = ("upstream_error", f"upstream connection failed: {exc or type(exc).__name__}")
+        finally:
+            if error is not None:
+                outcome = error[0]
+                try:
+                    await ws.send(
+                        dumps({"type": "response.error", "id": rid, "code": error[0], "message": error[1]}),
+                        text=True,
+                    )
+                except ConnectionClosed:
+                    pass
+            log.info(
+                "req %s %s %s -> %s %dms %dB%s",
+                rid,
+                route.method,
+                path,
+                status if status is not None else "-",
+                round((loop.time() - started) * 1000),
+                sent,
+                "" if outcome == "ok" else f" ({outcome})",
+            )
