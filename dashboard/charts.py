@@ -20,8 +20,8 @@ Number = int | Decimal
 
 _ids = count(1)
 
-WIDTH = 720
-HEIGHT = 240
+WIDTH = 960
+HEIGHT = 260
 MARGIN_LEFT = 64
 MARGIN_RIGHT = 12
 MARGIN_TOP = 28
@@ -38,18 +38,28 @@ class Series:
 
 
 def nice_ceiling(value: Number, ticks: int = TICKS) -> tuple[Number, Number]:
-    """The smallest 1/2/5×10ⁿ step with `ticks` steps covering `value`; returns (top, step)."""
+    """The smallest 1/2/2.5/5×10ⁿ step with `ticks` steps covering `value`; returns (top, step).
+
+    Integer data (counts, micro-USD) never gets a fractional step.
+    """
     if value <= 0:
         return ticks, 1
     raw = Decimal(value) / ticks
     magnitude = Decimal(10) ** raw.adjusted()
-    for multiplier in (1, 2, 5, 10):
+    for multiplier in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10)):
         step = magnitude * multiplier
         if step >= raw:
             break
-    if step == step.to_integral_value():
-        step = int(step)
-    return step * ticks, step
+    if isinstance(value, int):
+        step = max(int(step.to_integral_value(rounding="ROUND_CEILING")), 1)
+    else:
+        step = _tidy(step)
+    return _tidy(step * ticks) if isinstance(step, Decimal) else step * ticks, step
+
+
+def _tidy(value: Decimal) -> Decimal:
+    """Drop trailing zeros without switching to exponent notation (250, not 2.5E+2)."""
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
 def _fmt_px(value: float) -> str:
@@ -95,13 +105,15 @@ def bar_chart(
     out.append('<g class="chart-grid">')
     for i in range(TICKS + 1):
         value = step * i
+        if isinstance(value, Decimal):
+            value = _tidy(value)
         gy = _fmt_px(y(value))
         out.append(
             f'<line x1="{MARGIN_LEFT}" x2="{width - MARGIN_RIGHT}" y1="{gy}" y2="{gy}" stroke="#d8dde6" stroke-width="1"/>'
         )
         out.append(
             f'<text x="{MARGIN_LEFT - 6}" y="{gy}" text-anchor="end" dominant-baseline="middle" '
-            f'font-size="11" fill="#4a5568">{escape(fmt(value))}</text>'
+            f'font-size="12" fill="#4a5568">{escape(fmt(value))}</text>'
         )
     out.append("</g>")
 
@@ -155,7 +167,7 @@ def bar_chart(
     for i in sorted(shown):
         cx = MARGIN_LEFT + slot * i + slot / 2
         out.append(
-            f'<text x="{_fmt_px(cx)}" y="{height - 8}" text-anchor="middle" font-size="11" fill="#4a5568">'
+            f'<text x="{_fmt_px(cx)}" y="{height - 8}" text-anchor="middle" font-size="12" fill="#4a5568">'
             f"{escape(labels[i])}</text>"
         )
     out.append("</g></svg>")

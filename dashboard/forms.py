@@ -220,6 +220,20 @@ class UsageFilterForm(forms.Form):
     DEFAULT_DAYS = 30
     MAX_HOURLY_DAYS = 14
 
+    @classmethod
+    def with_defaults(cls, data, *, org: Organization, today: date) -> UsageFilterForm:
+        """Bound to `data` with the default range filled in, so that the date inputs show it."""
+        data = data.copy()
+        end = data.get("end") or today.isoformat()
+        if not data.get("start"):
+            try:
+                data["start"] = (date.fromisoformat(end) - timedelta(days=cls.DEFAULT_DAYS - 1)).isoformat()
+            except ValueError:
+                pass  # the field reports the bad "end"
+        if not data.get("end"):
+            data["end"] = end
+        return cls(data, org=org, today=today)
+
     def __init__(self, data, *, org: Organization, today: date):
         super().__init__(data)
         self.today = today

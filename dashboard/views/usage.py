@@ -24,7 +24,7 @@ ERROR_COLOR = "#b91c1c"
 
 
 def _filter_form(request: OrgRequest) -> UsageFilterForm:
-    return UsageFilterForm(request.GET, org=request.org, today=timezone.now().date())
+    return UsageFilterForm.with_defaults(request.GET, org=request.org, today=timezone.now().date())
 
 
 def _label(row: dict, period: str) -> str:
