@@ -16,7 +16,7 @@ import atexit
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -125,15 +125,17 @@ async def flush() -> None:
 def write_batch(batch: list[RequestRecord]) -> None:
     if not batch:
         return
-    from django.db import close_old_connections
+    from django.db import close_old_connections, connection
 
     from billing.models import UsageEvent
 
-    close_old_connections()
+    # Writer threads drop stale connections first; a caller inside a transaction keeps its own.
+    if not connection.in_atomic_block:
+        close_old_connections()
     events = [
         UsageEvent(
             request_id=r.request_id,
-            created_at=datetime.fromtimestamp(r.created_at, tz=dt_timezone.utc),
+            created_at=datetime.fromtimestamp(r.created_at, tz=UTC),
             org_id=r.org_id,
             api_key_id=r.key_id,
             deployment_id=r.deployment_id,

@@ -31,7 +31,10 @@ def chat(model: str, max_tokens: int = 50) -> dict:
 async def post(path: str, secret: str, body: dict, **headers):
     client = AsyncClient()
     return await client.post(
-        path, orjson.dumps(body), content_type="application/json", headers={"authorization": f"Bearer {secret}", **headers}
+        path,
+        orjson.dumps(body),
+        content_type="application/json",
+        headers={"authorization": f"Bearer {secret}", **headers},
     )
 
 
@@ -101,7 +104,9 @@ async def test_an_org_limit_applies_to_all_of_its_keys_together(org, deployment)
     _, first = await new_key(org)
     _, second = await new_key(org)
 
-    statuses = [(await post("/v1/chat/completions", s, chat(deployment.name))).status_code for s in (first, second, first)]
+    statuses = [
+        (await post("/v1/chat/completions", s, chat(deployment.name))).status_code for s in (first, second, first)
+    ]
 
     assert statuses == [503, 503, 429]
 

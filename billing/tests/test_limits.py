@@ -257,7 +257,16 @@ def test_budget_counters_are_keyed_by_utc_month():
 
 @pytest.mark.parametrize(
     "ms, text",
-    [(0, "0s"), (12, "12ms"), (999, "999ms"), (1000, "1s"), (1500, "1.5s"), (360_000, "6m0s"), (61_234, "1m1.234s"), (3_600_000, "1h0m0s")],
+    [
+        (0, "0s"),
+        (12, "12ms"),
+        (999, "999ms"),
+        (1000, "1s"),
+        (1500, "1.5s"),
+        (360_000, "6m0s"),
+        (61_234, "1m1.234s"),
+        (3_600_000, "1h0m0s"),
+    ],
 )
 def test_durations_are_printed_the_way_go_prints_them(ms, text):
     assert go_duration(ms) == text
