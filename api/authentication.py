@@ -15,17 +15,17 @@ class PersonalAccessTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode("latin-1")
-        scheme, _, secret = header.partition(" ")
+        scheme, _sep, secret = header.partition(" ")
         if scheme.lower() != self.keyword.lower():
             return None
         secret = secret.strip()
         if not secret.startswith(PAT_PREFIX):
-            raise exceptions.AuthenticationFailed(_("Expected a personal access token (pat-tokios-…)."))
+            raise exceptions.AuthenticationFailed("Expected a personal access token (pat-tokios-…).")
         # The lookup is by SHA-256 of a high-entropy secret: an index probe on a hash reveals nothing
         # a timing attacker could use, as with API keys.
         token = PersonalAccessToken.objects.select_related("user").filter(token_hash=hash_secret(secret)).first()
         if token is None or not token.is_usable or not token.user.is_active:
-            raise exceptions.AuthenticationFailed(_("Unknown, revoked or expired personal access token."))
+            raise exceptions.AuthenticationFailed("Unknown, revoked or expired personal access token.")
         touch_personal_access_token(token)
         return token.user, token
 

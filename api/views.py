@@ -89,7 +89,6 @@ class ApiRoot(APIView):
                 "orgs": api_reverse("api:orgs", request=request),
                 "schema": api_reverse("api:schema", request=request),
                 "docs": api_reverse("api:docs", request=request),
-                "redoc": api_reverse("api:redoc", request=request),
                 "authentication": "Session, or 'Authorization: Bearer pat-tokios-…' from your profile page.",
                 "org_endpoints": [
                     "orgs/{org}/keys/",
@@ -227,8 +226,13 @@ class DeploymentViewSet(
 class DeploymentChild(OrgScoped):
     """Objects under `deployments/<deployment_pk>/`: the deployment must belong to the org."""
 
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        if not getattr(self, "swagger_fake_view", False):
+            self.parent = owned_or_404(Deployment, self.org, pk=self.kwargs["deployment_pk"])
+
     def deployment(self) -> Deployment:
-        return owned_or_404(Deployment, self.org, pk=self.kwargs["deployment_pk"])
+        return self.parent
 
     def get_queryset(self):
         return self.scoped(self.model).filter(deployment_id=self.kwargs.get("deployment_pk"))

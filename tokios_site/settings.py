@@ -214,8 +214,9 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tokios@localhost")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # First, so that an anonymous call gets 401 with a Bearer challenge rather than 403.
         "api.authentication.PersonalAccessTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -228,10 +229,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Manage an organisation's API keys, deployments, connector tokens, grants and members, "
     "and read its usage and statements. Authenticate with the dashboard session or "
     "`Authorization: Bearer pat-tokios-…` (a personal access token from your profile page).",
-    # Swagger UI and Redoc from the drf-spectacular-sidecar package, served by Tokios: no CDN.
+    # Swagger UI from the drf-spectacular-sidecar package, served by Tokios: no CDN. (No Redoc: its
+    # page template links Google Fonts.)
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
 }

@@ -27,7 +27,9 @@ def test_sign_in_with_email_and_password_lands_on_the_overview(client, owner, or
     page = client.get(reverse("dashboard:login"))
     assert 'name="csrfmiddlewaretoken"' in page.text
     assert '<label for="id_username">Email</label>' in page.text
-    response = client.post(reverse("dashboard:login"), {"username": "owner@acme.test", "password": "correct horse battery"})
+    response = client.post(
+        reverse("dashboard:login"), {"username": "owner@acme.test", "password": "correct horse battery"}
+    )
     assert response.status_code == 302 and response["Location"] == reverse("dashboard:overview")
     assert client.get("/").status_code == 200
 
@@ -41,7 +43,9 @@ def test_sign_in_with_a_wrong_password_is_refused(client, owner):
 
 def test_sign_in_form_needs_a_csrf_token(owner):
     client = Client(enforce_csrf_checks=True)
-    response = client.post(reverse("dashboard:login"), {"username": "owner@acme.test", "password": "correct horse battery"})
+    response = client.post(
+        reverse("dashboard:login"), {"username": "owner@acme.test", "password": "correct horse battery"}
+    )
     assert response.status_code == 403
 
 
@@ -81,7 +85,9 @@ def test_a_user_without_an_organisation_is_told_what_to_do(client, outsider):
     assert "not in an organisation yet" in response.text
 
 
-@pytest.mark.parametrize("name", ["overview", "deployments", "keys", "usage", "statements", "members", "audit", "profile"])
+@pytest.mark.parametrize(
+    "name", ["overview", "deployments", "keys", "usage", "statements", "members", "audit", "profile"]
+)
 def test_every_page_needs_sign_in(client, name):
     response = client.get(reverse(f"dashboard:{name}"))
     assert response.status_code == 302

@@ -95,7 +95,17 @@ def test_it_refuses_series_of_the_wrong_length_or_negative_values():
 
 @pytest.mark.parametrize(
     ("value", "top"),
-    [(0, 4), (1, 4), (4, 4), (5, 8), (37, 40), (101, 200), (999, 1000), (1_000_001, 2_000_000), (Decimal("0.3"), Decimal("0.4"))],
+    [
+        (0, 4),
+        (1, 4),
+        (4, 4),
+        (5, 8),
+        (37, 40),
+        (101, 200),
+        (999, 1000),
+        (1_000_001, 2_000_000),
+        (Decimal("0.3"), Decimal("0.4")),
+    ],
 )
 def test_nice_ceiling_rounds_up_to_one_two_or_five_steps(value, top):
     got, step = nice_ceiling(value)

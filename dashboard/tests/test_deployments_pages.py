@@ -67,7 +67,12 @@ def test_a_token_of_another_deployment_is_a_404_under_mine(as_owner, deployment,
 def test_creating_a_deployment_stores_prices_in_micros(as_owner, org):
     response = as_owner.post(
         reverse("dashboard:deployment_create"),
-        {"name": "qwen-coder", "upstream_model": "qwen2.5-coder", "price_input_micros": "0.15", "price_output_micros": "0.6"},
+        {
+            "name": "qwen-coder",
+            "upstream_model": "qwen2.5-coder",
+            "price_input_micros": "0.15",
+            "price_output_micros": "0.6",
+        },
     )
     deployment = Deployment.objects.get(name="qwen-coder")
     assert response.status_code == 302 and response["Location"] == detail(deployment)
@@ -76,9 +81,15 @@ def test_creating_a_deployment_stores_prices_in_micros(as_owner, org):
 
 
 def test_creating_a_deployment_with_a_taken_or_bad_name_shows_the_error(as_owner, deployment, other_deployment):
-    response = as_owner.post(reverse("dashboard:deployment_create"), {"name": "globex-llama", "price_input_micros": "0", "price_output_micros": "0"})
+    response = as_owner.post(
+        reverse("dashboard:deployment_create"),
+        {"name": "globex-llama", "price_input_micros": "0", "price_output_micros": "0"},
+    )
     assert response.status_code == 200 and "already exists" in response.text
-    response = as_owner.post(reverse("dashboard:deployment_create"), {"name": "Bad Name!", "price_input_micros": "0", "price_output_micros": "0"})
+    response = as_owner.post(
+        reverse("dashboard:deployment_create"),
+        {"name": "Bad Name!", "price_input_micros": "0", "price_output_micros": "0"},
+    )
     assert "not a valid deployment name" in response.text
     assert Deployment.objects.count() == 2
 
@@ -127,10 +138,16 @@ def test_revoking_a_connector_token_asks_first_then_revokes(as_owner, deployment
 
 def test_prices_can_be_changed(as_admin, deployment):
     url = reverse("dashboard:deployment_prices", args=[deployment.pk])
-    response = as_admin.post(url, {"upstream_model": "gemma-3", "price_input_micros": "1.25", "price_output_micros": "2"})
+    response = as_admin.post(
+        url, {"upstream_model": "gemma-3", "price_input_micros": "1.25", "price_output_micros": "2"}
+    )
     assert response.status_code == 302
     deployment.refresh_from_db()
-    assert (deployment.upstream_model, deployment.price_input_micros, deployment.price_output_micros) == ("gemma-3", 1_250_000, 2_000_000)
+    assert (deployment.upstream_model, deployment.price_input_micros, deployment.price_output_micros) == (
+        "gemma-3",
+        1_250_000,
+        2_000_000,
+    )
 
 
 def test_negative_or_too_precise_prices_are_refused(as_owner, deployment):

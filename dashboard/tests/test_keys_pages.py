@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db
 def test_the_list_shows_name_prefix_status_models_limits_and_budget(as_owner, org, deployment):
     from accounts.actions import create_api_key
 
-    create_api_key(org=org, name="ci", deployments=[deployment], rpm_limit=60, tpm_limit=9000, monthly_budget_micros=25_000_000)
+    create_api_key(
+        org=org, name="ci", deployments=[deployment], rpm_limit=60, tpm_limit=9000, monthly_budget_micros=25_000_000
+    )
     page = as_owner.get(reverse("dashboard:keys")).text
     assert "ci" in page and "60 rpm" in page and "9,000 tpm" in page and "$25.00" in page
     assert "<code>gemma-tunnel</code>" in page

@@ -13,7 +13,16 @@ pytestmark = pytest.mark.django_db
 def test_it_shows_this_months_usage_and_budget(as_member, org, key, deployment):
     org.monthly_budget_micros = 10_000_000
     org.save()
-    rollup(org, key=key, deployment=deployment, requests=1234, errors=3, input_tokens=56_000, output_tokens=7_800, cost_micros=2_500_000)
+    rollup(
+        org,
+        key=key,
+        deployment=deployment,
+        requests=1234,
+        errors=3,
+        input_tokens=56_000,
+        output_tokens=7_800,
+        cost_micros=2_500_000,
+    )
     response = as_member.get(reverse("dashboard:overview"))
     assert response.context["month"]["requests"] == 1234
     page = response.text
@@ -37,8 +46,18 @@ def test_members_do_not_get_links_to_management_pages(as_member, deployment):
 
 
 def test_it_lists_recent_errors_of_this_org_only(as_owner, org, other_org, key, deployment):
-    UsageEvent.objects.create(request_id="req-bad-1", org=org, api_key=key, deployment=deployment, surface="chat", status_code=503, error_code="connector_offline")
-    UsageEvent.objects.create(request_id="req-ok-1", org=org, api_key=key, deployment=deployment, surface="chat", status_code=200)
+    UsageEvent.objects.create(
+        request_id="req-bad-1",
+        org=org,
+        api_key=key,
+        deployment=deployment,
+        surface="chat",
+        status_code=503,
+        error_code="connector_offline",
+    )
+    UsageEvent.objects.create(
+        request_id="req-ok-1", org=org, api_key=key, deployment=deployment, surface="chat", status_code=200
+    )
     UsageEvent.objects.create(request_id="req-theirs", org=other_org, surface="chat", status_code=500)
     page = as_owner.get(reverse("dashboard:overview")).text
     assert "req-bad-1" in page and "connector_offline" in page

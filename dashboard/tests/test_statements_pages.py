@@ -12,9 +12,27 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def statement(org, deployment):
-    st = Statement.objects.create(org=org, month=date(2026, 9, 1), requests=30, input_tokens=3000, output_tokens=300, total_micros=4_560_000)
-    StatementLine.objects.create(statement=st, deployment=deployment, deployment_name="gemma-tunnel", requests=20, input_tokens=2000, output_tokens=200, cost_micros=4_000_000)
-    StatementLine.objects.create(statement=st, deployment=None, deployment_name="retired-model", requests=10, input_tokens=1000, output_tokens=100, cost_micros=560_000)
+    st = Statement.objects.create(
+        org=org, month=date(2026, 9, 1), requests=30, input_tokens=3000, output_tokens=300, total_micros=4_560_000
+    )
+    StatementLine.objects.create(
+        statement=st,
+        deployment=deployment,
+        deployment_name="gemma-tunnel",
+        requests=20,
+        input_tokens=2000,
+        output_tokens=200,
+        cost_micros=4_000_000,
+    )
+    StatementLine.objects.create(
+        statement=st,
+        deployment=None,
+        deployment_name="retired-model",
+        requests=10,
+        input_tokens=1000,
+        output_tokens=100,
+        cost_micros=560_000,
+    )
     return st
 
 

@@ -16,9 +16,30 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def usage(org, key, deployment, other_org, other_key):
     second_key = create_api_key(org=org, name="batch")[0]
-    rollup(org, days_ago=0, key=key, deployment=deployment, requests=7, errors=1, input_tokens=700, output_tokens=70, cost_micros=1_500_000)
-    rollup(org, days_ago=2, key=second_key, deployment=deployment, requests=5, input_tokens=500, output_tokens=50, cost_micros=250_000)
-    rollup(org, days_ago=60, key=key, deployment=deployment, requests=99, input_tokens=9, output_tokens=9, cost_micros=9)
+    rollup(
+        org,
+        days_ago=0,
+        key=key,
+        deployment=deployment,
+        requests=7,
+        errors=1,
+        input_tokens=700,
+        output_tokens=70,
+        cost_micros=1_500_000,
+    )
+    rollup(
+        org,
+        days_ago=2,
+        key=second_key,
+        deployment=deployment,
+        requests=5,
+        input_tokens=500,
+        output_tokens=50,
+        cost_micros=250_000,
+    )
+    rollup(
+        org, days_ago=60, key=key, deployment=deployment, requests=99, input_tokens=9, output_tokens=9, cost_micros=9
+    )
     rollup(other_org, days_ago=0, key=other_key, requests=1000, input_tokens=1, output_tokens=1, cost_micros=1)
     return second_key
 
@@ -26,11 +47,17 @@ def usage(org, key, deployment, other_org, other_key):
 def test_members_see_charts_and_a_table_of_the_last_30_days(as_member, usage):
     response = as_member.get(reverse("dashboard:usage"))
     assert response.status_code == 200
-    assert response.context["totals"] == {"requests": 12, "errors": 1, "input_tokens": 1200, "output_tokens": 120, "cost_micros": 1_750_000}
+    assert response.context["totals"] == {
+        "requests": 12,
+        "errors": 1,
+        "input_tokens": 1200,
+        "output_tokens": 120,
+        "cost_micros": 1_750_000,
+    }
     assert len(response.context["rows"]) == 30
     assert response.text.count("<svg") == 3 and 'role="img"' in response.text
     assert "Requests</title>" in response.text and "Cost (USD)</title>" in response.text
-    assert f"<th scope=\"row\">{today():%Y-%m-%d}</th>" in response.text
+    assert f'<th scope="row">{today():%Y-%m-%d}</th>' in response.text
     assert "1,000" not in response.text  # the other org's requests
 
 
@@ -78,7 +105,12 @@ def test_csv_export_has_every_bucket_of_the_filtered_range(as_member, usage, key
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert len(rows) == 30
     assert rows[-1]["bucket_start"].startswith(today().date().isoformat())
-    assert (rows[-1]["requests"], rows[-1]["errors"], rows[-1]["cost_usd"], rows[-1]["cost_micros"]) == ("7", "1", "1.500000", "1500000")
+    assert (rows[-1]["requests"], rows[-1]["errors"], rows[-1]["cost_usd"], rows[-1]["cost_micros"]) == (
+        "7",
+        "1",
+        "1.500000",
+        "1500000",
+    )
     assert sum(int(r["requests"]) for r in rows) == 7
 
 
@@ -91,7 +123,9 @@ def test_an_org_without_usage_is_told_what_to_do(as_owner, org):
     assert "No usage in this range" in page and reverse("dashboard:keys") in page
 
 
-def test_a_year_of_data_renders_with_a_fixed_number_of_queries(as_owner, org, key, deployment, django_assert_max_num_queries):
+def test_a_year_of_data_renders_with_a_fixed_number_of_queries(
+    as_owner, org, key, deployment, django_assert_max_num_queries
+):
     a_year_of_rollups(org, key, deployment)
     start = (today() - timedelta(days=365)).date().isoformat()
     with django_assert_max_num_queries(12):
