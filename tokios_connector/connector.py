@@ -116,6 +116,12 @@ class Session:
         return [entry for entry in self.inflight.values() if isinstance(entry, asyncio.Task)]
 
 
+def _positive_number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
 def backoff_delay(attempt: int) -> float:
     """Exponential backoff with full jitter, as the protocol specifies."""
     # The exponent is clamped: 2**attempt overflows a float after ~1024 attempts (8 hours at 30 s).
@@ -295,9 +301,9 @@ class Connector:
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return
-        timeout = welcome.get("heartbeat_timeout")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            timeout = cfg.heartbeat_timeout
+        timeout = _positive_number(welcome.get("heartbeat_timeout")) or cfg.heartbeat_timeout
+        # Never shorter than two ping intervals: a misconfigured server must not make us flap.
+        timeout = max(timeout, 2 * (_positive_number(welcome.get("heartbeat_interval")) or 0))
         log.info(
             "connected to %s as connector %s for deployment %s",
             public_url(cfg.server_url),
@@ -307,7 +313,7 @@ class Connector:
         loop = asyncio.get_running_loop()
         session = Session(ws, loop.time())
         self.session = session
-        watchdog = asyncio.create_task(self._watchdog(session, float(timeout)))
+        watchdog = asyncio.create_task(self._watchdog(session, timeout))
         try:
             async for message in ws:
                 session.last_rx = loop.time()
@@ -391,15 +397,16 @@ class Connector:
             # Answering would corrupt the stream that owns this id.
             log.warning("ignoring request %s: id already in flight", rid)
             return
-        if self.draining:
-            self._reject(session, rid, "overloaded", "connector is draining")
-            return
         path = frame.get("path")
         method = frame.get("method")
+        if self.draining:
+            self._reject(session, rid, "overloaded", "connector is draining")
+            log.info("req %s %s %.200s -> overloaded (draining)", rid, method, path)
+            return
         route = self.routes.get(path) if isinstance(path, str) else None
         if route is None or method != route.method:
             self._reject(session, rid, "path_not_allowed", f"{method} {path} is not forwarded by this connector")
-            log.info("req %s %s %s -> path_not_allowed", rid, method, str(path)[:200])
+            log.info("req %s %s %.200s -> path_not_allowed", rid, method, path)
             return
         body = frame.get("body")
         parts = frame.get("body_parts") or 0
@@ -411,10 +418,11 @@ class Connector:
             or (parts and body is not None)
         ):
             self._reject(session, rid, "bad_request", "body must be a string or null and body_parts an int >= 0")
+            log.info("req %s %s %s -> bad_request", rid, method, path)
             return
         if len(session.inflight) >= self.config.max_concurrency:
             self._reject(session, rid, "overloaded", f"over max_concurrency ({self.config.max_concurrency})")
-            log.info("req %s %s -> overloaded", rid, path)
+            log.info("req %s %s %s -> overloaded", rid, method, path)
             return
         session.idle.clear()
         if parts:

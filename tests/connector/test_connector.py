@@ -183,6 +183,23 @@ async def test_cancel_aborts_the_upstream_request(
     assert (await peer.collect("c2")).status == 200
 
 
+async def test_cancel_before_the_upstream_answers_aborts_it_too(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake()
+
+    await peer.request("c1", chat("[[first_delay_ms=3000]]"))
+    await upstream.wait_for("started", 1)
+    await peer.send({"type": "cancel", "id": "c1"})
+
+    stats = await upstream.wait_for("aborted", 1)
+    assert stats["aborted"] == 1
+    await asyncio.sleep(0.2)
+    assert peer.pending_events("c1") == []
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -291,12 +308,42 @@ async def test_it_reconnects_when_the_server_goes_silent(
 ) -> None:
     await start_connector()
     first = await tunnel.accept()
-    await first.handshake(heartbeat_timeout=0.5)
+    await first.handshake(heartbeat_interval=0.2, heartbeat_timeout=0.5)
 
     second = await tunnel.accept(timeout=5)
     await asyncio.wait_for(first.ws.wait_closed(), 5)
     assert first.ws.close_code == 1001
     assert (await second.next_control())["type"] == "hello"
+
+
+async def test_pings_keep_a_quiet_connection_alive(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(heartbeat_interval=0.2, heartbeat_timeout=0.5)
+
+    for i in range(8):  # 1.6 s: three heartbeat timeouts, kept alive by pings alone
+        await peer.send({"type": "ping", "t": float(i)})
+        assert await peer.next_control() == {"type": "pong", "t": float(i)}
+        await asyncio.sleep(0.2)
+
+    with pytest.raises(asyncio.TimeoutError):
+        await tunnel.accept(timeout=0.1)
+    assert peer.ws.close_code is None
+
+
+async def test_a_heartbeat_timeout_below_two_intervals_is_stretched(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(heartbeat_interval=1, heartbeat_timeout=0.2)
+
+    await asyncio.sleep(1.0)  # silent for 5 "timeouts", but less than two ping intervals
+    assert peer.ws.close_code is None
+    await asyncio.wait_for(peer.ws.wait_closed(), 5)  # after 2 s it does give up
+    assert peer.ws.close_code == 1001
 
 
 async def test_in_flight_requests_are_cancelled_when_the_tunnel_drops(
@@ -436,3 +483,36 @@ async def test_draining_refuses_new_requests_and_finishes_in_flight(
     assert finished.sse_data()[-1] == "[DONE]"
     await asyncio.wait_for(peer.ws.wait_closed(), 5)
     assert peer.ws.close_code == 1001
+
+
+async def test_it_relays_redirects_without_following_them(tunnel: FakeTokios, start_connector: StartConnector) -> None:
+    followed: list[bytes] = []
+
+    async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        followed.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    async def redirecting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        location = f"http://127.0.0.1:{other_port}/v1/chat/completions".encode()
+        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nlocation: %s\r\ncontent-length: 0\r\n\r\n" % location)
+        await writer.drain()
+        writer.close()
+
+    other = await asyncio.start_server(elsewhere, "127.0.0.1", 0)
+    other_port = other.sockets[0].getsockname()[1]
+    upstream = await asyncio.start_server(redirecting, "127.0.0.1", 0)
+    try:
+        await start_connector(upstream=f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}/v1")
+        peer = await tunnel.accept()
+        await peer.handshake()
+
+        await peer.request("r1", None, method="GET", path="/models")
+        response = await peer.collect("r1")
+
+        assert response.status == 307
+        assert response.start["headers"]["location"].endswith(f":{other_port}/v1/chat/completions")
+        assert followed == []
+    finally:
+        other.close()
+        upstream.close()
