@@ -94,7 +94,7 @@ def bar_chart(
 
     out: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-labelledby="{chart_id}-title {chart_id}-desc">',
+        f'role="img" aria-labelledby="{chart_id}-title" aria-describedby="{chart_id}-desc">',
         f'<title id="{chart_id}-title">{escape(title)}</title>',
     ]
     described = f"{len(labels)} bars" + (f" from {escape(labels[0])} to {escape(labels[-1])}" if labels else "")

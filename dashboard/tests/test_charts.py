@@ -51,8 +51,9 @@ def test_stacked_series_sit_on_top_of_each_other():
 def test_it_has_an_accessible_name_and_description():
     root = parse(bar_chart(["1 Nov", "2 Nov"], [Series("n", [5, 6])], title="Requests per day"))
     assert root.get("role") == "img"
-    title_id, desc_id = root.get("aria-labelledby").split()
+    title_id, desc_id = root.get("aria-labelledby"), root.get("aria-describedby")
     assert root.find(f"{SVG}title").get("id") == title_id and root.find(f"{SVG}title").text == "Requests per day"
+    assert root.find(f"{SVG}desc").get("id") == desc_id
     assert "from 1 Nov to 2 Nov" in root.find(f"{SVG}desc").text
 
 
