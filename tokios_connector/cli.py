@@ -7,8 +7,8 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from . import __version__
 from .config import Config, public_url, upstream_base, websocket_url
@@ -147,13 +147,13 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(coro_factory: Callable[[], object]) -> int:
+def run(main_coroutine: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed: its faster transports matter at thousands of frames a second."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro_factory())  # type: ignore[arg-type]
-    return uvloop.run(coro_factory())  # type: ignore[arg-type]
+        return asyncio.run(main_coroutine)
+    return uvloop.run(main_coroutine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,4 +167,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         f", model {config.model}" if config.model else "",
         config.max_concurrency,
     )
-    return run(lambda: Connector(config).run())
+    return run(Connector(config).run())
