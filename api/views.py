@@ -11,7 +11,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
@@ -447,18 +447,3 @@ class StatementViewSet(OrgScoped, mixins.ListModelMixin, mixins.RetrieveModelMix
         except ValueError:
             raise Http404("Months look like 2026-01.") from None
         return get_object_or_404(self.get_queryset(), month=first)
-
-
-__all__ = [
-    "ApiKeyViewSet",
-    "ApiRoot",
-    "ConnectorTokenViewSet",
-    "DeploymentViewSet",
-    "GrantViewSet",
-    "InvitationViewSet",
-    "MemberViewSet",
-    "OrgList",
-    "StatementViewSet",
-    "UsageView",
-    "status",
-]
