@@ -168,6 +168,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if CELERY_BROKER_URL == "filesystem://"
     else {}
 )
+if CELERY_BROKER_URL == "filesystem://":
+    (DATA_DIR / "celery").mkdir(exist_ok=True)  # kombu's filesystem transport does not create it
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
