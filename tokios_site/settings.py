@@ -164,12 +164,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_out": str(DATA_DIR / "celery"),
         "processed_folder": str(DATA_DIR / "celery-processed"),
         "store_processed": False,
+        # Broadcasts (worker control) also go to files; by default into ./control of the cwd.
+        "control_folder": str(DATA_DIR / "celery-control"),
     }
     if CELERY_BROKER_URL == "filesystem://"
     else {}
 )
 if CELERY_BROKER_URL == "filesystem://":
-    (DATA_DIR / "celery").mkdir(exist_ok=True)  # kombu's filesystem transport does not create it
+    for folder in ("celery", "celery-control"):  # kombu's filesystem transport does not create them
+        (DATA_DIR / folder).mkdir(exist_ok=True)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
