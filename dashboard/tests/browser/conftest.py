@@ -23,8 +23,11 @@ ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 PASSWORD = "browser-test-passphrase"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser():
+    # Per test, not per session: while Playwright's sync API is alive its event loop runs in this
+    # thread, and any later test calling asyncio.run() (pytest may order other apps' tests in
+    # between) would fail with "cannot be called from a running event loop".
     if not shutil.which(CHROMIUM):
         message = f"needs Chromium at {CHROMIUM} (apt-get install chromium)"
         if os.environ.get("CI", "").lower() == "true" or os.environ.get("TOKIOS_REQUIRE_BROWSER") == "1":
