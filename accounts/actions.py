@@ -1,4 +1,7 @@
-"""Writes that span several models (and the audit log) go through these functions."""
+"""Writes that span several models (and the audit log) go through these functions.
+
+The access cache is kept current by signals (accounts/signals.py, deployments/signals.py), which
+also catch edits made in the Django admin."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from .access import invalidate_key
 from .models import ApiKey, AuditAction, AuditLog, Membership, Organization, Role, User, validate_org_slug
 from .secrets import API_KEY_PREFIX, new_secret
 
@@ -175,7 +177,6 @@ def update_api_key(
         actor_label=actor_label,
         changes=sorted(set(changes) | ({"models"} if deployments is not None else set())),
     )
-    invalidate_key(key.key_hash)
     return key
 
 
@@ -185,5 +186,4 @@ def revoke_api_key(*, key: ApiKey, actor: User | None = None, actor_label: str =
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         audit(org=key.org, action=AuditAction.KEY_REVOKED, target=key.prefix, actor=actor, actor_label=actor_label)
-    invalidate_key(key.key_hash)
     return key

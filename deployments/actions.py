@@ -6,7 +6,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.access import invalidate_deployment
 from accounts.actions import audit
 from accounts.models import AuditAction, Organization, User
 from accounts.secrets import CONNECTOR_TOKEN_PREFIX, new_secret
@@ -38,7 +37,6 @@ def create_deployment(
         price_output_micros=price_output_micros,
     )
     audit(org=org, action=AuditAction.DEPLOYMENT_CREATED, target=name, actor=created_by, actor_label=actor_label)
-    invalidate_deployment(name)
     return deployment
 
 
@@ -60,7 +58,6 @@ def update_deployment(*, deployment: Deployment, actor: User | None = None, **ch
         actor=actor,
         changes=sorted(changes),
     )
-    invalidate_deployment(deployment.name)
     return deployment
 
 
@@ -122,7 +119,6 @@ def grant_model(
         actor=actor,
         actor_label=actor_label,
     )
-    invalidate_deployment(deployment.name)
     return grant
 
 
@@ -137,4 +133,3 @@ def revoke_grant(*, grant: ModelGrant, actor: User | None = None, actor_label: s
         actor_label=actor_label,
     )
     grant.delete()
-    invalidate_deployment(deployment.name)

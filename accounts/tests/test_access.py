@@ -120,3 +120,21 @@ def test_revocation_reaches_other_processes_through_redis_within_a_second(key, d
     assert not get_sync_redis().exists(cache_id)
     clear_local_cache()
     assert status_of(key[1], "gemma-tunnel") == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_edits_outside_the_actions_also_invalidate(key, deployment, org):
+    """The Django admin saves models directly; those saves must reach the cache too."""
+    assert status_of(key[1], "gemma-tunnel") == 200
+    api_key = key[0]
+    api_key.revoked_at = timezone.now()
+    api_key.save()
+    assert status_of(key[1], "gemma-tunnel") == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_org_limit_changes_reach_cached_keys(key, deployment, org):
+    resolve(key[1], "gemma-tunnel")
+    org.rpm_limit = 7
+    org.save()
+    assert resolve(key[1], "gemma-tunnel").key.org_rpm_limit == 7
