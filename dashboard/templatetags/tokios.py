@@ -66,6 +66,14 @@ def percent_value(part, whole) -> int:
     return max(0, min(100, int(Decimal(part or 0) * 100 / Decimal(whole))))
 
 
+@register.filter
+def action_label(action: str) -> str:
+    """Audit actions, including the dashboard's own (invitations), in words."""
+    from ..forms import AUDIT_ACTION_CHOICES
+
+    return dict(AUDIT_ACTION_CHOICES).get(action, action)
+
+
 STATUS_CLASSES = {
     "active": "ok",
     "online": "ok",

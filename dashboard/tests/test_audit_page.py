@@ -47,3 +47,9 @@ def test_it_paginates(as_owner, org):
 def test_members_and_outsiders_cannot_read_the_audit_log(as_member, as_outsider, key):
     assert as_member.get(reverse("dashboard:audit")).status_code == 403
     assert key.prefix not in as_outsider.get(reverse("dashboard:audit")).text
+
+
+def test_invitations_are_audited_in_words(as_owner, org):
+    as_owner.post(reverse("dashboard:member_add"), {"email": "new@acme.test", "role": "member"})
+    page = table(as_owner.get(reverse("dashboard:audit")))
+    assert "Member invited" in page and "new@acme.test" in page
