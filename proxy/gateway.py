@@ -7,6 +7,7 @@ in the surface's shape. It also guarantees that exactly one usage record is subm
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -38,7 +39,8 @@ class Context:
     body: dict = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # added to the response (rate limits…)
     reservation: object | None = None  # set by limits; settled with the record
-    extra_history: list = field(default_factory=list)  # responses: the chain this request continues
+    extra_history: list = field(default_factory=list)
+    call: object | None = None  # the tunnel call in flight, so that every exit can cancel it  # responses: the chain this request continues
 
     def error_response(self, exc: GatewayError) -> HttpResponse:
         if self.anthropic:
@@ -180,6 +182,10 @@ async def handle(
 
 def _finish_unstarted(ctx: Context) -> None:
     if not ctx.record.submitted:
+        call = ctx.call
+        if call is not None and not call.finished:
+            # The stream's own cleanup never ran, so nothing told the connector to stop.
+            asyncio.get_running_loop().create_task(call.cancel())
         ctx.record.cancelled = True
         ctx.record.finish()
         finish_record(ctx)

@@ -44,9 +44,12 @@ class GatewayHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
 
+        responses = []
+
         async def process_request():
             set_urlconf(settings.ROOT_URLCONF)
             response = await self._middleware_chain(request)
+            responses.append(response)
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
@@ -70,8 +73,9 @@ class GatewayHandler(ASGIHandler):
                     await task
                 except (asyncio.CancelledError, RequestAborted):
                     pass
-        if worker.done() and not worker.cancelled() and worker.exception() is None:
-            _close(worker.result())
+        # Closed even when the client left mid-send: closers record usage and release the tunnel.
+        for response in responses:
+            _close(response)
         body_file.close()
 
 

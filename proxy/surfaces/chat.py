@@ -235,13 +235,15 @@ async def _stream(ctx: Context, call, include_usage: bool):
                 yield _error_event(f"The tunnel failed mid-stream: {item[2] or item[1]}", item[1])
                 return
     finally:
-        if not call.finished:
-            record.cancelled = True
-            await call.cancel()
-        # Chunks that carried a delta approximate generated tokens when no usage arrived.
-        apply_usage(ctx, usage, fallback_output=max(0, deltas - 1))
-        record.finish()
-        finish_record(ctx)
+        try:
+            if not call.finished:
+                record.cancelled = True
+                await call.cancel()
+        finally:
+            # Chunks that carried a delta approximate generated tokens when no usage arrived.
+            apply_usage(ctx, usage, fallback_output=max(0, deltas - 1))
+            record.finish()
+            finish_record(ctx)
 
 
 def _error_event(message: str, code: str) -> bytes:

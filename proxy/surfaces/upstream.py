@@ -49,6 +49,7 @@ async def open_call(ctx: Context, path: str, payload: dict | None, method: str =
     call = TunnelCall(
         deployment_id=ctx.deployment.id, request_id=ctx.request_id, method=method, path=path, body=body
     )
+    ctx.call = call
     try:
         status, _headers = await call.start()
     except TunnelError as exc:
