@@ -9,14 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.actions import audit
-from accounts.models import User
+from accounts.models import AuditAction, User
 from accounts.secrets import new_secret
 
 from .models import PAT_PREFIX, PersonalAccessToken
 
 # Personal tokens have no organisation; their audit entries have org=None and show in Django admin.
-PAT_CREATED = "pat.created"
-PAT_REVOKED = "pat.revoked"
+PAT_CREATED = AuditAction.PAT_CREATED
+PAT_REVOKED = AuditAction.PAT_REVOKED
 # `last_used_at` is written at most this often, so a busy script does not write on every call.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 

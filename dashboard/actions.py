@@ -13,13 +13,13 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.actions import add_member, audit
-from accounts.models import Membership, Organization, Role, User
+from accounts.models import AuditAction, Membership, Organization, Role, User
 from accounts.secrets import hash_secret, new_secret
 
 from .models import INVITATION_PREFIX, Invitation
 
-MEMBER_INVITED = "member.invited"
-INVITATION_REVOKED = "invitation.revoked"
+MEMBER_INVITED = AuditAction.MEMBER_INVITED
+INVITATION_REVOKED = AuditAction.INVITATION_REVOKED
 
 
 @dataclass(frozen=True)
