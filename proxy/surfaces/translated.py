@@ -59,7 +59,12 @@ async def run(ctx: Context, chat_body: dict, surface: Translated, *, stream: boo
         raise tunnel_error(exc) from None
     translator = surface.translator
     if translator.failed:
-        raise GatewayError(502, translator.error_message or "The model server failed.", code="upstream_error")
+        # The same statuses as a Chat Completions request failing the same way: a model that went
+        # silent is a 504 (timeout_error for Anthropic), anything else that broke is a 502.
+        message = translator.error_message or "The model server failed."
+        if ctx.record.error_code == "upstream_timeout":
+            raise GatewayError(504, message, code="upstream_timeout", headers={"x-should-retry": "true"})
+        raise GatewayError(502, message, code="upstream_error", headers={"x-should-retry": "false"})
     return json_response(surface.final())
 
 
@@ -108,9 +113,14 @@ async def _events(ctx: Context, call, surface: Translated, *, emit: bool):
                     await call.cancel()  # a stop sequence matched: the model can stop working
                     break
             elif kind == "end":
-                for event in parser.flush():
-                    if event != "[DONE]":
-                        translator.feed(event)
+                # The upstream's last event may have had no blank line after it (Ollama writes a
+                # mid-stream error as bare JSON): what it produces goes to the client like the rest.
+                out = [translator.feed(event) for event in parser.flush() if event != "[DONE]"]
+                if emit and out:
+                    yield b"".join(out)
+                if translator.failed:
+                    record.error_code = "upstream_error"
+                    return
                 break
             elif kind == "error":
                 record.error_code = item[1]
