@@ -43,7 +43,7 @@ async def count_tokens(ctx: Context) -> HttpResponse:
         messages, flat_text = anthropic.count_tokens_prompt(body)
     except TranslationError as exc:
         raise _invalid(exc) from None
-    exact = await _tokenize(ctx, messages)
+    exact = await _tokenize(ctx, messages, anthropic.count_tokens_tools(body))
     if exact is not None:
         return json_response({"input_tokens": exact}, headers={"x-tokios-token-count": "exact"})
     return json_response(
@@ -67,8 +67,12 @@ async def _ask(ctx: Context, path: str, payload: dict) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-async def _tokenize(ctx: Context, messages: list[dict]) -> int | None:
-    rendered = await _ask(ctx, "/apply-template", {"messages": messages})
+async def _tokenize(ctx: Context, messages: list[dict], tools: list[dict]) -> int | None:
+    # Tool definitions are part of the prompt the model sees (llama.cpp's template renders them).
+    template_request: dict = {"messages": messages}
+    if tools:
+        template_request["tools"] = tools
+    rendered = await _ask(ctx, "/apply-template", template_request)
     if not rendered or not isinstance(rendered.get("prompt"), str):
         return None
     tokens = await _ask(ctx, "/tokenize", {"content": rendered["prompt"], "add_special": True})

@@ -17,7 +17,13 @@ from ._common import (
 )
 from .errors import TranslationError
 
-__all__ = ["MessagesRequestInfo", "count_tokens_prompt", "estimate_tokens", "validate_and_translate_request"]
+__all__ = [
+    "MessagesRequestInfo",
+    "count_tokens_prompt",
+    "count_tokens_tools",
+    "estimate_tokens",
+    "validate_and_translate_request",
+]
 
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
@@ -445,6 +451,11 @@ def count_tokens_prompt(body: dict) -> tuple[list[dict], str]:
         for call in msg.get("tool_calls") or ():
             pieces.append(f"{call['function']['name']}({call['function']['arguments']})")
     return messages, "\n".join(pieces)
+
+
+def count_tokens_tools(body: dict) -> list[dict]:
+    """The request's tools as Chat Completions tools, for a tokenizer's chat template."""
+    return _tools(body.get("tools"))
 
 
 def estimate_tokens(text: str) -> int:
