@@ -39,7 +39,13 @@ def upstream_error(ctx: Context, status: int, raw: bytes) -> GatewayError:
     if status == 429:
         return GatewayError(429, f"The model is busy: {message}", code="upstream_rate_limited", headers={"retry-after": "1"})
     if status == 503:
-        return GatewayError(503, f"The model is not ready: {message}", code="server_is_overloaded", headers={"retry-after": "1"})
+        # Anthropic's word for "busy or loading, retry" is 529 overloaded_error (wire-formats §6.7).
+        return GatewayError(
+            529 if ctx.anthropic else 503,
+            f"The model is not ready: {message}",
+            code="server_is_overloaded",
+            headers={"retry-after": "1"},
+        )
     return GatewayError(502, f"The model server failed (HTTP {status}): {message}", code="upstream_error", headers={"x-should-retry": "false"})
 
 

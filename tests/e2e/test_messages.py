@@ -14,7 +14,7 @@ import time
 import anthropic
 import httpx
 import pytest
-from anthropic._exceptions import RequestTooLargeError  # not re-exported at the top level
+from anthropic._exceptions import OverloadedError, RequestTooLargeError  # not re-exported at the top level
 
 from tests.e2e import surface_fixtures
 from tests.e2e.scripted_upstream import ScriptedUpstream, chunk, sse
@@ -357,6 +357,13 @@ class TestErrors:
             sdk(server, tenant.key).messages.create(model=tenant.model, max_tokens=10, messages=user("[[status=500]]"))
         assert_anthropic_error(info.value, 502, "api_error")
         assert info.value.response.headers["x-should-retry"] == "false"
+
+    def test_upstream_loading_is_overloaded_529(self, server, tenant, start_connector):
+        start_connector(tenant.token)
+        with pytest.raises(OverloadedError) as info:
+            sdk(server, tenant.key).messages.create(model=tenant.model, max_tokens=10, messages=user("[[status=503]]"))
+        assert_anthropic_error(info.value, 529, "overloaded_error")
+        assert info.value.response.headers["retry-after"] == "1"
 
     def test_upstream_dropping_mid_stream_raises_from_the_sdk_stream(self, server, tenant, start_connector):
         start_connector(tenant.token)
