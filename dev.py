@@ -33,7 +33,7 @@ def sh(*args: str, **kwargs) -> None:
 
 
 def ensure_venv(*requirement_files: str) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 — dev.py must explain itself on an older Python
         sys.exit(f"Tokios needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     if not PY.exists():
         print(f"Creating a virtualenv in {VENV} …", flush=True)

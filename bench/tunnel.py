@@ -163,7 +163,7 @@ def measure(url: str, key: str | None, duration: int, pids: list[int]) -> dict:
     c1 = wrk(url, connections=1, duration=duration, body=PLAIN, key=key)
     before = [cpu_seconds(p) for p in pids]
     c32 = wrk(url, connections=32, duration=duration, body=PLAIN, key=key)
-    cpu = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+    cpu = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
     stream = wrk(url, connections=8, duration=duration, body=STREAM, key=key)
     ttfc = asyncio.run(first_chunk_ms(url, key, FIRST, 200))
     return {

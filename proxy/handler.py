@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix, set_urlconf
-from django.conf import settings
 
 
 class GatewayHandler(ASGIHandler):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.http import HttpRequest
 from django.views.decorators.csrf import csrf_exempt
 
-from .errors import json_response, openai_error_body, anthropic_error_body
+from .errors import anthropic_error_body, json_response, openai_error_body
 from .gateway import new_request_id
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse
@@ -37,7 +37,7 @@ async def _entry(ctx: Context, record: DeploymentRecord) -> dict:
             "type": "model",
             "id": record.name,
             "display_name": record.name,
-            "created_at": datetime.fromtimestamp(record.created_at, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_at": datetime.fromtimestamp(record.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "online": online,
         }
     return {"id": record.name, "object": "model", "created": int(record.created_at), "owned_by": "tokios", "online": online}

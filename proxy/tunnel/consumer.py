@@ -14,8 +14,8 @@ import time
 
 import orjson
 from asgiref.sync import sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
 
@@ -191,7 +191,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             await presence.withdraw(self.info)
             await self.channel_layer.group_discard(presence.token_group(self.info.token_id), self.channel_name)
         pending, self.pending = self.pending, {}
-        for rid, target in pending.items():
+        for target in pending.values():
             await self._send_to(target, ("error", "connector_disconnected", "the connector disconnected"))
 
     # --- delivery to the waiting HTTP request ---------------------------------------------------

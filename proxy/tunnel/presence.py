@@ -82,7 +82,7 @@ async def live_connectors(deployment_id: int, *, fresh: bool = False) -> list[Co
         return cached[1]
     raw = await get_async_redis().hgetall(_key(deployment_id))
     infos, dead = [], []
-    for channel, value in raw.items():
+    for value in raw.values():
         info = ConnectorInfo(**orjson.loads(value))
         # The local copy has the exact in-flight count; Redis has the one from the last heartbeat.
         local = _local.get(deployment_id, {}).get(info.channel)

@@ -95,7 +95,7 @@ class TunnelCall:
         )
         try:
             message = await asyncio.wait_for(layer.receive(self.reply), ACK_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             presence.forget(self.deployment_id, choice.channel)
             self._release()
             return False
@@ -120,7 +120,7 @@ class TunnelCall:
                 coro = layer.receive(self.reply)
                 message = await (asyncio.wait_for(coro, timeout) if timeout else coro)
                 item = tuple(message["item"])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if item[0] in ("end", "error"):
             self.finished = True
