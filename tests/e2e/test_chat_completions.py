@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 
@@ -142,7 +141,12 @@ class TestErrors:
         from accounts.actions import revoke_api_key
         from accounts.models import ApiKey
 
-        assert post(server, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "x"}]}).status_code == 503
+        assert (
+            post(
+                server, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "x"}]}
+            ).status_code
+            == 503
+        )
         revoke_api_key(key=ApiKey.objects.get(org=tenant.org))
         time.sleep(1.2)  # the local cache lives at most a second
         response = post(server, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "x"}]})
@@ -194,7 +198,9 @@ class TestErrors:
 
     def test_upstream_failure_is_502(self, server, tenant, start_connector):
         start_connector(tenant.token)
-        response = post(server, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "[[status=500]]"}]})
+        response = post(
+            server, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "[[status=500]]"}]}
+        )
         assert response.status_code == 502
         assert response.json()["error"]["type"] == "server_error"
 
@@ -209,7 +215,11 @@ class TestErrors:
     def test_slow_upstream_is_504(self, start_server, tenant, start_connector):
         srv = start_server(TOKIOS_FIRST_BYTE_TIMEOUT="1")
         start_connector(tenant.token, srv=srv)
-        response = post(srv, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "[[first_delay_ms=3000]]"}]})
+        response = post(
+            srv,
+            tenant.key,
+            {"model": tenant.model, "messages": [{"role": "user", "content": "[[first_delay_ms=3000]]"}]},
+        )
         assert response.status_code == 504
 
     def test_body_over_the_limit_is_413(self, start_server, tenant):
@@ -230,7 +240,9 @@ class TestTunnelFailures:
         sdk = client(server, tenant.key)
 
         def call(i):
-            sdk.chat.completions.create(model=tenant.model, messages=[{"role": "user", "content": f"{i} [[delay_ms=20 words=3]]"}])
+            sdk.chat.completions.create(
+                model=tenant.model, messages=[{"role": "user", "content": f"{i} [[delay_ms=20 words=3]]"}]
+            )
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
         for t in threads:
@@ -243,8 +255,10 @@ class TestTunnelFailures:
 
         first.kill()
         time.sleep(0.3)
-        for i in range(4):
-            completion = sdk.chat.completions.create(model=tenant.model, messages=[{"role": "user", "content": "after"}])
+        for _ in range(4):
+            completion = sdk.chat.completions.create(
+                model=tenant.model, messages=[{"role": "user", "content": "after"}]
+            )
             assert completion.choices[0].message.content.startswith("w0")
 
     def test_connector_killed_mid_stream_gives_an_error_event_promptly(self, server, tenant, start_connector):
@@ -269,7 +283,11 @@ class TestTunnelFailures:
         with httpx.stream(
             "POST",
             f"{server.url}/v1/chat/completions",
-            json={"model": tenant.model, "stream": True, "messages": [{"role": "user", "content": "[[words=500 delay_ms=20]]"}]},
+            json={
+                "model": tenant.model,
+                "stream": True,
+                "messages": [{"role": "user", "content": "[[words=500 delay_ms=20]]"}],
+            },
             headers={"authorization": f"Bearer {tenant.key}"},
         ) as response:
             for i, _ in enumerate(response.iter_lines()):
@@ -283,7 +301,10 @@ class TestTunnelFailures:
     def test_connector_reconnects_after_a_server_restart(self, start_server, tenant, start_connector):
         srv = start_server()
         conn = start_connector(tenant.token, srv=srv)
-        assert post(srv, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "x"}]}).status_code == 200
+        assert (
+            post(srv, tenant.key, {"model": tenant.model, "messages": [{"role": "user", "content": "x"}]}).status_code
+            == 200
+        )
         mark = len(conn.output())
         srv.restart()
         conn.wait_for_output("connected to", timeout=40, after=mark)
