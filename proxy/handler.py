@@ -49,6 +49,8 @@ class GatewayHandler(ASGIHandler):
         async def process_request():
             set_urlconf(settings.ROOT_URLCONF)
             response = await self._middleware_chain(request)
+            if response.status_code == 405:
+                response = _method_not_allowed(request, response)
             responses.append(response)
             try:
                 await self.send_response(response, send)
@@ -88,3 +90,20 @@ def _close(response) -> None:
             pass
     response._resource_closers.clear()
     response.closed = True
+
+
+def _method_not_allowed(request, response):
+    """Django's bare 405, in the caller's error shape (the SDKs read the body)."""
+    from .errors import anthropic_error_body, json_response, openai_error_body
+    from .gateway import new_request_id
+
+    request_id = new_request_id()
+    message = f"Method {request.method} is not allowed on {request.path}."
+    if "anthropic-version" in request.headers or request.path.startswith("/v1/messages"):
+        body = anthropic_error_body(405, message, "invalid_request_error", request_id)
+    else:
+        body = openai_error_body(405, message, "method_not_allowed", None, "invalid_request_error")
+    headers = {"x-request-id": request_id, "request-id": request_id}
+    if response.has_header("Allow"):
+        headers["Allow"] = response["Allow"]
+    return json_response(body, 405, headers)

@@ -169,14 +169,51 @@ async def _complete(ctx: Context, call) -> HttpResponse:
     return json_response(data)
 
 
+class _Relay:
+    """Rewrites upstream chunks for the client: our id and model name, usage only if asked."""
+
+    def __init__(self, ctx: Context, include_usage: bool):
+        self.ctx = ctx
+        self.include_usage = include_usage
+        self.completion_id = "chatcmpl-" + ctx.request_id[4:]
+        self.model = ctx.deployment.name
+        self.usage: dict | None = None
+        self.deltas = 0
+        self.done = False
+
+    def relay(self, events: list) -> bytes:
+        out = []
+        for event in events:
+            if event == "[DONE]":
+                self.done = True
+                out.append(b"data: [DONE]\n\n")
+                continue
+            if "error" in event:
+                self.ctx.record.error_code = "upstream_error"
+                out.append(b"data: " + orjson.dumps(_normalise_stream_error(event)) + b"\n\n")
+                continue
+            choices = event.get("choices")
+            if event.get("usage"):
+                # Older llama.cpp put usage on the finish chunk; the SDK wants it on the last only.
+                self.usage = event["usage"]
+                if not choices and not self.include_usage:
+                    continue
+            if not self.include_usage:
+                event.pop("usage", None)
+            if choices:
+                if self.deltas == 0:
+                    self.ctx.record.first_token()
+                self.deltas += 1
+            event["id"] = self.completion_id
+            event["model"] = self.model
+            out.append(b"data: " + orjson.dumps(event) + b"\n\n")
+        return b"".join(out)
+
+
 async def _stream(ctx: Context, call, include_usage: bool):
     record = ctx.record
     parser = SSEParser()
-    completion_id = "chatcmpl-" + ctx.request_id[4:]
-    model = ctx.deployment.name
-    usage = None
-    deltas = 0
-    done = False
+    relay = _Relay(ctx, include_usage)
     deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
     try:
         while True:
@@ -193,42 +230,15 @@ async def _stream(ctx: Context, call, include_usage: bool):
             kind = item[0]
             if kind == "chunk":
                 deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
-                out = []
-                for event in parser.feed(item[1]):
-                    if event == "[DONE]":
-                        done = True
-                        out.append(b"data: [DONE]\n\n")
-                        continue
-                    if "error" in event:
-                        record.error_code = "upstream_error"
-                        out.append(b"data: " + orjson.dumps(_normalise_stream_error(event)) + b"\n\n")
-                        continue
-                    choices = event.get("choices")
-                    if event.get("usage") and not choices:
-                        usage = event["usage"]
-                        if not include_usage:
-                            continue
-                    elif not include_usage:
-                        event.pop("usage", None)
-                    elif event.get("usage") and choices:
-                        # Older llama.cpp put usage on the finish chunk; the SDK wants it last only.
-                        usage = event["usage"]
-                    if choices:
-                        if deltas == 0:
-                            record.first_token()
-                        deltas += 1
-                    event["id"] = completion_id
-                    event["model"] = model
-                    out.append(b"data: " + orjson.dumps(event) + b"\n\n")
+                out = relay.relay(parser.feed(item[1]))
                 if out:
-                    yield b"".join(out)
+                    yield out
             elif kind == "end":
-                for event in parser.flush():
-                    if event == "[DONE]":
-                        done = True
-                        yield b"data: [DONE]\n\n"
-                if not done:
-                    yield b"data: [DONE]\n\n"
+                # The last event may come without a blank line after it.
+                out = relay.relay(parser.flush())
+                if not relay.done:
+                    out += b"data: [DONE]\n\n"
+                yield out
                 return
             elif kind == "error":
                 record.error_code = item[1]
@@ -241,7 +251,7 @@ async def _stream(ctx: Context, call, include_usage: bool):
                 await call.cancel()
         finally:
             # Chunks that carried a delta approximate generated tokens when no usage arrived.
-            apply_usage(ctx, usage, fallback_output=max(0, deltas - 1))
+            apply_usage(ctx, relay.usage, fallback_output=max(0, relay.deltas - 1))
             record.finish()
             finish_record(ctx)
 

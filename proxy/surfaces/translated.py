@@ -137,10 +137,12 @@ async def _events(ctx: Context, call, surface: Translated, *, emit: bool):
         if emit:
             yield out
     finally:
-        if not call.finished:
-            record.cancelled = True
-            await call.cancel()
-        _settle(ctx, translator)
-        if emit:
-            record.finish()
-            finish_record(ctx)
+        try:
+            if not call.finished:
+                record.cancelled = True
+                await call.cancel()
+        finally:
+            _settle(ctx, translator)
+            if emit:
+                record.finish()
+                finish_record(ctx)

@@ -342,3 +342,10 @@ def test_request_on_one_process_reaches_a_connector_on_another(start_server, ten
         if c.choices
     )
     assert text.split() == [f"w{i}" for i in range(40)]
+
+
+def test_a_wrong_method_gets_a_json_405(server):
+    response = httpx.get(f"{server.url}/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["allow"]

@@ -55,7 +55,9 @@ def gemma(tenant, llama_server, start_connector):
     # a server process may remember the previous one for up to a second.
     Deployment.objects.filter(name="gemma-tunnel").delete()
     time.sleep(1.2)
-    deployment = create_deployment(org=tenant.org, name="gemma-tunnel", price_input_micros=100_000, price_output_micros=400_000)
+    deployment = create_deployment(
+        org=tenant.org, name="gemma-tunnel", price_input_micros=100_000, price_output_micros=400_000
+    )
     _, token = create_connector_token(deployment=deployment)
     start_connector(token, upstream=llama_server)
     return tenant
