@@ -60,7 +60,7 @@ def wrk(url: str, *, connections: int, duration: int, body: str, key: str | None
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     script.write(
-        f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n{auth}'
+        f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\nwrk.headers["Content-Type"] = "application/json"\n{auth}'
     )
     script.close()
     out = subprocess.run(

@@ -230,7 +230,9 @@ async def _stream(ctx: Context, call, include_usage: bool):
             kind = item[0]
             if kind == "chunk":
                 deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
-                out = relay.relay(parser.feed(item[1]))
+                data = item[1]
+                more = call.ready_chunks()
+                out = relay.relay(parser.feed(b"".join([data, *more]) if more else data))
                 if out:
                     yield out
             elif kind == "end":

@@ -96,7 +96,8 @@ async def _events(ctx: Context, call, surface: Translated, *, emit: bool):
             if kind == "chunk":
                 deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
                 out = []
-                for event in parser.feed(item[1]):
+                more = call.ready_chunks()
+                for event in parser.feed(b"".join([item[1], *more]) if more else item[1]):
                     if event == "[DONE]":
                         continue
                     if record.ttft_ms is None and event.get("choices"):

@@ -114,7 +114,12 @@ class TunnelCall:
         """The next response item, or None if `timeout` passed first."""
         try:
             if self.queue is not None:
-                item = await asyncio.wait_for(self.queue.get(), timeout) if timeout else await self.queue.get()
+                if not self.queue.empty():  # the common case mid-stream: no timer, no task
+                    item = self.queue.get_nowait()
+                elif timeout:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                else:
+                    item = await self.queue.get()
             else:
                 layer = get_channel_layer()
                 coro = layer.receive(self.reply)
@@ -128,6 +133,18 @@ class TunnelCall:
             if item[0] == "end":
                 self.timing = item[1]
         return item
+
+    def ready_chunks(self) -> list[bytes]:
+        """Body chunks already waiting in this process, taken without blocking, so that a stream
+        that fell behind writes them to the client in one go."""
+        chunks: list[bytes] = []
+        queue = self.queue
+        while queue is not None and not queue.empty():
+            item = queue._queue[0]  # peek: only chunks are taken here; ends and errors stay queued
+            if item[0] != "chunk":
+                break
+            chunks.append(queue.get_nowait()[1])
+        return chunks
 
     async def start(self) -> tuple[int, dict]:
         """Dispatch and wait for the upstream's status and headers, or raise TunnelError."""
