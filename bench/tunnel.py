@@ -110,17 +110,18 @@ async def first_chunk_ms(url: str, key: str | None, body: bytes, n: int) -> floa
 
 
 class Stack:
-    def __init__(self, mode: str, metering: bool, upstream: str):
+    def __init__(self, mode: str, metering: bool, upstream: str, **extra_env: str):
         self.mode, self.metering = mode, metering
         self.data = Path(tempfile.mkdtemp(prefix=f"tokios-bench-{mode}-"))
         self.env = {**os.environ, "TOKIOS_DATA_DIR": str(self.data), "TOKIOS_HTTPS": "0",
                     "TOKIOS_METERING": "1" if metering else "0", "TOKIOS_LIMITS": "1" if metering else "0"}
         self.env.pop("DATABASE_URL", None)
         self.env.pop("REDIS_URL", None)
+        self.env.update(extra_env)
         if mode == "redis":
             self.env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
             self.env["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokios_bench")
-            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS tokios_bench"], capture_output=True)
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS tokios_bench WITH (FORCE)"], capture_output=True)
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE tokios_bench"], check=True, capture_output=True)
             subprocess.run(["redis-cli", "-n", "9", "flushdb"], capture_output=True)
         manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731

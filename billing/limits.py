@@ -48,7 +48,6 @@ from .periods import month_label, next_month_start
 log = logging.getLogger("tokios.limits")
 
 WINDOW_MS = 60_000  # RPM and TPM: per minute
-REDIS_TIMEOUT = 1.0  # seconds; a hung Redis must not hang every request
 
 
 # --- what is asked ------------------------------------------------------------------------------
@@ -322,6 +321,19 @@ class _Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
+    async def run_many(self, client, calls: list[tuple[list[str], list]]) -> None:
+        """Run the script once per (keys, args) in one pipelined round trip."""
+        from redis.exceptions import NoScriptError
+
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results) or attempt:
+                return
+            await client.script_load(self.source)
+
     def run_sync(self, client, keys: list[str], args: list) -> list:
         from redis.exceptions import NoScriptError
 
@@ -346,6 +358,8 @@ def _budget_ttl(month: str) -> int:
 class RedisLimiter:
     def __init__(self) -> None:
         self._pending: set[asyncio.Task] = set()
+        self._queued: list[tuple[list[str], list]] = []
+        self._flusher: asyncio.Task | None = None
 
     async def acquire(
         self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
@@ -357,7 +371,8 @@ class RedisLimiter:
             args += [b.capacity, b.cost]
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
-        reply = await asyncio.wait_for(_acquire_script.run(get_async_redis(), keys, args), REDIS_TIMEOUT)
+        # The client's socket timeout (tokios_site/redis.py) bounds a hung Redis; no wait_for task.
+        reply = await _acquire_script.run(get_async_redis(), keys, args)
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])
@@ -383,26 +398,32 @@ class RedisLimiter:
     async def settle(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
         keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
         if keys:
-            await asyncio.wait_for(_settle_script.run(get_async_redis(), keys, args), REDIS_TIMEOUT)
+            await _settle_script.run(get_async_redis(), keys, args)
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
-        """Settle after the response: a task on this loop, or a blocking call when there is no loop."""
+        """Settle after the response. Settlements finishing together share one pipelined round trip."""
+        keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
+        if not keys:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
-            if keys:
-                _settle_script.run_sync(get_sync_redis(), keys, args)
+            _settle_script.run_sync(get_sync_redis(), keys, args)
             return
-        task = loop.create_task(self._settle_logged(reservation, actual_tokens, actual_cost, now_ms))
-        self._pending.add(task)  # a task only weakly referenced by the loop could be collected mid-run
-        task.add_done_callback(self._pending.discard)
+        self._queued.append((keys, args))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_settlements())
+            self._pending.add(self._flusher)  # the loop holds tasks only weakly
+            self._flusher.add_done_callback(self._pending.discard)
 
-    async def _settle_logged(self, *args) -> None:
-        try:
-            await self.settle(*args)
-        except Exception:
-            log.warning("could not settle a rate-limit reservation in Redis", exc_info=True)
+    async def _flush_settlements(self) -> None:
+        await asyncio.sleep(0)  # let the requests finishing in this turn of the loop join in
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await _settle_script.run_many(get_async_redis(), batch)
+            except Exception:
+                log.warning("could not settle %d rate-limit reservations in Redis", len(batch), exc_info=True)
 
     async def drain(self) -> None:
         """Wait for settlements in flight (tests, shutdown)."""

@@ -21,7 +21,10 @@ def get_async_redis():
     loop = asyncio.get_running_loop()
     client = _async_clients.get(id(loop))
     if client is None:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
+        # Timeouts bound a hung Redis without wrapping every call in asyncio.wait_for.
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, max_connections=512, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
         _async_clients[id(loop)] = client
     return client
 
@@ -30,4 +33,4 @@ def get_async_redis():
 def get_sync_redis():
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)
