@@ -321,8 +321,9 @@ class _Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
-    async def run_many(self, client, calls: list[tuple[list[str], list]]) -> None:
-        """Run the script once per (keys, args) in one pipelined round trip."""
+    async def run_many(self, client, calls: list[tuple[list[str], list]]) -> list:
+        """Run the script once per (keys, args) in one pipelined round trip; a reply per call
+        (an exception object for a call that failed)."""
         from redis.exceptions import NoScriptError
 
         for attempt in range(2):
@@ -331,8 +332,9 @@ class _Script:
                 pipe.evalsha(self.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
             if not any(isinstance(r, NoScriptError) for r in results) or attempt:
-                return
+                return results
             await client.script_load(self.source)
+        return results
 
     def run_sync(self, client, keys: list[str], args: list) -> list:
         from redis.exceptions import NoScriptError
@@ -360,6 +362,8 @@ class RedisLimiter:
         self._pending: set[asyncio.Task] = set()
         self._queued: list[tuple[list[str], list]] = []
         self._flusher: asyncio.Task | None = None
+        self._acquiring: list[tuple[list[str], list, asyncio.Future]] = []
+        self._acquire_scheduled: asyncio.AbstractEventLoop | None = None
 
     async def acquire(
         self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
@@ -372,7 +376,7 @@ class RedisLimiter:
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
         # The client's socket timeout (tokios_site/redis.py) bounds a hung Redis; no wait_for task.
-        reply = await _acquire_script.run(get_async_redis(), keys, args)
+        reply = await self._acquire_batched(keys, args)
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])
@@ -394,6 +398,45 @@ class RedisLimiter:
             args += [b.capacity, b.cost - actual_tokens]
         args += [actual_cost - g.cost for g in reservation.budgets]
         return keys, args
+
+    async def _acquire_batched(self, keys: list[str], args: list) -> list:
+        """One EVALSHA, pipelined with the others started in the same turn of the event loop.
+
+        redis-py spends ~150 µs of CPU per awaited command but ~25 µs per command in a pipeline, and
+        under load many requests reach this point in the same loop turn. Each keeps its own atomic
+        script run, so exactness across processes is unchanged; only the round trips are shared.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._acquire_scheduled is not loop:  # none pending on this loop (tests run several)
+            self._acquiring = []
+            self._acquire_scheduled = loop
+            loop.call_soon(self._launch_acquisitions)
+        self._acquiring.append((keys, args, future))
+        return await future
+
+    def _launch_acquisitions(self) -> None:
+        self._acquire_scheduled = None
+        batch, self._acquiring = self._acquiring, []
+        task = asyncio.ensure_future(self._run_acquisitions(batch))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _run_acquisitions(self, batch: list) -> None:
+        try:
+            results = await _acquire_script.run_many(get_async_redis(), [(keys, args) for keys, args, _ in batch])
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def settle(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
         keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
