@@ -245,11 +245,10 @@ async def get_deployment(name: str) -> DeploymentRecord | None:
     return await _cached(_deployment_cache_id(name), DeploymentRecord, lambda: _load_deployment(name))
 
 
-async def resolve_access(secret: str | None, model: str | None) -> Access:
-    """Allowed (key, deployment), or AccessDenied with 401 / 404 / 403 in that order of checks."""
-    key = await authenticate_key(secret)
-    if not model or not isinstance(model, str):
-        raise AccessDenied(400, "invalid_request_error", "you must provide a model parameter", "model")
+async def deployment_for(key: KeyRecord, model: object) -> DeploymentRecord:
+    """The deployment a key may call under this model name, or AccessDenied (400 / 404 / 403)."""
+    if not isinstance(model, str) or not model:
+        raise AccessDenied(400, "missing_model", "you must provide a model parameter (a string)", "model")
     deployment = await get_deployment(model)
     if deployment is None:
         raise AccessDenied(
@@ -259,7 +258,13 @@ async def resolve_access(secret: str | None, model: str | None) -> Access:
         raise AccessDenied(
             403, "model_not_allowed", f"This API key is not allowed to use the model `{model}`.", "model"
         )
-    return Access(key=key, deployment=deployment)
+    return deployment
+
+
+async def resolve_access(secret: str | None, model: str | None) -> Access:
+    """Allowed (key, deployment), or AccessDenied with 401 / 404 / 403 in that order of checks."""
+    key = await authenticate_key(secret)
+    return Access(key=key, deployment=await deployment_for(key, model))
 
 
 def _invalidate(cache_id: str) -> None:

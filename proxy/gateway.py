@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from accounts.access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, get_deployment, key_allows
+from accounts.access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 
 from . import usage
 from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
@@ -40,7 +40,9 @@ class Context:
     headers: dict[str, str] = field(default_factory=dict)  # added to the response (rate limits…)
     reservation: object | None = None  # set by limits; settled with the record
     extra_history: list = field(default_factory=list)
-    call: object | None = None  # the tunnel call in flight, so that every exit can cancel it  # responses: the chain this request continues
+    call: object | None = (
+        None  # the tunnel call in flight, so that every exit can cancel it  # responses: the chain this request continues
+    )
 
     def error_response(self, exc: GatewayError) -> HttpResponse:
         if self.anthropic:
@@ -72,19 +74,25 @@ def presented_secret(request: HttpRequest) -> str | None:
 def _read_json(request: HttpRequest) -> dict:
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.MAX_BODY_BYTES:
-        raise GatewayError(413, f"Request body too large: the limit is {settings.MAX_BODY_BYTES} bytes.", code="request_too_large")
+        raise GatewayError(
+            413, f"Request body too large: the limit is {settings.MAX_BODY_BYTES} bytes.", code="request_too_large"
+        )
     try:
         raw = request.body
     except RequestDataTooBig:
         raw = b"x" * (settings.MAX_BODY_BYTES + 1)
     if len(raw) > settings.MAX_BODY_BYTES:
-        raise GatewayError(413, f"Request body too large: the limit is {settings.MAX_BODY_BYTES} bytes.", code="request_too_large")
+        raise GatewayError(
+            413, f"Request body too large: the limit is {settings.MAX_BODY_BYTES} bytes.", code="request_too_large"
+        )
     if not raw:
         raise GatewayError(400, "The request body is empty; send a JSON object.", code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
+        raise GatewayError(
+            400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
@@ -106,20 +114,10 @@ async def authenticate(ctx: Context) -> KeyRecord:
 
 
 async def resolve_model(ctx: Context, model: object) -> DeploymentRecord:
-    if not isinstance(model, str) or not model:
-        raise GatewayError(400, "you must provide a model parameter (a string)", param="model", code="missing_model")
-    deployment = await get_deployment(model)
-    if deployment is None:
-        raise GatewayError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
-    if not key_allows(ctx.key, deployment):
-        raise GatewayError(
-            403, f"This API key is not allowed to use the model `{model}`.", code="model_not_allowed", param="model"
-        )
+    try:
+        deployment = await deployment_for(ctx.key, model)
+    except AccessDenied as exc:
+        raise _denied(exc) from None
     ctx.deployment = deployment
     ctx.record.deployment_id = deployment.id
     return deployment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import orjson
-from django.conf import settings
 
 from ..errors import GatewayError
 from ..gateway import Context
@@ -76,6 +75,3 @@ async def read_error(call: TunnelCall) -> bytes:
 def upstream_model(ctx: Context) -> str:
     return ctx.deployment.upstream_model or ctx.deployment.name
 
-
-def max_wait() -> float:
-    return settings.UPSTREAM_TIMEOUT
