@@ -95,3 +95,40 @@ def tool_call_arguments(fn: dict) -> str:
         return args
     # Some upstreams send an already-parsed object; clients expect a JSON string.
     return dumps(args).decode()
+
+
+class UsageTally:
+    """Token usage as the upstream reports it, with estimates while it has not (or never does).
+
+    Input falls back to the gateway's prompt estimate (`hint`), output to the number of content
+    or tool-call deltas seen, which is about one per token for the upstreams we know.
+    """
+
+    def __init__(self, input_tokens_hint: int) -> None:
+        self._hint = input_tokens_hint
+        self._prompt_tokens: int | None = None
+        self._completion_tokens: int | None = None
+        self._cached_tokens = 0
+        self._reasoning_tokens = 0
+        self._delta_chunks = 0
+
+    @property
+    def input_tokens(self) -> int:
+        return self._prompt_tokens if self._prompt_tokens is not None else self._hint
+
+    @property
+    def output_tokens(self) -> int:
+        return self._completion_tokens if self._completion_tokens is not None else self._delta_chunks
+
+    @property
+    def usage_estimated(self) -> bool:
+        return self._completion_tokens is None
+
+    def _take_usage(self, usage: dict) -> None:
+        prompt, completion, cached, reasoning = usage_numbers(usage)
+        if prompt is not None:
+            self._prompt_tokens = prompt
+        if completion is not None:
+            self._completion_tokens = completion
+        self._cached_tokens = cached
+        self._reasoning_tokens = reasoning

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 from ._common import (
+    UsageTally,
     is_int,
     new_id,
     tool_call_arguments,
     upstream_error,
-    usage_numbers,
 )
 from .anthropic_request import MessagesRequestInfo
 from .sse import encode_event
@@ -68,7 +68,7 @@ class _Block:
 _SIGNATURE_DELTA = {"type": "signature_delta", "signature": ""}
 
 
-class MessagesStreamTranslator:
+class MessagesStreamTranslator(UsageTally):
     """Chat Completions chunks → Anthropic Messages SSE and final Message (§6.3).
 
     One instance per request. ``emit_events=False`` skips SSE encoding for non-streaming
@@ -83,10 +83,10 @@ class MessagesStreamTranslator:
         input_tokens_hint: int = 0,
         emit_events: bool = True,
     ) -> None:
+        super().__init__(input_tokens_hint)
         self.info = info
         self.message_id = message_id or new_id("msg_")
         self._emit = emit_events
-        self._hint = input_tokens_hint
         self._blocks: list[_Block] = []
         self._open: _Block | None = None
         self._tools: dict[int, _Block] = {}
@@ -96,9 +96,6 @@ class MessagesStreamTranslator:
         self._held = ""
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
-        self._prompt_tokens: int | None = None
-        self._completion_tokens: int | None = None
-        self._delta_chunks = 0
         self._started = False
         self._stopped = False
         self._finished = False
@@ -112,20 +109,6 @@ class MessagesStreamTranslator:
     def stopped(self) -> bool:
         """A stop sequence matched; the gateway should cancel the upstream."""
         return self._stopped
-
-    @property
-    def input_tokens(self) -> int:
-        return self._prompt_tokens if self._prompt_tokens is not None else self._hint
-
-    @property
-    def output_tokens(self) -> int:
-        if self._completion_tokens is not None:
-            return self._completion_tokens
-        return self._delta_chunks
-
-    @property
-    def usage_estimated(self) -> bool:
-        return self._completion_tokens is None
 
     def start(self) -> bytes:
         self._started = True
@@ -268,13 +251,6 @@ class MessagesStreamTranslator:
         }
 
     # -- internals ---------------------------------------------------------
-
-    def _take_usage(self, usage: dict) -> None:
-        prompt, completion, _cached, _reasoning = usage_numbers(usage)
-        if prompt is not None:
-            self._prompt_tokens = prompt
-        if completion is not None:
-            self._completion_tokens = completion
 
     def _open_block(self, block: _Block, content_block: dict, out: list[bytes]) -> None:
         self._close(out)

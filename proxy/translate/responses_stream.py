@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 
 from ._common import (
+    UsageTally,
     is_int,
     new_id,
     tool_call_arguments,
     upstream_error,
-    usage_numbers,
 )
 from .responses_request import ResponsesRequestInfo
 from .sse import encode_event
@@ -67,7 +67,7 @@ class _Item:
         }
 
 
-class ResponsesStreamTranslator:
+class ResponsesStreamTranslator(UsageTally):
     """Chat Completions chunks → Responses stream events and final Response (§6.6).
 
     One instance per request. ``emit_events=False`` skips SSE encoding for non-streaming
@@ -83,21 +83,16 @@ class ResponsesStreamTranslator:
         input_tokens_hint: int = 0,
         emit_events: bool = True,
     ) -> None:
+        super().__init__(input_tokens_hint)
         self.info = info
         self.response_id = response_id or new_id("resp_")
         self.created_at = created_at if created_at is not None else int(time.time())
         self._emit = emit_events
-        self._hint = input_tokens_hint
         self._seq = 0
         self._output: list[dict] = []
         self._open: _Item | None = None
         self._tools: dict[int, _Item] = {}
         self._finish_reason: str | None = None
-        self._prompt_tokens: int | None = None
-        self._completion_tokens: int | None = None
-        self._cached_tokens = 0
-        self._reasoning_tokens = 0
-        self._delta_chunks = 0
         self._started = False
         self._status = "in_progress"
         self._final: dict | None = None
@@ -132,18 +127,6 @@ class ResponsesStreamTranslator:
     def failed(self) -> bool:
         return self._status == "failed"
 
-    @property
-    def input_tokens(self) -> int:
-        return self._prompt_tokens if self._prompt_tokens is not None else self._hint
-
-    @property
-    def output_tokens(self) -> int:
-        return self._completion_tokens if self._completion_tokens is not None else self._delta_chunks
-
-    @property
-    def usage_estimated(self) -> bool:
-        return self._completion_tokens is None
-
     def start(self) -> bytes:
         self._started = True
         if not self._emit:
@@ -165,13 +148,7 @@ class ResponsesStreamTranslator:
             return self.error(message, _ERROR_CODES.get(kind, "server_error"))
         usage = chunk.get("usage")
         if usage:
-            prompt, completion, cached, reasoning = usage_numbers(usage)
-            if prompt is not None:
-                self._prompt_tokens = prompt
-            if completion is not None:
-                self._completion_tokens = completion
-            self._cached_tokens = cached
-            self._reasoning_tokens = reasoning
+            self._take_usage(usage)
         choices = chunk.get("choices")
         if not choices:
             return b""
