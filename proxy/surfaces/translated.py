@@ -103,14 +103,14 @@ async def _events(ctx: Context, call, surface: Translated, *, emit: bool):
                     if record.ttft_ms is None and event.get("choices"):
                         record.first_token()
                     out.append(translator.feed(event))
-                    if getattr(translator, "stopped", False) or translator.failed:
+                    if translator.stopped or translator.failed:
                         break
                 if emit and out:
                     yield b"".join(out)
                 if translator.failed:
                     record.error_code = "upstream_error"
                     return
-                if getattr(translator, "stopped", False):
+                if translator.stopped:
                     await call.cancel()  # a stop sequence matched: the model can stop working
                     break
             elif kind == "end":

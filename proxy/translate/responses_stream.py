@@ -74,6 +74,8 @@ class ResponsesStreamTranslator(UsageTally):
     clients that only want ``final_response()``.
     """
 
+    stopped = False  # Responses has no stop sequences; the gateway reads this on both surfaces
+
     def __init__(
         self,
         info: ResponsesRequestInfo,
