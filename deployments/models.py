@@ -42,7 +42,7 @@ class DeploymentQuerySet(models.QuerySet["Deployment"]):
     def for_org(self, org: Organization) -> DeploymentQuerySet:
         return self.filter(org=org)
 
-    def usable_by(self, org: Organization) -> DeploymentQuerySet:
+    def usable_by(self, org: Organization | int) -> DeploymentQuerySet:
         """Deployments whose model an org's keys may call: its own, and those granted to it."""
         return self.filter(models.Q(org=org) | models.Q(grants__org=org)).distinct()
 

@@ -17,7 +17,7 @@ from ..tunnel import presence
 def _visible_names(key: KeyRecord) -> list[str]:
     from deployments.models import Deployment
 
-    qs = Deployment.objects.filter(org_id=key.org_id) | Deployment.objects.filter(grants__org_id=key.org_id)
+    qs = Deployment.objects.usable_by(key.org_id)
     if not key.all_models:
         qs = qs.filter(id__in=key.allowed)
     return sorted(set(qs.values_list("name", flat=True)))
