@@ -1,0 +1,158 @@
+"""The limiter's lean Redis connection, against the real Redis (REDIS_URL) and a silent TCP peer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+
+from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, encode
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+
+def test_commands_are_encoded_as_resp_arrays_of_bulk_strings():
+    assert encode(("SET", "k", 12, b"\x00v", 1.5)) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$3\r\n1.5\r\n"
+    )
+
+
+def test_an_unknown_url_scheme_is_refused():
+    with pytest.raises(ValueError, match="http"):
+        RedisPipe("http://127.0.0.1:6379")
+
+
+@pytest.fixture
+def key() -> str:
+    name = f"tokios:test:pipe:{uuid.uuid4().hex}"
+    yield name
+    if REDIS_URL:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).delete(name)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_concurrent_commands_get_their_own_replies_in_order(key):
+    pipe = RedisPipe(REDIS_URL)
+    replies = await asyncio.gather(*(pipe.execute("INCRBY", key, 1) for _ in range(500)))
+    assert sorted(replies) == list(range(1, 501))
+    assert replies == list(range(1, 501))  # issued in one loop turn, answered in order
+    assert await pipe.execute("GET", key) == b"500"
+    pipe.close()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_an_error_reply_fails_only_its_own_command(key):
+    pipe = RedisPipe(REDIS_URL)
+    ok, bad, after = await asyncio.gather(
+        pipe.execute("SET", key, "x"), pipe.execute("INCR", key), pipe.execute("GET", key), return_exceptions=True
+    )
+    assert ok == b"OK"
+    assert isinstance(bad, ReplyError) and "not an integer" in str(bad)
+    assert after == b"x"
+    pipe.close()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_the_database_number_in_the_url_is_selected(key):
+    import redis
+
+    base = REDIS_URL.rsplit("/", 1)[0] if REDIS_URL.count("/") > 2 else REDIS_URL
+    pipe = RedisPipe(f"{base}/14")
+    await pipe.execute("SET", key, "in-14")
+    assert redis.Redis.from_url(f"{base}/14").get(key) == b"in-14"
+    assert redis.Redis.from_url(f"{base}/13").get(key) is None
+    redis.Redis.from_url(f"{base}/14").delete(key)
+    pipe.close()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_script_forgotten_by_redis_is_loaded_again(key):
+    script = Script(f"-- {uuid.uuid4().hex}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])")
+    pipe = RedisPipe(REDIS_URL, scripts=(script,))
+    assert await pipe.evalsha(script, [key], [5]) == 5  # loaded on connect
+    await pipe.execute("SCRIPT", "FLUSH")
+    assert await pipe.evalsha(script, [key], [2]) == 7  # NOSCRIPT, loaded, run once
+    pipe.close()
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_killed_connection_fails_what_was_in_flight_and_the_next_command_reconnects(key):
+    import redis
+
+    pipe = RedisPipe(REDIS_URL)
+    await pipe.execute("CLIENT", "SETNAME", "tokios-pipe-test")
+    blocked = asyncio.ensure_future(pipe.execute("BLPOP", key, 5))
+    await asyncio.sleep(0.05)
+    killer = redis.Redis.from_url(REDIS_URL)
+    for client in killer.client_list():
+        if client.get("name") == "tokios-pipe-test":
+            killer.client_kill_filter(_id=client["id"])
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(blocked, 2)
+    assert not pipe.connected
+    assert await pipe.execute("SET", key, "back") == b"OK"  # a new connection
+    assert pipe.connected
+    pipe.close()
+
+
+@pytest.mark.asyncio
+async def test_a_redis_that_stops_answering_fails_commands_after_the_timeout():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader, writer):  # accepts and reads, never answers
+        accepted.append(writer)
+        await reader.read(-1)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = RedisPipe(f"redis://127.0.0.1:{port}", timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await pipe.execute("PING")
+    assert 0.25 <= loop.time() - started < 2
+    assert len(accepted) == 1
+    pipe.close()
+    server.close()
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_redis_raises_a_connection_error_quickly():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    pipe = RedisPipe(f"redis://127.0.0.1:{port}", timeout=1)
+    with pytest.raises(OSError):
+        await pipe.execute("PING")
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_refused_handshake_is_reported_and_nothing_is_sent():
+    host = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split("@")[-1]
+    pipe = RedisPipe(f"redis://:wrong-password@{host}/0")  # this Redis has no password, so AUTH fails
+    with pytest.raises(ReplyError, match="AUTH"):
+        await pipe.execute("PING")
+    assert not pipe.connected
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_send_nowait_needs_a_live_connection(key):
+    pipe = RedisPipe(REDIS_URL)
+    with pytest.raises(ConnectionError):
+        await pipe.send_nowait("GET", key)
+    await pipe.execute("SET", key, "1")
+    assert await pipe.send_nowait("GET", key) == b"1"
+    pipe.close()
