@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError
 
@@ -138,39 +139,28 @@ def write_batch(batch: list[RequestRecord]) -> None:
 
     from billing.models import UsageEvent
 
-    rows = [
-        (
-            r.request_id,
-            connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(r.created_at, tz=UTC)),
-            r.org_id,
-            r.key_id,
-            r.deployment_id,
-            r.surface,
-            r.status_code,
-            _int32(r.input_tokens),
-            _int32(r.output_tokens),
-            r.usage_estimated,
-            max(0, r.cost_micros),
-            _int32(r.latency_ms),
-            None if r.ttft_ms is None else _int32(r.ttft_ms),
-            r.streamed,
-            r.cancelled,
-            r.error_code[:64],
-        )
-        for r in batch
-    ]
     # Raw SQL instead of the ORM's bulk_create: this runs in a thread beside the event loop, and
-    # building model instances held the GIL long enough to slow every request. On PostgreSQL the
-    # batch is one INSERT … SELECT FROM unnest(column arrays): one statement and one round trip in
-    # autocommit, however many rows. ON CONFLICT DO NOTHING: a retried batch must not write an
-    # event twice (request_id is unique).
+    # building model instances held the GIL long enough to slow every request. ON CONFLICT DO
+    # NOTHING: a retried batch must not write an event twice (request_id is unique).
     try:
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
+            # The whole batch as one JSON parameter (orjson serialises the records in C) turned into
+            # rows by PostgreSQL: one statement, one round trip in autocommit, and a few µs of Python
+            # per event instead of ~40 for adapting sixteen arrays element by element.
+            try:
+                payload = orjson.dumps(batch)
+            except orjson.JSONEncodeError:  # an integer beyond 64 bits from a bogus upstream
+                payload = orjson.dumps(
+                    [
+                        {**dict(zip(_COLUMNS, row, strict=True)), "created_at": None, "created": row[1]}
+                        for row in _rows(batch, connection)
+                    ]
+                )
             with connection.cursor() as cursor:
-                cursor.execute(_unnest_sql(), [list(column) for column in zip(*rows, strict=True)])
+                cursor.execute(_json_insert_sql(), [payload.decode()])
         else:
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.executemany(_insert_sql(), rows)
+                cursor.executemany(_insert_sql(), _rows(batch, connection))
     except IntegrityError:
         # A key, deployment or org deleted while its request ran would make the batch fail on
         # every retry, holding up all metering behind it: keep the events, drop the dangling ids.
@@ -178,7 +168,7 @@ def write_batch(batch: list[RequestRecord]) -> None:
             UsageEvent(
                 **{**dict(zip(_COLUMNS, row, strict=True)), "created_at": datetime.fromtimestamp(r.created_at, tz=UTC)}
             )
-            for r, row in zip(batch, rows, strict=True)
+            for r, row in zip(batch, _rows(batch, connection), strict=True)
         ]
         _drop_dangling(events)
         UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
@@ -223,18 +213,68 @@ def _insert_sql() -> str:
     )
 
 
+def _rows(batch: list[RequestRecord], connection) -> list[tuple]:
+    return [
+        (
+            r.request_id,
+            connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(r.created_at, tz=UTC)),
+            r.org_id,
+            r.key_id,
+            r.deployment_id,
+            r.surface,
+            r.status_code,
+            _int32(r.input_tokens),
+            _int32(r.output_tokens),
+            r.usage_estimated,
+            max(0, r.cost_micros),
+            _int32(r.latency_ms),
+            None if r.ttft_ms is None else _int32(r.ttft_ms),
+            r.streamed,
+            r.cancelled,
+            r.error_code[:64],
+        )
+        for r in batch
+    ]
+
+
 @functools.cache
-def _unnest_sql() -> str:
+def _json_insert_sql() -> str:
+    """PostgreSQL: insert the events of a JSON array, each either a RequestRecord as orjson writes it
+    or a row keyed by column name (the fallback); the same clamps as `_rows` in SQL."""
     from django.db import connection
 
     from billing.models import UsageEvent
 
     quote = connection.ops.quote_name
-    fields = {f.column: f for f in UsageEvent._meta.concrete_fields}
-    arrays = ", ".join(f"%s::{fields[c].db_type(connection)}[]" for c in _COLUMNS)
+    int32 = "least(greatest(coalesce({}, 0), 0), 2147483647)"
+    values = {
+        "request_id": "r.request_id",
+        "created_at": "coalesce(to_timestamp(r.created_at), r.created)",
+        "org_id": "r.org_id",
+        "api_key_id": "coalesce(r.key_id, r.api_key_id)",
+        "deployment_id": "r.deployment_id",
+        "surface": "r.surface",
+        "status_code": "r.status_code",
+        "input_tokens": int32.format("r.input_tokens"),
+        "output_tokens": int32.format("r.output_tokens"),
+        "usage_estimated": "coalesce(r.usage_estimated, false)",
+        "cost_micros": "least(greatest(coalesce(r.cost_micros, 0), 0), 9223372036854775807)",
+        "latency_ms": int32.format("r.latency_ms"),
+        "ttft_ms": f"CASE WHEN r.ttft_ms IS NULL THEN NULL ELSE {int32.format('r.ttft_ms')} END",
+        "streamed": "coalesce(r.streamed, false)",
+        "cancelled": "coalesce(r.cancelled, false)",
+        "error_code": "left(coalesce(r.error_code, ''), 64)",
+    }
+    shape = (
+        "request_id text, created_at float8, created timestamptz, org_id bigint, key_id bigint, "
+        "api_key_id bigint, deployment_id bigint, surface text, status_code int, input_tokens numeric, "
+        "output_tokens numeric, usage_estimated boolean, cost_micros numeric, latency_ms numeric, "
+        "ttft_ms numeric, streamed boolean, cancelled boolean, error_code text"
+    )
     return (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({quote('request_id')}) DO NOTHING"
+        f"SELECT {', '.join(values[c] for c in _COLUMNS)} FROM json_to_recordset(%s::json) AS r({shape}) "
+        f"ON CONFLICT ({quote('request_id')}) DO NOTHING"
     )
 
 

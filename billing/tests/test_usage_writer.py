@@ -99,3 +99,78 @@ async def test_a_stream_the_server_never_started_is_recorded_when_the_response_c
     event = await sync_to_async(UsageEvent.objects.get)()
     assert (event.status_code, event.streamed, event.cancelled) == (200, True, True)
     assert event.deployment_id == deployment.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_field_of_a_record_arrives_as_written(org, key, deployment):
+    # Outside a transaction PostgreSQL takes the one-statement JSON path; SQLite the executemany one.
+    written = record(
+        request_id="req_fields",
+        org_id=org.pk,
+        key_id=key.pk,
+        deployment_id=deployment.pk,
+        surface="messages",
+        status_code=429,
+        input_tokens=12,
+        output_tokens=34,
+        usage_estimated=True,
+        cost_micros=56,
+        latency_ms=78,
+        ttft_ms=9,
+        streamed=True,
+        cancelled=True,
+        error_code="rate_limit_exceeded",
+    )
+
+    usage.write_batch([written, record(request_id="req_plain", status_code=200)])
+
+    event = UsageEvent.objects.get(request_id="req_fields")
+    assert abs(event.created_at.timestamp() - written.created_at) < 1e-5
+    assert (event.org_id, event.api_key_id, event.deployment_id) == (org.pk, key.pk, deployment.pk)
+    assert (event.surface, event.status_code, event.input_tokens, event.output_tokens) == ("messages", 429, 12, 34)
+    assert (event.usage_estimated, event.cost_micros, event.latency_ms, event.ttft_ms) == (True, 56, 78, 9)
+    assert (event.streamed, event.cancelled, event.error_code) == (True, True, "rate_limit_exceeded")
+    plain = UsageEvent.objects.get(request_id="req_plain")
+    assert (plain.org_id, plain.ttft_ms, plain.streamed, plain.error_code) == (None, None, False, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_numbers_beyond_any_column_are_clamped_outside_a_transaction_too(org):
+    usage.write_batch(
+        [
+            record(request_id="req_huge", org_id=org.pk, status_code=200, input_tokens=10**30, cost_micros=-4),
+            record(request_id="req_long", org_id=org.pk, status_code=502, output_tokens=-1, error_code="e" * 200),
+        ]
+    )
+
+    huge = UsageEvent.objects.get(request_id="req_huge")
+    assert (huge.input_tokens, huge.cost_micros) == (2_147_483_647, 0)
+    long = UsageEvent.objects.get(request_id="req_long")
+    assert (long.output_tokens, long.error_code) == (0, "e" * 64)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_database_dropped_is_replaced_on_the_next_batch(org):
+    from django.db import DatabaseError, connection
+
+    usage.write_batch([record(request_id="req_before", org_id=org.pk, status_code=200)])
+    own_pid = connection.connection.info.backend_pid
+    with psycopg_admin() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [own_pid])
+
+    with pytest.raises(DatabaseError):
+        usage.write_batch([record(request_id="req_lost_try", org_id=org.pk, status_code=200)])
+    usage.write_batch([record(request_id="req_lost_try", org_id=org.pk, status_code=200)])  # what the flusher retries
+
+    assert set(UsageEvent.objects.values_list("request_id", flat=True)) == {"req_before", "req_lost_try"}
+
+
+def psycopg_admin():
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=True)
