@@ -110,7 +110,8 @@ async def first_chunk_ms(url: str, key: str | None, body: bytes, n: int) -> floa
 
 
 class Stack:
-    def __init__(self, mode: str, metering: bool, upstream: str, **extra_env: str):
+    def __init__(self, mode: str, metering: bool, upstream: str, slot: int = 0, **extra_env: str):
+        """`slot` keeps stacks that run side by side apart (own database and Redis database)."""
         self.mode, self.metering = mode, metering
         self.data = Path(tempfile.mkdtemp(prefix=f"tokios-bench-{mode}-"))
         self.env = {**os.environ, "TOKIOS_DATA_DIR": str(self.data), "TOKIOS_HTTPS": "0",
@@ -119,11 +120,16 @@ class Stack:
         self.env.pop("REDIS_URL", None)
         self.env.update(extra_env)
         if mode == "redis":
-            self.env["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-            self.env["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokios_bench")
-            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "DROP DATABASE IF EXISTS tokios_bench WITH (FORCE)"], capture_output=True)
-            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", "CREATE DATABASE tokios_bench"], check=True, capture_output=True)
-            subprocess.run(["redis-cli", "-n", "9", "flushdb"], capture_output=True)
+            redis_base = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+            redis_db = int(redis_base.rsplit("/", 1)[1]) + slot
+            db_base = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tokios_bench")
+            db_name = f"{db_base.rsplit('/', 1)[1]}_{slot}" if slot else db_base.rsplit("/", 1)[1]
+            self.env["REDIS_URL"] = f"{redis_base.rsplit('/', 1)[0]}/{redis_db}"
+            self.env["DATABASE_URL"] = f"{db_base.rsplit('/', 1)[0]}/{db_name}"
+            psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc"]
+            subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"], capture_output=True)
+            subprocess.run([*psql, f"CREATE DATABASE {db_name}"], check=True, capture_output=True)
+            subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], capture_output=True)
         manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731
         manage("migrate")
         manage("create_org", "bench")

@@ -28,6 +28,7 @@ production):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import math
@@ -45,7 +46,7 @@ from deployments.models import micros_to_usd
 from tokios_site.redis import get_sync_redis, redis_enabled
 from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
-from .periods import month_label, next_month_start
+from .periods import month_label, month_start, next_month_start
 
 log = logging.getLogger("tokios.limits")
 
@@ -201,35 +202,67 @@ class LocalLimiter:
 
 # --- the Redis limiter (production) -------------------------------------------------------------
 
-# KEYS: nb bucket hashes, then ng spend counters.
-# ARGV: now_ms, nb, ng, then (capacity, cost) per bucket, then (limit or -1, cost, seed or -1, ttl_s)
-# per budget. Returns {status, denied, retry_ms, milli-levels..., used...} with status 0 ok,
-# 1 limited, 2 over budget, or {-1, missing budget indexes...} when a counter needs a seed.
-ACQUIRE_LUA = """
+# Shared by both scripts: the refill of a token bucket, and applying summed settlements.
+# settle(kb, ab, nt, ng): KEYS[kb…] are nt token buckets then ng spend counters; ARGV[ab…] hold
+# (capacity, tokens to give back — negative takes more) per bucket, then the cost correction (real
+# minus reserved) per counter. A counter that does not exist is left alone (it will be seeded).
+LUA_COMMON = """
+local window = 60000
 local now = tonumber(ARGV[1])
+local function level(key, cap)
+  local state = redis.call('HMGET', key, 'v', 't')
+  local v, t = tonumber(state[1]), tonumber(state[2])
+  if v == nil or t == nil then
+    return cap, now
+  elseif now > t then
+    return math.min(cap, v + (now - t) * cap / window), now
+  end
+  return v, t
+end
+local function store(key, cap, v, t)
+  redis.call('HSET', key, 'v', v, 't', t)
+  redis.call('PEXPIRE', key, math.ceil((cap - v) * window / cap) + 1000)
+end
+local function settle(kb, ab, nt, ng)
+  for i = 1, nt do
+    local cap = tonumber(ARGV[ab + 2 * i - 2])
+    local v, t = level(KEYS[kb + i - 1], cap)
+    store(KEYS[kb + i - 1], cap, math.min(cap, v + tonumber(ARGV[ab + 2 * i - 1])), t)
+  end
+  for j = 1, ng do
+    local key, delta = KEYS[kb + nt + j - 1], ARGV[ab + 2 * nt + j - 1]
+    if delta ~= '0' and redis.call('EXISTS', key) == 1 then
+      redis.call('INCRBY', key, delta)
+    end
+  end
+end
+"""
+
+# KEYS: nb bucket hashes, ng spend counters, then the keys of settlements sent along (see settle).
+# ARGV: now_ms, nb, ng, (capacity, cost) per bucket, (limit or -1, cost, seed or -1, ttl_s) per
+# budget, then nt, ns and the settlements' arguments. Settlements are applied first, so a request
+# sees every settlement this process finished before it. Returns {status, denied, retry_ms,
+# milli-levels..., used...} with status 0 ok, 1 limited, 2 over budget, or {-1, missing budget
+# indexes...} when a counter needs a seed (the settlements are applied either way).
+ACQUIRE_LUA = (
+    LUA_COMMON
+    + """
 local nb = tonumber(ARGV[2])
 local ng = tonumber(ARGV[3])
-local window = 60000
+local base = 4 + 2 * nb
+local at_settle = base + 4 * ng
+settle(nb + ng + 1, at_settle + 2, tonumber(ARGV[at_settle]), tonumber(ARGV[at_settle + 1]))
 local levels, stamps, used, missing = {}, {}, {}, {}
 local status, denied, retry = 0, -1, 0
 for i = 1, nb do
   local cap = tonumber(ARGV[2 + 2 * i])
   local cost = tonumber(ARGV[3 + 2 * i])
-  local state = redis.call('HMGET', KEYS[i], 'v', 't')
-  local v, t = tonumber(state[1]), tonumber(state[2])
-  if v == nil or t == nil then
-    v, t = cap, now
-  elseif now > t then
-    v = math.min(cap, v + (now - t) * cap / window)
-    t = now
-  end
-  levels[i], stamps[i] = v, t
-  if denied < 0 and v < cost then
+  levels[i], stamps[i] = level(KEYS[i], cap)
+  if denied < 0 and levels[i] < cost then
     status, denied = 1, i - 1
-    retry = math.ceil((cost - v) * window / cap)
+    retry = math.ceil((cost - levels[i]) * window / cap)
   end
 end
-local base = 4 + 2 * nb
 for j = 1, ng do
   local at = base + 4 * (j - 1)
   local limit, cost, seed = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
@@ -256,10 +289,8 @@ if #missing > 0 then
 end
 if status == 0 then
   for i = 1, nb do
-    local cap = tonumber(ARGV[2 + 2 * i])
     levels[i] = levels[i] - tonumber(ARGV[3 + 2 * i])
-    redis.call('HSET', KEYS[i], 'v', levels[i], 't', stamps[i])
-    redis.call('PEXPIRE', KEYS[i], math.ceil((cap - levels[i]) * window / cap) + 1000)
+    store(KEYS[i], tonumber(ARGV[2 + 2 * i]), levels[i], stamps[i])
   end
   for j = 1, ng do
     used[j] = redis.call('INCRBY', KEYS[nb + j], ARGV[base + 4 * (j - 1) + 1])
@@ -270,39 +301,16 @@ for i = 1, nb do out[#out + 1] = math.floor(levels[i] * 1000) end
 for j = 1, ng do out[#out + 1] = used[j] end
 return out
 """
+)
 
-# KEYS: nt token-bucket hashes, then ng spend counters.
-# ARGV: now_ms, nt, ng, (capacity, tokens to give back — negative takes more) per bucket, then the
-# cost correction (real minus reserved) per counter.
-SETTLE_LUA = """
-local now = tonumber(ARGV[1])
-local nt = tonumber(ARGV[2])
-local ng = tonumber(ARGV[3])
-local window = 60000
-for i = 1, nt do
-  local cap = tonumber(ARGV[2 + 2 * i])
-  local back = tonumber(ARGV[3 + 2 * i])
-  local state = redis.call('HMGET', KEYS[i], 'v', 't')
-  local v, t = tonumber(state[1]), tonumber(state[2])
-  if v == nil or t == nil then
-    v, t = cap, now
-  elseif now > t then
-    v = math.min(cap, v + (now - t) * cap / window)
-    t = now
-  end
-  v = math.min(cap, v + back)
-  redis.call('HSET', KEYS[i], 'v', v, 't', t)
-  redis.call('PEXPIRE', KEYS[i], math.ceil((cap - v) * window / cap) + 1000)
-end
-local base = 4 + 2 * nt
-for j = 1, ng do
-  local delta = ARGV[base + j - 1]
-  if delta ~= '0' and redis.call('EXISTS', KEYS[nt + j]) == 1 then
-    redis.call('INCRBY', KEYS[nt + j], delta)
-  end
-end
+# KEYS and ARGV[4…]: see settle. ARGV: now_ms, nt, ng, …
+SETTLE_LUA = (
+    LUA_COMMON
+    + """
+settle(1, 4, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return 1
 """
+)
 
 
 _acquire_script = Script(ACQUIRE_LUA)
@@ -325,12 +333,29 @@ def _month_end(month: str) -> float:
 
 
 class RedisLimiter:
-    """Both scripts go through `tokios_site.redis_pipe`: commands issued in the same loop turn
-    share one write and one read, and a command costs a few µs of loop time instead of redis-py's
-    ~150 µs. Each request still runs its own atomic script, so exactness is unchanged."""
+    """Scripts go through `tokios_site.redis_pipe`: commands issued in the same loop turn share
+    one write and one read, and a command costs a few µs of loop time instead of redis-py's ~150 µs.
+
+    Settlements are not sent one by one: they are summed per org in memory and ride along with the
+    next admission for that org (the acquire script applies them first), or are sent on their own
+    after SETTLE_DELAY if no admission comes. So a steady stream of requests costs one script run
+    per request, and a request always sees the settlements this process finished before it. Each
+    admission is still its own atomic script run, so exactness across processes is unchanged.
+    """
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Future] = set()
+        # org hash tag -> ({TPM bucket key: [capacity, tokens to give back]}, {counter key: cost delta})
+        self._waiting: dict[str, tuple[dict[str, list[int]], dict[str, int]]] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+        atexit.register(self._flush_at_exit)
+
+    def _flush_at_exit(self) -> None:
+        if self._waiting:
+            try:
+                self.flush_settlements_sync()
+            except Exception:
+                log.warning("could not settle rate-limit reservations at exit", exc_info=True)
 
     async def acquire(
         self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
@@ -342,7 +367,8 @@ class RedisLimiter:
             args += [b.capacity, b.cost]
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
-        reply = await _pipe().evalsha(_acquire_script, keys, args)
+        settle_keys, settle_args = self._take_settlements(_tag_of(keys[0])) if keys else ([], [0, 0])
+        reply = await _pipe().evalsha(_acquire_script, keys + settle_keys, args + settle_args)
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])
@@ -355,40 +381,78 @@ class RedisLimiter:
             used=[int(x) for x in rest[len(buckets) :]],
         )
 
-    @staticmethod
-    def _settle_args(reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int):
-        tokens = [b for b in reservation.buckets if b.kind == "tokens"]
-        keys = [b.key for b in tokens] + [g.key for g in reservation.budgets]
-        args: list = [now_ms, len(tokens), len(reservation.budgets)]
-        for b in tokens:
-            args += [b.capacity, b.cost - actual_tokens]
-        args += [actual_cost - g.cost for g in reservation.budgets]
-        return keys, args
-
     async def settle(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
-        keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
-        if keys:
-            await _pipe().evalsha(_settle_script, keys, args)
+        """Settle one reservation now (and whatever was waiting for its org)."""
+        self._add_settlement(reservation, actual_tokens, actual_cost)
+        for tag in list(self._waiting):
+            keys, args = self._take_settlements(tag)
+            await _pipe().evalsha(_settle_script, keys, [now_ms, *args])
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
-        """Settle after the response, without a task: the command joins this loop turn's write."""
-        keys, args = self._settle_args(reservation, actual_tokens, actual_cost, now_ms)
-        if not keys:
+        """Settle after the response: with the org's next admission, or after SETTLE_DELAY.
+        Until then the reservation stays charged, which errs on the safe side."""
+        self._add_settlement(reservation, actual_tokens, actual_cost)
+        if self._flush_handle is not None or not self._waiting:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            _run_sync(_settle_script, keys, args)
+            self.flush_settlements_sync()
             return
-        pipe = _pipe()
-        if pipe.connected:
-            future = pipe.send_nowait("EVALSHA", _settle_script.sha, len(keys), *keys, *args)
-        else:
-            future = loop.create_task(pipe.evalsha(_settle_script, keys, args))
-        self._pending.add(future)
-        future.add_done_callback(lambda done: self._settled(done, keys, args))
+        self._flush_handle = loop.call_later(SETTLE_DELAY, self._flush_settlements)
 
-    def _settled(self, future: asyncio.Future, keys: list[str], args: list) -> None:
+    def _add_settlement(self, reservation: Reservation, actual_tokens: int, actual_cost: int) -> None:
+        for bucket in reservation.buckets:
+            if bucket.kind == "tokens" and bucket.cost != actual_tokens:
+                backs = self._waiting.setdefault(_tag_of(bucket.key), ({}, {}))[0]
+                entry = backs.get(bucket.key)
+                if entry is None:
+                    backs[bucket.key] = [bucket.capacity, bucket.cost - actual_tokens]
+                else:
+                    entry[0] = bucket.capacity
+                    entry[1] += bucket.cost - actual_tokens
+        for budget in reservation.budgets:
+            if actual_cost != budget.cost:
+                deltas = self._waiting.setdefault(_tag_of(budget.key), ({}, {}))[1]
+                deltas[budget.key] = deltas.get(budget.key, 0) + actual_cost - budget.cost
+
+    def _take_settlements(self, tag: str) -> tuple[list[str], list]:
+        """The org's summed settlements as extra KEYS and ARGV (nt, ng, …) for either script."""
+        waiting = self._waiting.pop(tag, None)
+        if waiting is None:
+            return [], [0, 0]
+        backs, deltas = waiting
+        args: list = [len(backs), len(deltas)]
+        for capacity, back in backs.values():
+            args += [capacity, back]
+        args += deltas.values()
+        return [*backs, *deltas], args
+
+    def _flush_settlements(self) -> None:
+        self._flush_handle = None
+        pipe = _pipe()
+        now_ms = int(time.time() * 1000)
+        for tag in list(self._waiting):
+            keys, args = self._take_settlements(tag)
+            args = [now_ms, *args]
+            if pipe.connected:
+                future = pipe.send_nowait("EVALSHA", _settle_script.sha, len(keys), *keys, *args)
+            else:
+                future = asyncio.ensure_future(pipe.evalsha(_settle_script, keys, args))
+            self._pending.add(future)
+            future.add_done_callback(functools.partial(self._settled, keys=keys, args=args))
+
+    def flush_settlements_sync(self) -> None:
+        """Send what is waiting with the blocking client (no event loop; process exit)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        now_ms = int(time.time() * 1000)
+        for tag in list(self._waiting):
+            keys, args = self._take_settlements(tag)
+            _run_sync(_settle_script, keys, [now_ms, *args])
+
+    def _settled(self, future: asyncio.Future, *, keys: list[str], args: list) -> None:
         self._pending.discard(future)
         exc = None if future.cancelled() else future.exception()
         if exc is None:
@@ -396,18 +460,30 @@ class RedisLimiter:
         if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):  # Redis was flushed meanwhile
             retry = asyncio.ensure_future(_pipe().evalsha(_settle_script, keys, args))
             self._pending.add(retry)
-            retry.add_done_callback(lambda done: self._settled(done, keys, args))
+            retry.add_done_callback(functools.partial(self._settled, keys=keys, args=args))
             return
         log.warning("could not settle a rate-limit reservation in Redis: %r", exc)
 
     async def drain(self) -> None:
-        """Wait for settlements in flight (tests, shutdown)."""
+        """Send the summed settlements now and wait for them (tests, shutdown)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._waiting:
+            self._flush_settlements()
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def spent(self, budget_key: str) -> int | None:
         raw = await _pipe().execute("GET", budget_key)
         return None if raw is None else int(raw)
+
+
+SETTLE_DELAY = 0.005  # seconds a settlement may wait to be summed with others
+
+
+def _tag_of(key: str) -> str:
+    return key[key.index("{") : key.index("}") + 1]
 
 
 def _run_sync(script: Script, keys: list[str], args: list) -> list:
@@ -498,25 +574,51 @@ def _tag(org_id: int) -> str:
     return f"{{o{org_id}}}"
 
 
+@functools.lru_cache(maxsize=8192)
+def _names(key_id: int, org_id: int) -> tuple[str, str, str, str, str]:
+    """Redis key prefixes of a key's limits (built once per key, not per request)."""
+    tag = _tag(org_id)
+    return (
+        f"tokios:rl:{tag}:k{key_id}:rpm",
+        f"tokios:rl:{tag}:k{key_id}:tpm",
+        f"tokios:rl:{tag}:org:rpm",
+        f"tokios:rl:{tag}:org:tpm",
+        f"tokios:spend:{tag}:",
+    )
+
+
+_month: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the UTC month last asked for, label
+
+
+def _month_at(now: float) -> str:
+    global _month
+    start, end, label = _month
+    if not start <= now < end:
+        moment = datetime.fromtimestamp(now, UTC)
+        label = month_label(moment)
+        _month = (month_start(moment).timestamp(), next_month_start(moment).timestamp(), label)
+    return label
+
+
 def plan(key, deployment, estimated_tokens: int, now: float) -> tuple[list[Bucket], list[Budget]]:
     """The buckets and budgets a request by `key` (a KeyRecord) on `deployment` must pass."""
-    tag = _tag(key.org_id)
+    key_rpm, key_tpm, org_rpm, org_tpm, spend = _names(key.id, key.org_id)
     tokens = max(0, int(estimated_tokens))
     buckets: list[Bucket] = []
-    for scope, owner, rpm, tpm in (
-        ("key", f"k{key.id}", key.rpm_limit, key.tpm_limit),
-        ("org", "org", key.org_rpm_limit, key.org_tpm_limit),
-    ):
-        if rpm is not None:
-            buckets.append(Bucket(f"tokios:rl:{tag}:{owner}:rpm", scope, "requests", rpm, 1))
-        if tpm is not None:
-            buckets.append(Bucket(f"tokios:rl:{tag}:{owner}:tpm", scope, "tokens", tpm, min(tokens, tpm)))
-    month = month_label(datetime.fromtimestamp(now, UTC))
+    if key.rpm_limit is not None:
+        buckets.append(Bucket(key_rpm, "key", "requests", key.rpm_limit, 1))
+    if key.tpm_limit is not None:
+        buckets.append(Bucket(key_tpm, "key", "tokens", key.tpm_limit, min(tokens, key.tpm_limit)))
+    if key.org_rpm_limit is not None:
+        buckets.append(Bucket(org_rpm, "org", "requests", key.org_rpm_limit, 1))
+    if key.org_tpm_limit is not None:
+        buckets.append(Bucket(org_tpm, "org", "tokens", key.org_tpm_limit, min(tokens, key.org_tpm_limit)))
+    month = _month_at(now)
     worst_price = max(deployment.price_input_micros, deployment.price_output_micros) if deployment else 0
     cost = -(-tokens * worst_price // 1_000_000)
     budgets = [
-        Budget(f"tokios:spend:{tag}:k{key.id}:{month}", "key", key.org_id, key.id, month, key.budget_micros, cost),
-        Budget(f"tokios:spend:{tag}:org:{month}", "org", key.org_id, None, month, key.org_budget_micros, cost),
+        Budget(f"{spend}k{key.id}:{month}", "key", key.org_id, key.id, month, key.budget_micros, cost),
+        Budget(f"{spend}org:{month}", "org", key.org_id, None, month, key.org_budget_micros, cost),
     ]
     return buckets, budgets
 

@@ -99,13 +99,21 @@ def _drain() -> list[RequestRecord]:
     return batch
 
 
+BATCH_WINDOW = 0.02  # seconds: what a SIGKILL can lose; larger batches cost the database less per event
+
+
 async def _flush_soon() -> None:
-    await asyncio.sleep(0.02)  # gather whatever finishes in the next few milliseconds
-    while _queue:
+    # Each batch gathers what finished in one window. Writing what queued up during the previous
+    # write straight away instead would make many tiny batches, and the database's cost per
+    # statement (~0.2 ms of its CPU) would dominate.
+    while True:
+        await asyncio.sleep(BATCH_WINDOW)
+        if not _queue:
+            return
         batch = _drain()
         _writing.extend(batch)
         try:
-            await _in_writer_thread(batch)
+            await _write(batch)
         except Exception:
             log.exception("could not write %d usage events; keeping them for the next try", len(batch))
             _queue[:0] = batch
@@ -119,12 +127,65 @@ async def flush() -> None:
     """Write everything queued now (used at shutdown and by tests)."""
     batch = _drain()
     if batch:
-        await _in_writer_thread(batch)
+        await _write(batch)
     if _flusher is not None and not _flusher.done():
         await _flusher
 
 
-# One thread writes, so one database connection serves every batch of the process.
+async def _write(batch: list[RequestRecord]) -> None:
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        await _write_postgres(batch)
+    else:
+        await _in_writer_thread(batch)
+
+
+# PostgreSQL: the batch is written from the event loop over an async connection. A writer thread
+# would compete with the loop for the GIL, and every time the loop wakes up (a Redis reply, a
+# client) while the writer holds it, the request in hand waits: measured at several percent of
+# throughput and +0.3 ms p50 with limits on. The insert is one statement, so the loop's share of
+# the work is serialising the batch (orjson, in C) and one round trip.
+WRITE_TIMEOUT = 30.0
+_pg_connections: dict[int, tuple[asyncio.AbstractEventLoop, object]] = {}
+
+
+async def _pg_connection():
+    import psycopg
+    from django.db import connections
+
+    loop = asyncio.get_running_loop()
+    entry = _pg_connections.get(id(loop))
+    if entry is not None and entry[0] is loop and not entry[1].closed:
+        return entry[1]
+    params = connections["default"].get_connection_params()
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+    _pg_connections[id(loop)] = (loop, conn)
+    return conn
+
+
+async def _write_postgres(batch: list[RequestRecord]) -> None:
+    import psycopg
+
+    conn = await _pg_connection()
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await conn.execute(_json_insert_sql(), [_json_payload(batch)])
+    except psycopg.IntegrityError:
+        await _in_writer_thread(batch)  # a deleted key or deployment: the thread path drops the ids
+        return
+    except (psycopg.Error, TimeoutError):
+        conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
+        raise
+    due = _keys_due({r.key_id for r in batch if r.key_id})
+    if due:
+        await asyncio.get_running_loop().run_in_executor(_writer, _touch_keys, due)
+
+
+# One thread writes (SQLite, and the PostgreSQL fallbacks), so one database connection serves it.
 _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokios-usage-writer")
 
 
@@ -147,17 +208,8 @@ def write_batch(batch: list[RequestRecord]) -> None:
             # The whole batch as one JSON parameter (orjson serialises the records in C) turned into
             # rows by PostgreSQL: one statement, one round trip in autocommit, and a few µs of Python
             # per event instead of ~40 for adapting sixteen arrays element by element.
-            try:
-                payload = orjson.dumps(batch)
-            except orjson.JSONEncodeError:  # an integer beyond 64 bits from a bogus upstream
-                payload = orjson.dumps(
-                    [
-                        {**dict(zip(_COLUMNS, row, strict=True)), "created_at": None, "created": row[1]}
-                        for row in _rows(batch, connection)
-                    ]
-                )
             with connection.cursor() as cursor:
-                cursor.execute(_json_insert_sql(), [payload.decode()])
+                cursor.execute(_json_insert_sql(), [_json_payload(batch)])
         else:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(_insert_sql(), _rows(batch, connection))
@@ -178,7 +230,9 @@ def write_batch(batch: list[RequestRecord]) -> None:
         if not connection.in_atomic_block:
             connection.close()
         raise
-    _touch_keys({r.key_id for r in batch if r.key_id})
+    due = _keys_due({r.key_id for r in batch if r.key_id})
+    if due:
+        _touch_keys(due)
 
 
 _COLUMNS = (
@@ -211,6 +265,19 @@ def _insert_sql() -> str:
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
         f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT ({quote('request_id')}) DO NOTHING"
     )
+
+
+def _json_payload(batch: list[RequestRecord]) -> str:
+    """The batch as a JSON array for `_json_insert_sql` (orjson serialises the records in C)."""
+    from django.db import connection
+
+    try:
+        return orjson.dumps(batch).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits from a bogus upstream
+        rows = _rows(batch, connection)
+        return orjson.dumps(
+            [{**dict(zip(_COLUMNS, row, strict=True)), "created_at": None, "created": row[1]} for row in rows]
+        ).decode()
 
 
 def _rows(batch: list[RequestRecord], connection) -> list[tuple]:
@@ -309,15 +376,18 @@ def _flush_at_exit() -> None:
 _last_touch: dict[int, float] = {}
 
 
-def _touch_keys(key_ids: set[int]) -> None:
+def _keys_due(key_ids: set[int]) -> list[int]:
+    now = time.monotonic()
+    due = [kid for kid in key_ids if now - _last_touch.get(kid, 0) > 30]
+    for kid in due:
+        _last_touch[kid] = now
+    return due
+
+
+def _touch_keys(key_ids: list[int]) -> None:
     """Keep ApiKey.last_used_at roughly current without a write per request."""
     from django.utils import timezone
 
     from accounts.models import ApiKey
 
-    now = time.monotonic()
-    due = [kid for kid in key_ids if now - _last_touch.get(kid, 0) > 30]
-    if due:
-        ApiKey.objects.filter(pk__in=due).update(last_used_at=timezone.now())
-        for kid in due:
-            _last_touch[kid] = now
+    ApiKey.objects.filter(pk__in=key_ids).update(last_used_at=timezone.now())
