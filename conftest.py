@@ -22,3 +22,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if REQUIRE_SERVICES:
                 pytest.fail(f"{message} — CI requires the real services", pytrace=False)
             pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _close_usage_writer_connections():
+    """The usage writer keeps an async database connection per event loop; each test has its own
+    loop, and an open connection would keep the test database from being dropped."""
+    yield
+    from proxy import usage
+
+    usage.close_connections()

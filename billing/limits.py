@@ -348,6 +348,7 @@ class RedisLimiter:
         # org hash tag -> ({TPM bucket key: [capacity, tokens to give back]}, {counter key: cost delta})
         self._waiting: dict[str, tuple[dict[str, list[int]], dict[str, int]]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self._flush_at_exit)
 
     def _flush_at_exit(self) -> None:
@@ -392,13 +393,16 @@ class RedisLimiter:
         """Settle after the response: with the org's next admission, or after SETTLE_DELAY.
         Until then the reservation stays charged, which errs on the safe side."""
         self._add_settlement(reservation, actual_tokens, actual_cost)
-        if self._flush_handle is not None or not self._waiting:
+        if not self._waiting:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush_settlements_sync()
             return
+        if self._flush_handle is not None and self._flush_loop is loop:
+            return  # a flush is already due on this loop (a handle left by a finished loop is not)
+        self._flush_loop = loop
         self._flush_handle = loop.call_later(SETTLE_DELAY, self._flush_settlements)
 
     def _add_settlement(self, reservation: Reservation, actual_tokens: int, actual_cost: int) -> None:

@@ -158,6 +158,8 @@ async def _pg_connection():
     entry = _pg_connections.get(id(loop))
     if entry is not None and entry[0] is loop and not entry[1].closed:
         return entry[1]
+    for stale in [k for k, (other, conn) in _pg_connections.items() if other.is_closed()]:
+        _pg_connections.pop(stale)[1].pgconn.finish()  # tests run many loops; a server has one
     params = connections["default"].get_connection_params()
     for name in ("cursor_factory", "context", "prepare_threshold"):
         params.pop(name, None)
@@ -165,6 +167,20 @@ async def _pg_connection():
         conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
     _pg_connections[id(loop)] = (loop, conn)
     return conn
+
+
+def close_connections() -> None:
+    """Close the writer's database connections (tests: each has its own event loop)."""
+    while _pg_connections:
+        _pg_connections.popitem()[1][1].pgconn.finish()
+    if _writer._threads:  # the writer thread's own Django connection
+        _writer.submit(_close_thread_connection).result()
+
+
+def _close_thread_connection() -> None:
+    from django.db import connection
+
+    connection.close()
 
 
 async def _write_postgres(batch: list[RequestRecord]) -> None:

@@ -136,6 +136,79 @@ async def test_usage_beyond_the_reservation_is_taken_and_the_bucket_goes_below_z
     assert refused.retry_ms == 18_060  # 301 tokens at 1000 per minute
 
 
+@pytest.fixture
+def redis_limiter(settings):
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "")
+    limiter = limits.get_limiter()
+    assert isinstance(limiter, limits.RedisLimiter)
+    return limiter
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_waiting_settlement_rides_with_the_orgs_next_admission(redis_limiter):
+    bucket = tpm(2000, 1500)
+    await redis_limiter.acquire([bucket], [], NOW_MS)
+
+    redis_limiter.settle_soon(Reservation((bucket,), ()), 100, 0, NOW_MS)  # 1,400 tokens to give back
+    assert redis_limiter._waiting  # not sent on its own yet
+
+    probe = await redis_limiter.acquire([tpm(2000, 1800)], [], NOW_MS)
+    assert probe.status == "ok"  # 2000 - 1500 + 1400 = 1900 were there
+    assert probe.levels == [100.0]
+    assert not redis_limiter._waiting
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_settlement_with_no_admission_after_it_is_sent_on_its_own(redis_limiter):
+    import redis
+
+    bucket = tpm(2000, 1500)
+    await redis_limiter.acquire([bucket], [], NOW_MS)
+
+    redis_limiter.settle_soon(Reservation((bucket,), ()), 500, 0, NOW_MS)
+    await asyncio.sleep(limits.SETTLE_DELAY * 10)
+
+    assert not redis_limiter._waiting
+    level = float(redis.Redis.from_url(os.environ["REDIS_URL"]).hget(bucket.key, "v"))
+    assert level >= 1500  # 500 left + 1,000 given back (+ refill since NOW_MS, capped at 2,000)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_settlement_riding_with_an_admission_that_asks_for_a_seed_is_applied_once(redis_limiter):
+    bucket = tpm(2000, 1000)
+    counter = budget(5_000, 10)
+    await redis_limiter.acquire([bucket], [], NOW_MS)
+    redis_limiter.settle_soon(Reservation((bucket,), ()), 400, 0, NOW_MS)  # 600 back
+
+    asks = await redis_limiter.acquire([tpm(2000, 0)], [counter], NOW_MS)  # the counter is missing
+    seeded = await redis_limiter.acquire([tpm(2000, 0)], [counter], NOW_MS, {counter.key: 0})
+
+    assert asks.status == "seed"
+    assert seeded.status == "ok"
+    assert seeded.levels == [1600.0]  # 2000 - 1000 + 600, not + 1200
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_settlements_of_many_requests_are_summed_per_bucket_and_counter(redis_limiter):
+    bucket = tpm(10_000, 100)
+    counter = budget(None, 50)
+    await redis_limiter.acquire([], [counter], NOW_MS, {counter.key: 0})
+    for _ in range(20):
+        await redis_limiter.acquire([bucket], [counter], NOW_MS)
+    for actual_tokens in range(20):
+        redis_limiter.settle_soon(Reservation((bucket,), (counter,)), actual_tokens, 30, NOW_MS)
+
+    backs, deltas = redis_limiter._waiting["{o1}"]
+    assert backs == {bucket.key: [10_000, 20 * 100 - sum(range(20))]}
+    assert deltas == {counter.key: 20 * (30 - 50)}
+    await redis_limiter.drain()
+    assert await redis_limiter.spent(counter.key) == 20 * 30 + 50  # the seed admission's 50 stays reserved
+
+
 # --- budgets --------------------------------------------------------------------------------------
 
 

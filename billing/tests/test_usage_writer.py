@@ -174,3 +174,22 @@ def psycopg_admin():
     params.pop("cursor_factory", None)
     params.pop("context", None)
     return psycopg.connect(**params, autocommit=True)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_on_postgresql_the_event_loop_writes_batches_and_survives_a_dropped_connection(org):
+    usage.submit(record(request_id="req_async_1", org_id=org.pk, status_code=200, output_tokens=5))
+    await usage.flush()
+    connection = await usage._pg_connection()
+    with psycopg_admin() as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [connection.info.backend_pid])
+
+    with pytest.raises(Exception):  # noqa: B017 — whatever psycopg raises for a killed backend
+        await usage._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])
+    await usage._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])  # the flusher's retry
+
+    written = await sync_to_async(lambda: dict(UsageEvent.objects.values_list("request_id", "output_tokens")))()
+    assert written == {"req_async_1": 5, "req_async_2": 0}
+    assert (await usage._pg_connection()) is not connection
