@@ -229,3 +229,55 @@ def test_two_server_processes_sharing_redis_admit_exactly_the_rpm_limit(server, 
         assert r.headers["x-ratelimit-reset-requests"].endswith("s")
     events = wait_for_events(key_id, attempts)
     assert sorted(e.status_code for e in events.values()) == [200] * limit + [429] * (attempts - limit)
+
+
+def _requests_until_stopped(server, secret: str, model: str, seconds: float) -> list[tuple[str, float]]:
+    """Sequential requests for `seconds`; (request id, when its response had fully arrived)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi [[words=2]]"}]}
+    finished = []
+    with httpx.Client(timeout=10) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            response = client.post(
+                f"{server.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {secret}"}
+            )
+            assert response.status_code == 200, response.text
+            finished.append((response.headers["x-request-id"], time.monotonic()))
+    return finished
+
+
+def test_a_server_killed_with_sigkill_loses_at_most_its_last_batch_window(start_server, tenant, start_connector):
+    from accounts.models import ApiKey
+    from billing.models import UsageEvent
+
+    doomed = start_server()
+    start_connector(tenant.token, srv=doomed)
+    secret = tenant.make_key(name="killed")
+    key_id = ApiKey.objects.get(org=tenant.org, name="killed").pk
+
+    finished = _requests_until_stopped(doomed, secret, tenant.model, 1.5)
+    doomed.proc.kill()  # SIGKILL: no atexit, no flush
+    killed_at = time.monotonic()
+
+    written = set(UsageEvent.objects.filter(api_key_id=key_id).values_list("request_id", flat=True))
+    # The batch window is 20 ms; the margin leaves room for a batch in flight on a busy CI machine.
+    settled = [rid for rid, at in finished if at < killed_at - 0.25]
+    assert len(settled) > 50
+    assert set(settled) <= written
+    assert written <= {rid for rid, _ in finished}
+
+
+def test_a_server_stopped_gracefully_loses_no_usage_event(start_server, tenant, start_connector):
+    from accounts.models import ApiKey
+    from billing.models import UsageEvent
+
+    stopping = start_server()
+    start_connector(tenant.token, srv=stopping)
+    secret = tenant.make_key(name="stopped")
+    key_id = ApiKey.objects.get(org=tenant.org, name="stopped").pk
+
+    finished = _requests_until_stopped(stopping, secret, tenant.model, 0.5)
+    stopping.proc.stop()  # SIGTERM
+
+    written = set(UsageEvent.objects.filter(api_key_id=key_id).values_list("request_id", flat=True))
+    assert written == {rid for rid, _ in finished}
