@@ -8,7 +8,9 @@ one connector per mode, then measures with wrk (Debian's `wrk`, installed by `ap
 - streamed chunks/s through one connector (wrk on a 1,000-chunk stream, c=8);
 - added time to first chunk (sequential streaming requests, median);
 - CPU time per request of the server and the connector (from /proc, during the c=32 run).
-`--metering both` runs each mode with metering and limits on and off, side by side. Redis mode uses
+`--metering both` runs each mode with metering and limits on and off: both stacks start side by side,
+each is measured once, then `--rounds` alternating c=32/c=1 runs give the cost as the median of
+per-round ratios (this machine's speed drifts by ±20 % over minutes; pairing cancels it). Redis mode uses
 REDIS_URL (default redis://127.0.0.1:6379/9) and DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tokios_bench).
 """
 
@@ -134,8 +136,8 @@ class Stack:
         manage("migrate")
         manage("create_org", "bench")
         self.token = manage("create_deployment", "bench-model", "--org", "bench", "--price-input", "1", "--price-output", "2")
-        # Limits far above what the benchmark sends: enforced (and paid for) but never hit.
-        self.key = manage("create_key", "--org", "bench", "--name", "bench", "--rpm", "100000000", "--tpm", "1000000000")
+        # Limits and a budget far above what the benchmark sends: enforced (and paid for) but never hit.
+        self.key = manage("create_key", "--org", "bench", "--name", "bench", "--rpm", "100000000", "--tpm", "1000000000", "--budget", "1000000")
         self.port = free_port()
         self.server = subprocess.Popen(
             [PY, "-m", "uvicorn", "tokios_site.asgi:application", "--port", str(self.port), "--log-level", "warning",
@@ -183,11 +185,33 @@ def measure(url: str, key: str | None, duration: int, pids: list[int]) -> dict:
     }
 
 
+def paired(off: Stack, on: Stack, rounds: int, duration: int) -> dict:
+    """Metering+limits off vs on, side by side: both stacks run at once and c=32 / c=1 runs alternate
+    between them, so that drifts in this shared machine's speed hit both alike. Medians per side,
+    and the median of the per-round throughput ratios."""
+    runs: dict[str, dict[str, list[float]]] = {"off": {"rps": [], "p50": []}, "on": {"rps": [], "p50": []}}
+    ratios = []
+    for i in range(rounds):
+        order = [("off", off), ("on", on)] if i % 2 == 0 else [("on", on), ("off", off)]
+        this_round = {}
+        for name, stack in order:
+            this_round[name] = wrk(stack.url, connections=32, duration=duration, body=PLAIN, key=stack.key)["rps"]
+            runs[name]["rps"].append(this_round[name])
+            runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(2, duration // 2), body=PLAIN, key=stack.key)["p50"])
+        ratios.append(this_round["on"] / this_round["off"])
+    return {
+        "rps_off": statistics.median(runs["off"]["rps"]), "rps_on": statistics.median(runs["on"]["rps"]),
+        "p50_off": statistics.median(runs["off"]["p50"]), "p50_on": statistics.median(runs["on"]["p50"]),
+        "loss": 1 - statistics.median(ratios), "losses": sorted(1 - r for r in ratios),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--modes", default="embedded,redis")
     parser.add_argument("--metering", choices=["on", "off", "both"], default="on")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating off/on rounds for --metering both")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -195,20 +219,32 @@ def main() -> None:
     upstream = subprocess.Popen([PY, "-m", "tests.fakes.fake_upstream", "--port", str(up_port)], cwd=ROOT)
     wait_http(f"http://127.0.0.1:{up_port}/_fake/stats")
     direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    costs = {}
     try:
         results = {"direct": measure(direct_url, None, args.duration, [upstream.pid])}
         meterings = {"on": [True], "off": [False], "both": [False, True]}[args.metering]
         for mode in args.modes.split(","):
-            for metering in meterings:
-                stack = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1")
-                try:
+            stacks = {}
+            try:
+                for slot, metering in enumerate(meterings):
+                    stacks[metering] = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1", slot=slot)
+                for metering, stack in stacks.items():
                     name = f"{mode}{'' if args.metering != 'both' else (' +meter' if metering else ' -meter')}"
                     results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
-                finally:
+                if args.metering == "both" and args.rounds:
+                    costs[mode] = paired(stacks[False], stacks[True], args.rounds, max(3, args.duration // 2))
+            finally:
+                for stack in stacks.values():
                     stack.stop()
     finally:
         upstream.terminate()
     report(results)
+    for mode, cost in costs.items():
+        print(f"  metering+limits cost ({mode}), {args.rounds} alternating rounds side by side: throughput "
+              f"{100 * cost['loss']:+.1f}% lost (median of per-round ratios; rounds "
+              f"{', '.join(f'{100 * x:.0f}' for x in cost['losses'])} %), median req/s {cost['rps_off']:.0f} → "
+              f"{cost['rps_on']:.0f}, c=1 p50 {cost['p50_off']:.2f} → {cost['p50_on']:.2f} ms "
+              f"({cost['p50_on'] - cost['p50_off']:+.2f} ms) (targets: < 10%, < 1 ms)")
 
 
 def report(results: dict) -> None:
@@ -231,7 +267,7 @@ def report(results: dict) -> None:
     off = {k[:-7]: v for k, v in results.items() if k.endswith(" -meter")}
     for mode in sorted(set(on) & set(off)):
         a, b = off[mode], on[mode]
-        print(f"  metering+limits cost ({mode}): throughput {100 * (1 - b['c32_rps'] / a['c32_rps']):+.1f}% lost, "
+        print(f"  metering+limits cost ({mode}), one run each: throughput {100 * (1 - b['c32_rps'] / a['c32_rps']):+.1f}% lost, "
               f"p50 {b['c1_p50'] - a['c1_p50']:+.2f} ms (targets: < 10%, < 1 ms)")
 
 
