@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -56,8 +57,9 @@ WINDOW_MS = 60_000  # RPM and TPM: per minute
 # --- what is asked ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
+# NamedTuples rather than frozen dataclasses: several are built per request, and a frozen
+# dataclass costs ~1.5 µs to construct against ~0.3 µs for a NamedTuple.
+class Bucket(NamedTuple):
     """One RPM or TPM limit, with what this request takes from it."""
 
     key: str
@@ -67,8 +69,7 @@ class Bucket:
     cost: int
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(NamedTuple):
     """One month's spend counter (micro-USD), with an optional cap and what this request reserves."""
 
     key: str
