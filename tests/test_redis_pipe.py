@@ -156,3 +156,34 @@ async def test_send_nowait_needs_a_live_connection(key):
     await pipe.execute("SET", key, "1")
     assert await pipe.send_nowait("GET", key) == b"1"
     pipe.close()
+
+
+@pytest.mark.asyncio
+async def test_after_a_failed_connect_commands_fail_at_once_for_a_moment_then_try_again(monkeypatch):
+    from tokios_site import redis_pipe
+
+    accepted = []
+
+    async def silent(reader, writer):  # accepts, never answers: the handshake times out
+        accepted.append(writer)
+        await reader.read(-1)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(redis_pipe, "RECONNECT_PAUSE", 0.5)
+    pipe = RedisPipe(f"redis://:secret@127.0.0.1:{port}", timeout=0.2)  # AUTH makes connecting wait
+    loop = asyncio.get_running_loop()
+
+    with pytest.raises(TimeoutError):
+        await pipe.execute("PING")
+    started = loop.time()
+    with pytest.raises(ConnectionError, match="unreachable"):
+        await pipe.execute("PING")
+    assert loop.time() - started < 0.05
+    assert len(accepted) == 1
+
+    await asyncio.sleep(0.5)
+    with pytest.raises(TimeoutError):
+        await pipe.execute("PING")
+    assert len(accepted) == 2  # tried again after the pause
+    server.close()

@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+RECONNECT_PAUSE = 1.0  # seconds after a failed connect during which commands fail at once
+
 
 class ReplyError(Exception):
     """Redis answered a command with an error (`-ERR …`, `-NOSCRIPT …`)."""
@@ -150,6 +152,7 @@ class RedisPipe:
         self.scripts = scripts
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
+        self._failed: tuple[float, Exception] | None = None  # (when, why) the last connect failed
 
     async def execute(self, *args):
         """Send one command; its reply, or ReplyError / ConnectionError / TimeoutError."""
@@ -186,11 +189,20 @@ class RedisPipe:
             self._protocol = None
 
     async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._failed is not None and loop.time() - self._failed[0] < RECONNECT_PAUSE:
+            # Redis just could not be reached: fail at once instead of making every request of the
+            # next second wait for its own connect timeout (callers fail open).
+            raise ConnectionError(f"Redis unreachable ({self._failed[1]!r}); retrying shortly")
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
+        except (OSError, TimeoutError, ReplyError) as exc:
+            if connecting.done():
+                self._failed = (loop.time(), exc)
+            raise
         finally:
             if connecting.done() and self._connecting is connecting:
                 self._connecting = None
@@ -221,6 +233,7 @@ class RedisPipe:
                 protocol._fail(ConnectionError("Redis handshake failed"))
                 raise
         self._protocol = protocol
+        self._failed = None
         return protocol
 
 
