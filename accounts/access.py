@@ -10,6 +10,7 @@ second without waiting for a long TTL. The cold path makes one query per record.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -17,10 +18,13 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from redis.exceptions import RedisError
 
 from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled
 
 from .secrets import API_KEY_PREFIX, hash_secret
+
+log = logging.getLogger("tokios.access")
 
 SHARED_TTL = 300  # seconds a record may sit in Redis; changes delete it explicitly before that
 
@@ -120,7 +124,7 @@ async def _cached(cache_id: str, record_type: type, load):
     if value is not None:
         return None if value is _MISSING else value
     if redis_enabled():
-        raw = await get_async_redis().get(cache_id)
+        raw = await _shared_get(cache_id)
         if raw is not None:
             data = orjson.loads(raw)
             value = _MISSING if data is None else _from_dict(record_type, data)
@@ -131,8 +135,36 @@ async def _cached(cache_id: str, record_type: type, load):
     if redis_enabled():
         payload = orjson.dumps(None if record is None else asdict(record))
         # Unknown ids are remembered only briefly: creating one later also invalidates it.
-        await get_async_redis().set(cache_id, payload, ex=SHARED_TTL if record else 5)
+        await _shared_set(cache_id, payload, SHARED_TTL if record else 5)
     return record
+
+
+# A Redis outage must not take /v1 down: the shared layer is only a cache, so its errors count as
+# misses and the database answers (logged at most every 10 s).
+_redis_failing_since = 0.0
+
+
+def _redis_failed(exc: Exception) -> None:
+    global _redis_failing_since
+    now = time.monotonic()
+    if now - _redis_failing_since > 10:
+        log.warning("the shared access cache (Redis) failed, reading from the database: %r", exc)
+        _redis_failing_since = now
+
+
+async def _shared_get(cache_id: str) -> bytes | None:
+    try:
+        return await get_async_redis().get(cache_id)
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
+        return None
+
+
+async def _shared_set(cache_id: str, payload: bytes, ttl: int) -> None:
+    try:
+        await get_async_redis().set(cache_id, payload, ex=ttl)
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
 
 
 def _from_dict(record_type: type, data: dict):
@@ -271,7 +303,12 @@ def _invalidate(cache_id: str) -> None:
     def run() -> None:
         _local.pop(cache_id, None)
         if redis_enabled():
-            get_sync_redis().delete(cache_id)
+            try:
+                get_sync_redis().delete(cache_id)
+            except (RedisError, OSError):
+                # The change is saved; only the shared cache could not be told. Entries expire
+                # after SHARED_TTL, so say loudly that one may be stale until then.
+                log.error("could not drop %s from the shared access cache (Redis)", cache_id, exc_info=True)
 
     transaction.on_commit(run)
 

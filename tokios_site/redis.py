@@ -7,7 +7,7 @@ import functools
 
 from django.conf import settings
 
-_async_clients: dict[int, object] = {}
+_async_clients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, object]] = {}
 
 
 def redis_enabled() -> bool:
@@ -15,22 +15,30 @@ def redis_enabled() -> bool:
 
 
 def get_async_redis():
-    """The redis.asyncio client for the current loop (connection pools are bound to one loop)."""
+    """The redis.asyncio client for the current loop and REDIS_URL (connection pools are bound to
+    one loop; tests run many loops, and some point REDIS_URL elsewhere for a while)."""
     import redis.asyncio as aioredis
 
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(id(loop))
-    if client is None:
+    entry = _async_clients.get((id(loop), settings.REDIS_URL))
+    if entry is None or entry[0] is not loop:
+        if len(_async_clients) > 64:
+            for stale in [k for k, (other, _) in _async_clients.items() if other.is_closed()]:
+                del _async_clients[stale]
         # Timeouts bound a hung Redis without wrapping every call in asyncio.wait_for.
         client = aioredis.Redis.from_url(
             settings.REDIS_URL, max_connections=512, socket_timeout=2.0, socket_connect_timeout=2.0
         )
-        _async_clients[id(loop)] = client
-    return client
+        entry = _async_clients[(id(loop), settings.REDIS_URL)] = (loop, client)
+    return entry[1]
+
+
+def get_sync_redis():
+    return _sync_client(settings.REDIS_URL)
 
 
 @functools.cache
-def get_sync_redis():
+def _sync_client(url: str):
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)

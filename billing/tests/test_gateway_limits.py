@@ -241,3 +241,23 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+async def test_with_redis_unreachable_requests_pass_unlimited_and_are_still_metered(org, deployment, settings):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once the socket is closed
+    settings.REDIS_URL = f"redis://127.0.0.1:{dead}/0"
+    key, secret = await new_key(org, rpm_limit=1)
+
+    responses = [await post("/v1/chat/completions", secret, chat(deployment.name)) for _ in range(3)]
+    await usage.flush()
+
+    # Admitted (503: no connector runs in these tests), neither refused by a limit nobody can
+    # check nor failed because the shared caches are down.
+    assert [r.status_code for r in responses] == [503, 503, 503]
+    assert all("x-ratelimit-limit-requests" not in r for r in responses)
+    count = await sync_to_async(UsageEvent.objects.filter(api_key=key).count)()
+    assert count == 3

@@ -9,6 +9,7 @@ cleaning up leaves no ghost for longer than that.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -16,8 +17,11 @@ import orjson
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled
+
+log = logging.getLogger("tokios.tunnel")
 
 # Presence read from Redis is reused for this long by the routing process; a connector that
 # vanished in between is caught by the dispatch acknowledgement (see router.py).
@@ -46,6 +50,16 @@ class ConnectorInfo:
 
 
 _local: dict[int, dict[str, ConnectorInfo]] = {}
+_failing_since = 0.0
+
+
+def _redis_failed(exc: Exception) -> None:
+    """While Redis is down each process routes to its own connectors only (logged every 10 s)."""
+    global _failing_since
+    now = time.monotonic()
+    if now - _failing_since > 10:
+        log.error("connector presence in Redis failed; routing to this process's connectors only: %r", exc)
+        _failing_since = now
 _read_cache: dict[int, tuple[float, list[ConnectorInfo]]] = {}
 
 
@@ -58,15 +72,21 @@ async def publish(info: ConnectorInfo) -> None:
     _local.setdefault(info.deployment_id, {})[info.channel] = info
     if redis_enabled():
         redis = get_async_redis()
-        await redis.hset(_key(info.deployment_id), info.channel, orjson.dumps(asdict(info)))
-        await redis.expire(_key(info.deployment_id), int(settings.HEARTBEAT_TIMEOUT * 4))
+        try:
+            await redis.hset(_key(info.deployment_id), info.channel, orjson.dumps(asdict(info)))
+            await redis.expire(_key(info.deployment_id), int(settings.HEARTBEAT_TIMEOUT * 4))
+        except (RedisError, OSError) as exc:
+            _redis_failed(exc)
 
 
 async def withdraw(info: ConnectorInfo) -> None:
     _local.get(info.deployment_id, {}).pop(info.channel, None)
     _read_cache.pop(info.deployment_id, None)
     if redis_enabled():
-        await get_async_redis().hdel(_key(info.deployment_id), info.channel)
+        try:
+            await get_async_redis().hdel(_key(info.deployment_id), info.channel)
+        except (RedisError, OSError) as exc:
+            _redis_failed(exc)
 
 
 def local_connectors(deployment_id: int) -> list[ConnectorInfo]:
@@ -80,7 +100,11 @@ async def live_connectors(deployment_id: int, *, fresh: bool = False) -> list[Co
     cached = _read_cache.get(deployment_id)
     if cached and not fresh and cached[0] > now:
         return cached[1]
-    raw = await get_async_redis().hgetall(_key(deployment_id))
+    try:
+        raw = await get_async_redis().hgetall(_key(deployment_id))
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
+        return local_connectors(deployment_id)
     infos, dead = [], []
     for value in raw.values():
         info = ConnectorInfo(**orjson.loads(value))
@@ -90,7 +114,10 @@ async def live_connectors(deployment_id: int, *, fresh: bool = False) -> list[Co
             info = local
         (infos if info.alive else dead).append(info)
     if dead:
-        await get_async_redis().hdel(_key(deployment_id), *[info.channel for info in dead])
+        try:
+            await get_async_redis().hdel(_key(deployment_id), *[info.channel for info in dead])
+        except (RedisError, OSError) as exc:
+            _redis_failed(exc)
     _read_cache[deployment_id] = (now + READ_TTL, infos)
     return infos
 
