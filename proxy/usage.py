@@ -1,10 +1,10 @@
 """The per-request record, and its journey to the database after the response is done.
 
 Writing usage must add no latency before the client's last byte, so records are queued in memory
-and written in batches by a background task (one bulk insert per batch, usually < 50 ms after the
-request finished). The insert goes straight to the database — not through Redis or Celery — so a
-Redis or worker outage loses nothing. What is lost is at most the last batch of a process killed
-with SIGKILL; a graceful shutdown flushes it (see `flush` and the `atexit` hook below). Because
+and written by a background task, one statement per 20 ms window (BATCH_WINDOW). The insert goes
+straight to the database — not through Redis or Celery — so a Redis or worker outage loses nothing.
+What a process killed with SIGKILL loses is the current window, plus a batch whose commit had not
+come back; a graceful shutdown flushes everything (see `flush` and the `atexit` hook below). Because
 request ids are unique and inserts ignore conflicts, writing a record twice is harmless, so every
 retry path prefers writing again to risking a loss.
 """
