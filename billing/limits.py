@@ -19,7 +19,8 @@ production):
   shared by concurrent requests of this process. Spend is tracked for every key and org, budget
   or not, so that a budget set mid-month starts from the real figure.
 - Redis mode: one EVALSHA per admission (all checks and charges atomic in one Lua script, so the
-  limits are exact across any number of processes), one more to settle after the response. All
+  limits are exact across any number of processes); settlements ride along with the org's next
+  admission (see RedisLimiter), so steady traffic costs one script run per request. All
   keys of a request share the hash tag `{o<org id>}` so the script also runs on Redis Cluster.
   If Redis is unreachable the gateway fails open (admits, logs) rather than taking /v1 down.
 - Neither path touches the database on a warm request.
