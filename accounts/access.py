@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled
+from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
 from .secrets import API_KEY_PREFIX, hash_secret
 
@@ -140,16 +140,9 @@ async def _cached(cache_id: str, record_type: type, load):
 
 
 # A Redis outage must not take /v1 down: the shared layer is only a cache, so its errors count as
-# misses and the database answers (logged at most every 10 s).
-_redis_failing_since = 0.0
-
-
+# misses and the database answers.
 def _redis_failed(exc: Exception) -> None:
-    global _redis_failing_since
-    now = time.monotonic()
-    if now - _redis_failing_since > 10:
-        log.warning("the shared access cache (Redis) failed, reading from the database: %r", exc)
-        _redis_failing_since = now
+    report_outage(log, "the shared access cache (Redis) failed, reading from the database", exc)
 
 
 async def _shared_get(cache_id: str) -> bytes | None:

@@ -45,7 +45,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from deployments.models import micros_to_usd
-from tokios_site.redis import get_sync_redis, redis_enabled
+from tokios_site.redis import get_sync_redis, redis_enabled, report_outage
 from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
 from .periods import month_label, month_start, next_month_start
@@ -732,12 +732,9 @@ def refusal(key, bucket_or_budget, decision: Decision, index: int, now_ms: int, 
 
 # --- the gateway hooks --------------------------------------------------------------------------
 
-_failing_since = 0.0
-
 
 async def enforce(ctx, estimated_tokens: int) -> None:
     """`proxy.gateway.limit_hook`: admit and reserve, or raise a 429. Sets rate-limit headers."""
-    global _failing_since
     if ctx.reservation is not None or ctx.key is None:
         return
     now = time.time()
@@ -751,9 +748,7 @@ async def enforce(ctx, estimated_tokens: int) -> None:
         decision = await acquire(buckets, budgets, now_ms)
     except (RedisError, ReplyError, DatabaseError, OSError, TimeoutError) as exc:
         # Failing open keeps /v1 up through a Redis outage; every request is still metered.
-        if now - _failing_since > 10:
-            log.error("rate limits and budgets are not enforced: the limiter failed (%r)", exc)
-            _failing_since = now
+        report_outage(log, "rate limits and budgets are not enforced: the limiter failed", exc)
         return
     ctx.headers.update(rate_headers(buckets, decision.levels, now_ms, anthropic=ctx.anthropic))
     if decision.status != "ok":

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 
 from django.conf import settings
 
 _async_clients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, object]] = {}
+
+
+_last_reported: dict[str, float] = {}
+
+
+def report_outage(log: logging.Logger, what: str, exc: BaseException, *, every: float = 10.0) -> None:
+    """Log a failure of a shared service once per `every` seconds per `what`, not once per request."""
+    now = time.monotonic()
+    if now - _last_reported.get(what, -every) >= every:
+        _last_reported[what] = now
+        log.error("%s: %r", what, exc)
 
 
 def redis_enabled() -> bool:

@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled
+from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
 log = logging.getLogger("tokios.tunnel")
 
@@ -50,16 +50,13 @@ class ConnectorInfo:
 
 
 _local: dict[int, dict[str, ConnectorInfo]] = {}
-_failing_since = 0.0
 
 
 def _redis_failed(exc: Exception) -> None:
-    """While Redis is down each process routes to its own connectors only (logged every 10 s)."""
-    global _failing_since
-    now = time.monotonic()
-    if now - _failing_since > 10:
-        log.error("connector presence in Redis failed; routing to this process's connectors only: %r", exc)
-        _failing_since = now
+    """While Redis is down each process routes to its own connectors only."""
+    report_outage(log, "connector presence in Redis failed; routing to this process's connectors only", exc)
+
+
 _read_cache: dict[int, tuple[float, list[ConnectorInfo]]] = {}
 
 
