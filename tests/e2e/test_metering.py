@@ -260,13 +260,18 @@ def _settled_event_ids(key_id: int) -> set[str]:
     return seen
 
 
-def test_a_server_killed_with_sigkill_loses_at_most_its_last_batch_window(start_server, tenant, start_connector):
+def _own_server_with_key(start_server, tenant, start_connector, name: str):
+    """A server (to stop) with a connector on it, and a new key: (server, secret, key id)."""
     from accounts.models import ApiKey
 
-    doomed = start_server()
-    start_connector(tenant.token, srv=doomed)
-    secret = tenant.make_key(name="killed")
-    key_id = ApiKey.objects.get(org=tenant.org, name="killed").pk
+    server = start_server()
+    start_connector(tenant.token, srv=server)
+    secret = tenant.make_key(name=name)
+    return server, secret, ApiKey.objects.get(org=tenant.org, name=name).pk
+
+
+def test_a_server_killed_with_sigkill_loses_at_most_its_last_batch_window(start_server, tenant, start_connector):
+    doomed, secret, key_id = _own_server_with_key(start_server, tenant, start_connector, "killed")
 
     finished = _requests_until_stopped(doomed, secret, tenant.model, 1.5)
     doomed.proc.kill()  # SIGKILL: no atexit, no flush
@@ -283,13 +288,9 @@ def test_a_server_killed_with_sigkill_loses_at_most_its_last_batch_window(start_
 
 
 def test_a_server_stopped_gracefully_loses_no_usage_event(start_server, tenant, start_connector):
-    from accounts.models import ApiKey
     from billing.models import UsageEvent
 
-    stopping = start_server()
-    start_connector(tenant.token, srv=stopping)
-    secret = tenant.make_key(name="stopped")
-    key_id = ApiKey.objects.get(org=tenant.org, name="stopped").pk
+    stopping, secret, key_id = _own_server_with_key(start_server, tenant, start_connector, "stopped")
 
     finished = _requests_until_stopped(stopping, secret, tenant.model, 0.5)
     stopping.proc.stop()  # SIGTERM
