@@ -9,6 +9,8 @@ import time
 
 from django.conf import settings
 
+from .loops import for_this_loop
+
 _async_clients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, object]] = {}
 
 
@@ -32,18 +34,14 @@ def get_async_redis():
     one loop; tests run many loops, and some point REDIS_URL elsewhere for a while)."""
     import redis.asyncio as aioredis
 
-    loop = asyncio.get_running_loop()
-    entry = _async_clients.get((id(loop), settings.REDIS_URL))
-    if entry is None or entry[0] is not loop:
-        if len(_async_clients) > 64:
-            for stale in [k for k, (other, _) in _async_clients.items() if other.is_closed()]:
-                del _async_clients[stale]
-        # Timeouts bound a hung Redis without wrapping every call in asyncio.wait_for.
-        client = aioredis.Redis.from_url(
+    # Timeouts bound a hung Redis without wrapping every call in asyncio.wait_for.
+    return for_this_loop(
+        _async_clients,
+        settings.REDIS_URL,
+        lambda: aioredis.Redis.from_url(
             settings.REDIS_URL, max_connections=512, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
-        entry = _async_clients[(id(loop), settings.REDIS_URL)] = (loop, client)
-    return entry[1]
+        ),
+    )
 
 
 def get_sync_redis():

@@ -22,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+from .loops import for_this_loop
+
 RECONNECT_PAUSE = 1.0  # seconds after a failed connect during which commands fail at once
 
 
@@ -242,11 +244,4 @@ _pipes: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, RedisPipe]] = {}
 
 def get_pipe(url: str, *, scripts: tuple[Script, ...] = (), timeout: float = 2.0) -> RedisPipe:
     """The pipe to `url` for the running event loop (tests run several loops in one process)."""
-    loop = asyncio.get_running_loop()
-    entry = _pipes.get((id(loop), url))
-    if entry is None or entry[0] is not loop:
-        if len(_pipes) > 64:  # loops come and go in tests; a server has one
-            for stale in [k for k, (lp, _) in _pipes.items() if lp.is_closed()]:
-                del _pipes[stale]
-        entry = _pipes[(id(loop), url)] = (loop, RedisPipe(url, timeout=timeout, scripts=scripts))
-    return entry[1]
+    return for_this_loop(_pipes, url, lambda: RedisPipe(url, timeout=timeout, scripts=scripts))
