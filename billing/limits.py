@@ -204,43 +204,86 @@ class LocalLimiter:
 
 # --- the Redis limiter (production) -------------------------------------------------------------
 
-# Shared by both scripts: the refill of a token bucket, and applying summed settlements.
+# Shared by both scripts. Every key the run touches is read with one MGET up front and written
+# once at the end, so a request whose settlements ride along costs 1 + (buckets) + (counters)
+# redis.call()s however many of its keys the settlements share. A token bucket is a string
+# "<level> <ms stamp>" with a PX expiry (it expires once it would be full again); a spend counter
+# is an integer string (micro-USD) that lives to the end of its month.
 # settle(kb, ab, nt, ng): KEYS[kb…] are nt token buckets then ng spend counters; ARGV[ab…] hold
 # (capacity, tokens to give back — negative takes more) per bucket, then the cost correction (real
 # minus reserved) per counter. A counter that does not exist is left alone (it will be seeded).
 LUA_COMMON = """
 local window = 60000
 local now = tonumber(ARGV[1])
-local function level(key, cap)
-  local state = redis.call('HMGET', key, 'v', 't')
-  local v, t = tonumber(state[1]), tonumber(state[2])
-  if v == nil or t == nil then
-    return cap, now
-  elseif now > t then
-    return math.min(cap, v + (now - t) * cap / window), now
-  end
-  return v, t
+local stored = {}
+if #KEYS > 0 then
+  local found = redis.call('MGET', unpack(KEYS))
+  for i = 1, #KEYS do stored[KEYS[i]] = found[i] end
 end
-local function store(key, cap, v, t)
-  redis.call('HSET', key, 'v', v, 't', t)
-  redis.call('PEXPIRE', key, math.ceil((cap - v) * window / cap) + 1000)
+local buckets, bucket_order, spend, spend_order = {}, {}, {}, {}
+local function bucket(key, cap)
+  local b = buckets[key]
+  if b == nil then
+    local v, t
+    local raw = stored[key]
+    if raw then
+      local gap = string.find(raw, ' ', 1, true)
+      if gap then v, t = tonumber(string.sub(raw, 1, gap - 1)), tonumber(string.sub(raw, gap + 1)) end
+    end
+    if v == nil or t == nil then
+      v, t = cap, now
+    elseif now > t then
+      v, t = math.min(cap, v + (now - t) * cap / window), now
+    end
+    b = {v = v, t = t, cap = cap, dirty = false}
+    buckets[key] = b
+    bucket_order[#bucket_order + 1] = key
+  end
+  return b
+end
+local function counter(key)
+  local c = spend[key]
+  if c == nil then
+    local raw = stored[key]
+    c = {used = raw and tonumber(raw) or nil, add = 0, ttl = nil}
+    spend[key] = c
+    spend_order[#spend_order + 1] = key
+  end
+  return c
 end
 local function settle(kb, ab, nt, ng)
   for i = 1, nt do
     local cap = tonumber(ARGV[ab + 2 * i - 2])
-    local v, t = level(KEYS[kb + i - 1], cap)
-    store(KEYS[kb + i - 1], cap, math.min(cap, v + tonumber(ARGV[ab + 2 * i - 1])), t)
+    local b = bucket(KEYS[kb + i - 1], cap)
+    b.v, b.dirty = math.min(cap, b.v + tonumber(ARGV[ab + 2 * i - 1])), true
   end
   for j = 1, ng do
-    local key, delta = KEYS[kb + nt + j - 1], ARGV[ab + 2 * nt + j - 1]
-    if delta ~= '0' and redis.call('EXISTS', key) == 1 then
-      redis.call('INCRBY', key, delta)
+    local c = counter(KEYS[kb + nt + j - 1])
+    if c.used ~= nil then
+      local delta = tonumber(ARGV[ab + 2 * nt + j - 1])
+      c.used, c.add = c.used + delta, c.add + delta
+    end
+  end
+end
+local function write()
+  for _, key in ipairs(bucket_order) do
+    local b = buckets[key]
+    if b.dirty then
+      redis.call('SET', key, b.v .. ' ' .. b.t, 'PX', math.ceil((b.cap - b.v) * window / b.cap) + 1000)
+    end
+  end
+  for _, key in ipairs(spend_order) do
+    local c = spend[key]
+    if c.ttl ~= nil then
+      redis.call('SET', key, c.used, 'EX', c.ttl)
+    elseif c.add ~= 0 then
+      redis.call('INCRBY', key, c.add)
     end
   end
 end
 """
 
-# KEYS: nb bucket hashes, ng spend counters, then the keys of settlements sent along (see settle).
+# KEYS: nb buckets, ng spend counters, then the keys of settlements sent along (see settle).
 # ARGV: now_ms, nb, ng, (capacity, cost) per bucket, (limit or -1, cost, seed or -1, ttl_s) per
 # budget, then nt, ns and the settlements' arguments. Settlements are applied first, so a request
 # sees every settlement this process finished before it. Returns {status, denied, retry_ms,
@@ -254,53 +297,51 @@ local ng = tonumber(ARGV[3])
 local base = 4 + 2 * nb
 local at_settle = base + 4 * ng
 settle(nb + ng + 1, at_settle + 2, tonumber(ARGV[at_settle]), tonumber(ARGV[at_settle + 1]))
-local levels, stamps, used, missing = {}, {}, {}, {}
-local status, denied, retry = 0, -1, 0
+local status, denied, retry, missing = 0, -1, 0, {}
 for i = 1, nb do
-  local cap = tonumber(ARGV[2 + 2 * i])
-  local cost = tonumber(ARGV[3 + 2 * i])
-  levels[i], stamps[i] = level(KEYS[i], cap)
-  if denied < 0 and levels[i] < cost then
+  local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local b = bucket(KEYS[i], cap)
+  if denied < 0 and b.v < cost then
     status, denied = 1, i - 1
-    retry = math.ceil((cost - levels[i]) * window / cap)
+    retry = math.ceil((cost - b.v) * window / cap)
   end
 end
 for j = 1, ng do
   local at = base + 4 * (j - 1)
   local limit, cost, seed = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
-  local u = redis.call('GET', KEYS[nb + j])
-  if not u then
+  local c = counter(KEYS[nb + j])
+  if c.used == nil then
     if seed == '-1' then
       missing[#missing + 1] = j - 1
     else
-      redis.call('SET', KEYS[nb + j], seed, 'EX', ARGV[at + 3], 'NX')
-      u = redis.call('GET', KEYS[nb + j])
+      c.used, c.ttl = tonumber(seed), ARGV[at + 3]
     end
   end
-  if u then
-    used[j] = tonumber(u)
-    if denied < 0 and limit >= 0 and used[j] + cost > limit then
-      status, denied = 2, nb + j - 1
-    end
+  if c.used ~= nil and denied < 0 and limit >= 0 and c.used + cost > limit then
+    status, denied = 2, nb + j - 1
   end
 end
 if #missing > 0 then
+  write()
   local out = {-1}
   for _, j in ipairs(missing) do out[#out + 1] = j end
   return out
 end
 if status == 0 then
   for i = 1, nb do
-    levels[i] = levels[i] - tonumber(ARGV[3 + 2 * i])
-    store(KEYS[i], tonumber(ARGV[2 + 2 * i]), levels[i], stamps[i])
+    local b = buckets[KEYS[i]]
+    b.v, b.dirty = b.v - tonumber(ARGV[3 + 2 * i]), true
   end
   for j = 1, ng do
-    used[j] = redis.call('INCRBY', KEYS[nb + j], ARGV[base + 4 * (j - 1) + 1])
+    local c = spend[KEYS[nb + j]]
+    local cost = tonumber(ARGV[base + 4 * (j - 1) + 1])
+    c.used, c.add = c.used + cost, c.add + cost
   end
 end
+write()
 local out = {status, denied, retry}
-for i = 1, nb do out[#out + 1] = math.floor(levels[i] * 1000) end
-for j = 1, ng do out[#out + 1] = used[j] end
+for i = 1, nb do out[#out + 1] = math.floor(buckets[KEYS[i]].v * 1000) end
+for j = 1, ng do out[#out + 1] = spend[KEYS[nb + j]].used end
 return out
 """
 )
@@ -310,6 +351,7 @@ SETTLE_LUA = (
     LUA_COMMON
     + """
 settle(1, 4, tonumber(ARGV[2]), tonumber(ARGV[3]))
+write()
 return 1
 """
 )

@@ -171,7 +171,7 @@ async def test_a_settlement_with_no_admission_after_it_is_sent_on_its_own(redis_
     await asyncio.sleep(limits.SETTLE_DELAY * 10)
 
     assert not redis_limiter._waiting
-    level = float(redis.Redis.from_url(os.environ["REDIS_URL"]).hget(bucket.key, "v"))
+    level = float(redis.Redis.from_url(os.environ["REDIS_URL"]).get(bucket.key).split()[0])  # "<level> <stamp>"
     assert level >= 1500  # 500 left + 1,000 given back (+ refill since NOW_MS, capped at 2,000)
 
 
@@ -207,6 +207,25 @@ async def test_settlements_of_many_requests_are_summed_per_bucket_and_counter(re
     assert deltas == {counter.key: 20 * (30 - 50)}
     await redis_limiter.drain()
     assert await redis_limiter.spent(counter.key) == 20 * 30 + 50  # the seed admission's 50 stays reserved
+
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_a_bucket_left_in_the_previous_hash_layout_counts_as_full_and_is_replaced(redis_limiter):
+    """Rolling upgrade: buckets were hashes {v, t} before they became "<level> <stamp>" strings."""
+    import redis
+
+    bucket = tpm(2000, 300)
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.hset(bucket.key, mapping={"v": 10, "t": NOW_MS})
+
+    decision = await redis_limiter.acquire([bucket], [], NOW_MS)
+
+    assert decision.status == "ok"
+    assert decision.levels == [1700.0]
+    assert client.type(bucket.key) == b"string"
+    assert 0 < client.pttl(bucket.key) <= 60_000 * 300 // 2000 + 1000
 
 
 # --- budgets --------------------------------------------------------------------------------------
