@@ -266,7 +266,10 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         if self.pending.pop(rid, None) is not None:
             if self.info is not None:
                 self.info.inflight = max(0, self.info.inflight - 1)
-            await self.send(text_data=orjson.dumps({"type": "cancel", "id": rid}).decode())
+            try:
+                await self.send(text_data=orjson.dumps({"type": "cancel", "id": rid}).decode())
+            except OSError:  # the connector's socket closed (uvicorn's ClientDisconnected): nothing left to stop
+                log.debug("cancel %s: the connector is already gone", rid)
 
     async def tunnel_request(self, event: dict) -> None:
         reply = event["reply"]
