@@ -45,7 +45,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from deployments.models import micros_to_usd
-from tokios_site.redis import get_sync_redis, redis_enabled, report_outage
+from tokios_site.redis import get_sync_redis, report_outage
 from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
 from .periods import month_label, month_start, next_month_start
@@ -361,10 +361,6 @@ _acquire_script = Script(ACQUIRE_LUA)
 _settle_script = Script(SETTLE_LUA)
 
 
-def _pipe() -> RedisPipe:
-    return get_pipe(settings.REDIS_URL, scripts=(_acquire_script, _settle_script))
-
-
 def _budget_ttl(month: str) -> int:
     """Seconds a month's counter is kept: to the end of the month plus a day for late settlements."""
     return max(3600, int(_month_end(month) - time.time()) + 86_400)
@@ -387,13 +383,24 @@ class RedisLimiter:
     admission is still its own atomic script run, so exactness across processes is unchanged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `_loop_pipe` belongs to
+        self._loop_pipe: RedisPipe | None = None
         self._pending: set[asyncio.Future] = set()
         # org hash tag -> ({TPM bucket key: [capacity, tokens to give back]}, {counter key: cost delta})
         self._waiting: dict[str, tuple[dict[str, list[int]], dict[str, int]]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self._flush_at_exit)
+
+    def _pipe(self) -> RedisPipe:
+        """The pipe of the running loop (looked up once per loop, not per request)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop_pipe = get_pipe(self.url, scripts=(_acquire_script, _settle_script))
+            self._loop = loop
+        return self._loop_pipe
 
     def _flush_at_exit(self) -> None:
         if self._waiting:
@@ -413,7 +420,7 @@ class RedisLimiter:
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
         settle_keys, settle_args = self._take_settlements(_tag_of(keys[0])) if keys else ([], [0, 0])
-        reply = await _pipe().evalsha(_acquire_script, keys + settle_keys, args + settle_args)
+        reply = await self._pipe().evalsha(_acquire_script, keys + settle_keys, args + settle_args)
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])
@@ -431,7 +438,7 @@ class RedisLimiter:
         self._add_settlement(reservation, actual_tokens, actual_cost)
         for tag in list(self._waiting):
             keys, args = self._take_settlements(tag)
-            await _pipe().evalsha(_settle_script, keys, [now_ms, *args])
+            await self._pipe().evalsha(_settle_script, keys, [now_ms, *args])
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
         """Settle after the response: with the org's next admission, or after SETTLE_DELAY.
@@ -450,9 +457,13 @@ class RedisLimiter:
         self._flush_handle = loop.call_later(SETTLE_DELAY, self._flush_settlements)
 
     def _add_settlement(self, reservation: Reservation, actual_tokens: int, actual_cost: int) -> None:
+        keys = reservation.buckets or reservation.budgets
+        if not keys:
+            return
+        tag = _tag_of(keys[0].key)  # every key of a request carries its org's tag
         for bucket in reservation.buckets:
             if bucket.kind == "tokens" and bucket.cost != actual_tokens:
-                backs = self._waiting.setdefault(_tag_of(bucket.key), ({}, {}))[0]
+                backs = self._waiting.setdefault(tag, ({}, {}))[0]
                 entry = backs.get(bucket.key)
                 if entry is None:
                     backs[bucket.key] = [bucket.capacity, bucket.cost - actual_tokens]
@@ -461,7 +472,7 @@ class RedisLimiter:
                     entry[1] += bucket.cost - actual_tokens
         for budget in reservation.budgets:
             if actual_cost != budget.cost:
-                deltas = self._waiting.setdefault(_tag_of(budget.key), ({}, {}))[1]
+                deltas = self._waiting.setdefault(tag, ({}, {}))[1]
                 deltas[budget.key] = deltas.get(budget.key, 0) + actual_cost - budget.cost
 
     def _take_settlements(self, tag: str) -> tuple[list[str], list]:
@@ -478,7 +489,7 @@ class RedisLimiter:
 
     def _flush_settlements(self) -> None:
         self._flush_handle = None
-        pipe = _pipe()
+        pipe = self._pipe()
         now_ms = int(time.time() * 1000)
         for tag in list(self._waiting):
             keys, args = self._take_settlements(tag)
@@ -506,7 +517,7 @@ class RedisLimiter:
         if exc is None:
             return
         if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT"):  # Redis was flushed meanwhile
-            retry = asyncio.ensure_future(_pipe().evalsha(_settle_script, keys, args))
+            retry = asyncio.ensure_future(self._pipe().evalsha(_settle_script, keys, args))
             self._pending.add(retry)
             retry.add_done_callback(functools.partial(self._settled, keys=keys, args=args))
             return
@@ -526,7 +537,7 @@ class RedisLimiter:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def spent(self, budget_key: str) -> int | None:
-        raw = await _pipe().execute("GET", budget_key)
+        raw = await self._pipe().execute("GET", budget_key)
         return None if raw is None else int(raw)
 
 
@@ -553,10 +564,10 @@ _limiters: dict[str, object] = {}
 
 def get_limiter() -> LocalLimiter | RedisLimiter:
     """The limiter for the configured backend (looked up per call so tests can switch settings)."""
-    name = settings.REDIS_URL if redis_enabled() else ""
+    name = settings.REDIS_URL or ""
     limiter = _limiters.get(name)
     if limiter is None:
-        limiter = _limiters[name] = RedisLimiter() if name else LocalLimiter()
+        limiter = _limiters[name] = RedisLimiter(name) if name else LocalLimiter()
     return limiter
 
 
@@ -705,12 +716,14 @@ def _ms_to_full(bucket: Bucket, level: float) -> int:
 
 def rate_headers(buckets: list[Bucket], levels: list[float], now_ms: int, *, anthropic: bool = False) -> dict[str, str]:
     """`x-ratelimit-*` (and on /v1/messages `anthropic-ratelimit-*`) for the tightest key/org limit."""
+    tightest: dict[str, tuple[int, int]] = {}  # kind -> (remaining, index); the first bucket wins ties
+    for i, bucket in enumerate(buckets):
+        remaining = max(0, math.floor(levels[i]))
+        best = tightest.get(bucket.kind)
+        if best is None or remaining < best[0]:
+            tightest[bucket.kind] = (remaining, i)
     headers: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        candidates = [(max(0, math.floor(levels[i])), i) for i, b in enumerate(buckets) if b.kind == kind]
-        if not candidates:
-            continue
-        remaining, i = min(candidates)
+    for kind, (remaining, i) in tightest.items():
         bucket = buckets[i]
         reset = _ms_to_full(bucket, levels[i])
         headers[f"x-ratelimit-limit-{kind}"] = str(bucket.capacity)
