@@ -228,6 +228,21 @@ async def test_a_bucket_left_in_the_previous_hash_layout_counts_as_full_and_is_r
     assert 0 < client.pttl(bucket.key) <= 60_000 * 300 // 2000 + 1000
 
 
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_an_admission_after_redis_forgot_the_scripts_loads_them_again(redis_limiter):
+    import redis
+
+    first = await redis_limiter.acquire([rpm(10)], [], NOW_MS)  # connects and loads the scripts
+    redis.Redis.from_url(os.environ["REDIS_URL"]).script_flush()
+
+    second = await redis_limiter.acquire([rpm(10)], [], NOW_MS)
+
+    assert (first.status, second.status) == ("ok", "ok")
+    assert second.levels == [8.0]
+
+
 # --- budgets --------------------------------------------------------------------------------------
 
 
