@@ -209,7 +209,6 @@ async def test_settlements_of_many_requests_are_summed_per_bucket_and_counter(re
     assert await redis_limiter.spent(counter.key) == 20 * 30 + 50  # the seed admission's 50 stays reserved
 
 
-
 @pytest.mark.redis
 @pytest.mark.asyncio
 async def test_a_bucket_left_in_the_previous_hash_layout_counts_as_full_and_is_replaced(redis_limiter):
@@ -226,7 +225,6 @@ async def test_a_bucket_left_in_the_previous_hash_layout_counts_as_full_and_is_r
     assert decision.levels == [1700.0]
     assert client.type(bucket.key) == b"string"
     assert 0 < client.pttl(bucket.key) <= 60_000 * 300 // 2000 + 1000
-
 
 
 @pytest.mark.redis
