@@ -185,24 +185,55 @@ def measure(url: str, key: str | None, duration: int, pids: list[int]) -> dict:
     }
 
 
+SERVICES = ("redis-server", "postgres")
+
+
+def service_cpu() -> dict[str, float]:
+    """CPU seconds used so far by every Redis and PostgreSQL process on this machine, and by the machine."""
+    used = {name: 0.0 for name in SERVICES}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+                name = next((n for n in SERVICES if comm.startswith(n)), None)
+                if name:
+                    used[name] += cpu_seconds(int(entry.name))
+            except (OSError, IndexError):
+                continue  # a process that ended meanwhile
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    used["machine"] = (sum(fields) - fields[3] - fields[4]) / TICK  # all but idle and iowait
+    return used
+
+
+def c32_with_cpu(stack: Stack, duration: int) -> tuple[float, dict[str, float]]:
+    """Requests/s at c=32 and CPU µs per request of each part (the other stack idles meanwhile)."""
+    before = {"server": cpu_seconds(stack.server.pid), "connector": cpu_seconds(stack.connector.pid), **service_cpu()}
+    result = wrk(stack.url, connections=32, duration=duration, body=PLAIN, key=stack.key)
+    after = {"server": cpu_seconds(stack.server.pid), "connector": cpu_seconds(stack.connector.pid), **service_cpu()}
+    return result["rps"], {k: 1e6 * (after[k] - before[k]) / max(1, result["requests"]) for k in before}
+
+
 def paired(off: Stack, on: Stack, rounds: int, duration: int) -> dict:
     """Metering+limits off vs on, side by side: both stacks run at once and c=32 / c=1 runs alternate
     between them, so that drifts in this shared machine's speed hit both alike. Medians per side,
     and the median of the per-round throughput ratios."""
-    runs: dict[str, dict[str, list[float]]] = {"off": {"rps": [], "p50": []}, "on": {"rps": [], "p50": []}}
+    runs: dict[str, dict[str, list]] = {side: {"rps": [], "p50": [], "cpu": []} for side in ("off", "on")}
     ratios = []
     for i in range(rounds):
         order = [("off", off), ("on", on)] if i % 2 == 0 else [("on", on), ("off", off)]
         this_round = {}
         for name, stack in order:
-            this_round[name] = wrk(stack.url, connections=32, duration=duration, body=PLAIN, key=stack.key)["rps"]
+            this_round[name], cpu = c32_with_cpu(stack, duration)
             runs[name]["rps"].append(this_round[name])
+            runs[name]["cpu"].append(cpu)
             runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(2, duration // 2), body=PLAIN, key=stack.key)["p50"])
         ratios.append(this_round["on"] / this_round["off"])
     return {
         "rps_off": statistics.median(runs["off"]["rps"]), "rps_on": statistics.median(runs["on"]["rps"]),
         "p50_off": statistics.median(runs["off"]["p50"]), "p50_on": statistics.median(runs["on"]["p50"]),
         "loss": 1 - statistics.median(ratios), "losses": sorted(1 - r for r in ratios),
+        "cpu": {side: {part: statistics.median(c[part] for c in runs[side]["cpu"]) for part in runs[side]["cpu"][0]}
+                for side in ("off", "on")},
     }
 
 
@@ -245,6 +276,9 @@ def main() -> None:
               f"{', '.join(f'{100 * x:.0f}' for x in cost['losses'])} %), median req/s {cost['rps_off']:.0f} → "
               f"{cost['rps_on']:.0f}, c=1 p50 {cost['p50_off']:.2f} → {cost['p50_on']:.2f} ms "
               f"({cost['p50_on'] - cost['p50_off']:+.2f} ms) (targets: < 10%, < 1 ms)")
+        cpu_off, cpu_on = cost["cpu"]["off"], cost["cpu"]["on"]
+        parts = ", ".join(f"{part} {cpu_off[part]:.0f} → {cpu_on[part]:.0f}" for part in cpu_off)
+        print(f"    CPU µs per request at c=32, off → on (medians of the rounds): {parts}")
 
 
 def report(results: dict) -> None:
