@@ -420,18 +420,7 @@ class RedisLimiter:
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
         settle_keys, settle_args = self._take_settlements(_tag_of(keys[0])) if keys else ([], [0, 0])
-        keys += settle_keys
-        args += settle_args
-        pipe = self._pipe()
-        if pipe.connected:  # the common case, with two coroutine frames fewer to resume on the reply
-            try:
-                reply = await pipe.send_nowait("EVALSHA", _acquire_script.sha, len(keys), *keys, *args)
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                reply = await pipe.evalsha(_acquire_script, keys, args)
-        else:
-            reply = await pipe.evalsha(_acquire_script, keys, args)
+        reply = await self._pipe().evalsha(_acquire_script, keys + settle_keys, args + settle_args)
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])

@@ -177,13 +177,17 @@ class RedisPipe:
         return self._protocol is not None and self._protocol.lost is None
 
     async def evalsha(self, script: Script, keys: list[str], args: list):
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        protocol = self._protocol
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            if protocol is not None and protocol.lost is None:  # live: one coroutine frame fewer per reply
+                return await protocol.send(encode(command))
+            return await self.execute(*command)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await self.execute(*command)
 
     def close(self) -> None:
         if self._protocol is not None:
