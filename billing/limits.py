@@ -18,9 +18,10 @@ production):
   it) is seeded from the database once — rollups plus not-yet-rolled events — and the seed is
   shared by concurrent requests of this process. Spend is tracked for every key and org, budget
   or not, so that a budget set mid-month starts from the real figure.
-- Redis mode: one EVALSHA per admission (all checks and charges atomic in one Lua script, so the
-  limits are exact across any number of processes); settlements ride along with the org's next
-  admission (see RedisLimiter), so steady traffic costs one script run per request. All
+- Redis mode: all checks and charges of an admission run in one Lua script (atomic, so the limits
+  are exact across any number of processes); the admissions of one org started in the same loop
+  turn share one run, and settlements ride along with the org's next run (see RedisLimiter), so
+  steady traffic costs at most one script run per request. All
   keys of a request share the hash tag `{o<org id>}` so the script also runs on Redis Cluster.
   If Redis is unreachable the gateway fails open (admits, logs) rather than taking /v1 down.
 - Neither path touches the database on a warm request.
@@ -283,66 +284,78 @@ local function write()
 end
 """
 
-# KEYS: nb buckets, ng spend counters, then the keys of settlements sent along (see settle).
-# ARGV: now_ms, nb, ng, (capacity, cost) per bucket, (limit or -1, cost, seed or -1, ttl_s) per
-# budget, then nt, ns and the settlements' arguments. Settlements are applied first, so a request
-# sees every settlement this process finished before it. Returns {status, denied, retry_ms,
-# milli-levels..., used...} with status 0 ok, 1 limited, 2 over budget, or {-1, missing budget
-# indexes...} when a counter needs a seed (the settlements are applied either way).
+# One run admits a batch: every admission of one org that this process started in the same loop
+# turn, in order, each seeing the charges of those before it; the whole run is atomic like a single
+# admission, so exactness across processes is unchanged, while Redis reads and writes each key once
+# per batch instead of once per request.
+# KEYS: the settlements' keys (see settle), then per admission nb buckets and ng spend counters.
+# ARGV: now_ms, nt, ns, the settlements' arguments, the number of admissions, then per admission
+# nb, ng, (capacity, cost) per bucket, (limit or -1, cost, seed or -1, ttl_s) per budget.
+# Settlements are applied first, so an admission sees every settlement this process finished
+# before it. Returns one reply per admission: {status, denied, retry_ms, milli-levels..., used...}
+# with status 0 ok, 1 limited, 2 over budget, or {-1, missing budget indexes...} when a counter
+# needs a seed (that admission charges nothing; the settlements are applied either way).
 ACQUIRE_LUA = (
     LUA_COMMON
     + """
-local nb = tonumber(ARGV[2])
-local ng = tonumber(ARGV[3])
-local base = 4 + 2 * nb
-local at_settle = base + 4 * ng
-settle(nb + ng + 1, at_settle + 2, tonumber(ARGV[at_settle]), tonumber(ARGV[at_settle + 1]))
-local status, denied, retry, missing = 0, -1, 0, {}
-for i = 1, nb do
-  local cap, cost = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  local b = bucket(KEYS[i], cap)
-  if denied < 0 and b.v < cost then
-    status, denied = 1, i - 1
-    retry = math.ceil((cost - b.v) * window / cap)
-  end
-end
-for j = 1, ng do
-  local at = base + 4 * (j - 1)
-  local limit, cost, seed = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
-  local c = counter(KEYS[nb + j])
-  if c.used == nil then
-    if seed == '-1' then
-      missing[#missing + 1] = j - 1
-    else
-      c.used, c.ttl = tonumber(seed), ARGV[at + 3]
+local nt, ns = tonumber(ARGV[2]), tonumber(ARGV[3])
+settle(1, 4, nt, ns)
+local k = 1 + nt + ns  -- KEYS index of the next admission's first key
+local a = 4 + 2 * nt + ns  -- ARGV index of the number of admissions, then of each admission's nb
+local replies = {}
+for r = 1, tonumber(ARGV[a]) do
+  local nb, ng = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local base = a + 3 + 2 * nb  -- ARGV index of the first budget's arguments
+  local status, denied, retry, missing = 0, -1, 0, {}
+  for i = 1, nb do
+    local cap, cost = tonumber(ARGV[a + 1 + 2 * i]), tonumber(ARGV[a + 2 + 2 * i])
+    local b = bucket(KEYS[k + i - 1], cap)
+    if denied < 0 and b.v < cost then
+      status, denied = 1, i - 1
+      retry = math.ceil((cost - b.v) * window / cap)
     end
   end
-  if c.used ~= nil and denied < 0 and limit >= 0 and c.used + cost > limit then
-    status, denied = 2, nb + j - 1
-  end
-end
-if #missing > 0 then
-  write()
-  local out = {-1}
-  for _, j in ipairs(missing) do out[#out + 1] = j end
-  return out
-end
-if status == 0 then
-  for i = 1, nb do
-    local b = buckets[KEYS[i]]
-    b.v, b.dirty = b.v - tonumber(ARGV[3 + 2 * i]), true
-  end
   for j = 1, ng do
-    local c = spend[KEYS[nb + j]]
-    local cost = tonumber(ARGV[base + 4 * (j - 1) + 1])
-    c.used, c.add = c.used + cost, c.add + cost
+    local at = base + 4 * (j - 1)
+    local limit, cost, seed = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
+    local c = counter(KEYS[k + nb + j - 1])
+    if c.used == nil then
+      if seed == '-1' then
+        missing[#missing + 1] = j - 1
+      else
+        c.used, c.ttl = tonumber(seed), ARGV[at + 3]
+      end
+    end
+    if c.used ~= nil and denied < 0 and limit >= 0 and c.used + cost > limit then
+      status, denied = 2, nb + j - 1
+    end
   end
+  local out
+  if #missing > 0 then
+    out = {-1}
+    for _, j in ipairs(missing) do out[#out + 1] = j end
+  else
+    if status == 0 then
+      for i = 1, nb do
+        local b = buckets[KEYS[k + i - 1]]
+        b.v, b.dirty = b.v - tonumber(ARGV[a + 2 + 2 * i]), true
+      end
+      for j = 1, ng do
+        local c = spend[KEYS[k + nb + j - 1]]
+        local cost = tonumber(ARGV[base + 4 * (j - 1) + 1])
+        c.used, c.add = c.used + cost, c.add + cost
+      end
+    end
+    out = {status, denied, retry}
+    for i = 1, nb do out[#out + 1] = math.floor(buckets[KEYS[k + i - 1]].v * 1000) end
+    for j = 1, ng do out[#out + 1] = spend[KEYS[k + nb + j - 1]].used end
+  end
+  replies[r] = out
+  k = k + nb + ng
+  a = base + 4 * ng - 1
 end
 write()
-local out = {status, denied, retry}
-for i = 1, nb do out[#out + 1] = math.floor(buckets[KEYS[i]].v * 1000) end
-for j = 1, ng do out[#out + 1] = spend[KEYS[nb + j]].used end
-return out
+return replies
 """
 )
 
@@ -372,15 +385,32 @@ def _month_end(month: str) -> float:
     return next_month_start(datetime(year, mon, 1, tzinfo=UTC)).timestamp()
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Admissions for one org that go to Redis in one script run."""
+
+    now_ms: int
+    keys: list[str] = field(default_factory=list)
+    args: list = field(default_factory=list)
+    futures: list[asyncio.Future] = field(default_factory=list)
+
+
 class RedisLimiter:
     """Scripts go through `tokios_site.redis_pipe`: commands issued in the same loop turn share
     one write and one read, and a command costs a few µs of loop time instead of redis-py's ~150 µs.
 
+    Admissions are not sent one by one either: those of one org started in the same loop turn go
+    in one script run at the end of the turn (a `_Batch`), which decides them in order, each
+    seeing the charges of the ones before it. A run is atomic whatever it holds, so exactness
+    across processes is unchanged; what changes is that Redis parses one command and reads and
+    writes each key once per batch (under load, several requests of a turn share one key's buckets).
+    Alone in its turn, an admission waits for no one: its run leaves when the turn ends.
+
     Settlements are not sent one by one: they are summed per org in memory and ride along with the
-    next admission for that org (the acquire script applies them first), or are sent on their own
-    after SETTLE_DELAY if no admission comes. So a steady stream of requests costs one script run
-    per request, and a request always sees the settlements this process finished before it. Each
-    admission is still its own atomic script run, so exactness across processes is unchanged.
+    next admission batch for that org (the acquire script applies them first), or are sent on
+    their own after SETTLE_DELAY if no admission comes. So a steady stream of requests costs at
+    most one script run per request, and a request always sees the settlements this process
+    finished before it.
     """
 
     def __init__(self, url: str) -> None:
@@ -390,8 +420,11 @@ class RedisLimiter:
         self._pending: set[asyncio.Future] = set()
         # org hash tag -> ({TPM bucket key: [capacity, tokens to give back]}, {counter key: cost delta})
         self._waiting: dict[str, tuple[dict[str, list[int]], dict[str, int]]] = {}
+        self._waiting_since: dict[str, float] = {}  # org hash tag -> when its oldest waiting settlement came
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._batches: dict[str, _Batch] = {}  # org hash tag -> admissions of this loop turn
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self._flush_at_exit)
 
     def _pipe(self) -> RedisPipe:
@@ -412,15 +445,31 @@ class RedisLimiter:
     async def acquire(
         self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
     ) -> Decision:
+        if not buckets and not budgets:
+            return Decision(status="ok")
         seeds = seeds or {}
         keys = [b.key for b in buckets] + [g.key for g in budgets]
-        args: list = [now_ms, len(buckets), len(budgets)]
+        args: list = [len(buckets), len(budgets)]
         for b in buckets:
             args += [b.capacity, b.cost]
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
-        settle_keys, settle_args = self._take_settlements(_tag_of(keys[0])) if keys else ([], [0, 0])
-        reply = await self._pipe().evalsha(_acquire_script, keys + settle_keys, args + settle_args)
+        loop = asyncio.get_running_loop()
+        if self._batch_loop is not loop:  # admissions queued on a loop that has gone (tests) are dropped
+            self._batch_loop, self._batches = loop, {}
+        if not self._batches:
+            loop.call_soon(self._send_admissions)
+        tag = _tag_of(keys[0])  # every key of a request carries its org's tag
+        batch = self._batches.get(tag)
+        if batch is None:
+            batch = self._batches[tag] = _Batch(now_ms)
+        elif now_ms > batch.now_ms:
+            batch.now_ms = now_ms
+        batch.keys += keys
+        batch.args += args
+        future = loop.create_future()
+        batch.futures.append(future)
+        reply = await future
         if reply[0] == -1:
             return Decision(status="seed", missing=[int(j) for j in reply[1:]])
         status, denied, retry = (int(x) for x in reply[:3])
@@ -433,6 +482,38 @@ class RedisLimiter:
             used=[int(x) for x in rest[len(buckets) :]],
         )
 
+    def _send_admissions(self) -> None:
+        """One script run per org for the admissions of the last loop turn, its settlements riding along."""
+        batches, self._batches = self._batches, {}
+        pipe = self._pipe()
+        for tag, batch in batches.items():
+            settle_keys, settle_args = self._take_settlements(tag)
+            keys = settle_keys + batch.keys
+            args = [batch.now_ms, *settle_args, len(batch.futures), *batch.args]
+            if pipe.connected:
+                reply = pipe.send_nowait("EVALSHA", _acquire_script.sha, len(keys), *keys, *args)
+            else:
+                reply = asyncio.ensure_future(pipe.evalsha(_acquire_script, keys, args))
+            reply.add_done_callback(functools.partial(self._answer, batch.futures, keys, args))
+
+    def _answer(self, futures: list[asyncio.Future], keys: list[str], args: list, reply: asyncio.Future) -> None:
+        exc = ConnectionError("the admission was cancelled") if reply.cancelled() else reply.exception()
+        if isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT") and keys:  # Redis was flushed
+            retry = asyncio.ensure_future(self._pipe().evalsha(_acquire_script, keys, args))
+            retry.add_done_callback(functools.partial(self._answer, futures, [], []))
+            return
+        if exc is None:
+            results = reply.result()
+            if isinstance(results, list) and len(results) == len(futures):
+                for future, result in zip(futures, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                return
+            exc = ReplyError(f"the admission script answered {results!r} to {len(futures)} admissions")
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+
     async def settle(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
         """Settle one reservation now (and whatever was waiting for its org)."""
         self._add_settlement(reservation, actual_tokens, actual_cost)
@@ -441,8 +522,8 @@ class RedisLimiter:
             await self._pipe().evalsha(_settle_script, keys, [now_ms, *args])
 
     def settle_soon(self, reservation: Reservation, actual_tokens: int, actual_cost: int, now_ms: int) -> None:
-        """Settle after the response: with the org's next admission, or after SETTLE_DELAY.
-        Until then the reservation stays charged, which errs on the safe side."""
+        """Settle after the response: with the org's next admission batch, or on its own once it has
+        waited SETTLE_DELAY. Until then the reservation stays charged, which errs on the safe side."""
         self._add_settlement(reservation, actual_tokens, actual_cost)
         if not self._waiting:
             return
@@ -474,10 +555,13 @@ class RedisLimiter:
             if actual_cost != budget.cost:
                 deltas = self._waiting.setdefault(tag, ({}, {}))[1]
                 deltas[budget.key] = deltas.get(budget.key, 0) + actual_cost - budget.cost
+        if tag in self._waiting and tag not in self._waiting_since:
+            self._waiting_since[tag] = time.monotonic()
 
     def _take_settlements(self, tag: str) -> tuple[list[str], list]:
         """The org's summed settlements as extra KEYS and ARGV (nt, ng, …) for either script."""
         waiting = self._waiting.pop(tag, None)
+        self._waiting_since.pop(tag, None)
         if waiting is None:
             return [], [0, 0]
         backs, deltas = waiting
@@ -487,11 +571,19 @@ class RedisLimiter:
         args += deltas.values()
         return [*backs, *deltas], args
 
-    def _flush_settlements(self) -> None:
+    def _flush_settlements(self, *, due_only: bool = True) -> None:
+        """Send the settlements that waited SETTLE_DELAY for an admission batch to take them, and
+        wake up again for the others: under steady traffic the batches take nearly all of them."""
         self._flush_handle = None
         pipe = self._pipe()
         now_ms = int(time.time() * 1000)
+        now = time.monotonic()
+        next_due = math.inf
         for tag in list(self._waiting):
+            due = self._waiting_since.get(tag, 0.0) + SETTLE_DELAY
+            if due_only and due > now + SETTLE_DELAY / 10:
+                next_due = min(next_due, due)
+                continue
             keys, args = self._take_settlements(tag)
             args = [now_ms, *args]
             if pipe.connected:
@@ -500,6 +592,9 @@ class RedisLimiter:
                 future = asyncio.ensure_future(pipe.evalsha(_settle_script, keys, args))
             self._pending.add(future)
             future.add_done_callback(functools.partial(self._settled, keys=keys, args=args))
+        if next_due < math.inf:
+            self._flush_loop = asyncio.get_running_loop()
+            self._flush_handle = self._flush_loop.call_later(next_due - now, self._flush_settlements)
 
     def flush_settlements_sync(self) -> None:
         """Send what is waiting with the blocking client (no event loop; process exit)."""
@@ -529,7 +624,7 @@ class RedisLimiter:
             self._flush_handle.cancel()
             self._flush_handle = None
         if self._waiting:
-            self._flush_settlements()
+            self._flush_settlements(due_only=False)
         loop = asyncio.get_running_loop()
         # A settlement sent from an event loop that has since closed can never finish (tests).
         self._pending = {f for f in self._pending if f.get_loop() is loop}
@@ -541,7 +636,7 @@ class RedisLimiter:
         return None if raw is None else int(raw)
 
 
-SETTLE_DELAY = 0.005  # seconds a settlement may wait to be summed with others
+SETTLE_DELAY = 0.02  # seconds a settlement may wait for an admission batch to take it along (then sent alone)
 
 
 def _tag_of(key: str) -> str:

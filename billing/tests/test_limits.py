@@ -177,6 +177,24 @@ async def test_a_settlement_with_no_admission_after_it_is_sent_on_its_own(redis_
 
 @pytest.mark.redis
 @pytest.mark.asyncio
+async def test_a_settlement_is_sent_on_its_own_only_once_it_has_waited_the_whole_delay(redis_limiter, script_runs):
+    bucket = tpm(2000, 500)
+    await redis_limiter.acquire([bucket], [], NOW_MS)
+    redis_limiter.settle_soon(Reservation((bucket,), ()), 100, 0, NOW_MS)
+    await redis_limiter.acquire([tpm(2000, 0)], [], NOW_MS)  # takes that settlement along
+    redis_limiter.settle_soon(Reservation((bucket,), ()), 200, 0, NOW_MS)  # a new one, just now
+
+    redis_limiter._flush_settlements()  # the timer armed by the first settlement goes off
+
+    assert script_runs["settle"] == []
+    assert redis_limiter._waiting
+    await asyncio.sleep(limits.SETTLE_DELAY * 10)
+    assert script_runs["settle"] == [1]
+    assert not redis_limiter._waiting
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
 async def test_a_settlement_riding_with_an_admission_that_asks_for_a_seed_is_applied_once(redis_limiter):
     bucket = tpm(2000, 1000)
     counter = budget(5_000, 10)
@@ -239,6 +257,78 @@ async def test_an_admission_after_redis_forgot_the_scripts_loads_them_again(redi
 
     assert (first.status, second.status) == ("ok", "ok")
     assert second.levels == [8.0]
+
+
+@pytest.fixture
+def script_runs(redis_limiter, monkeypatch):
+    """The script runs sent to Redis on a live connection: (number of keys, number of admissions)
+    per admission run, and the number of keys per settlement run sent on its own."""
+    from tokios_site.redis_pipe import RedisPipe
+
+    runs = {"acquire": [], "settle": []}
+    send_nowait = RedisPipe.send_nowait
+
+    def spy(pipe, *command):
+        if command[:2] == ("EVALSHA", limits._acquire_script.sha):
+            nkeys = command[2]
+            args = command[3 + nkeys :]
+            runs["acquire"].append((nkeys, args[3 + 2 * args[1] + args[2]]))  # after now, nt, ns, settlements
+        elif command[:2] == ("EVALSHA", limits._settle_script.sha):
+            runs["settle"].append(command[2])
+        return send_nowait(pipe, *command)
+
+    monkeypatch.setattr(RedisPipe, "send_nowait", spy)
+    return runs
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_admissions_of_one_org_in_the_same_loop_turn_share_one_script_run_in_order(redis_limiter, script_runs):
+    await redis_limiter.acquire([rpm(30)], [], NOW_MS)  # connects: later runs take the live path
+    script_runs["acquire"].clear()
+
+    decisions = await asyncio.gather(*(redis_limiter.acquire([rpm(30)], [], NOW_MS) for _ in range(31)))
+
+    assert script_runs["acquire"] == [(31, 31)]
+    assert [d.levels for d in decisions[:29]] == [[float(level)] for level in range(28, -1, -1)]
+    assert [d.status for d in decisions[29:]] == ["limited", "limited"]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_each_org_gets_its_own_script_run_so_a_run_stays_in_one_cluster_slot(redis_limiter, script_runs):
+    other_org = Bucket("tokios:rl:{o2}:k1:rpm", "key", "requests", 5, 1)
+    await redis_limiter.acquire([rpm(5)], [], NOW_MS)
+    script_runs["acquire"].clear()
+
+    decisions = await asyncio.gather(
+        *(redis_limiter.acquire([bucket], [], NOW_MS) for bucket in (rpm(5), other_org, rpm(5), other_org))
+    )
+
+    assert script_runs["acquire"] == [(2, 2), (2, 2)]
+    assert [d.levels for d in decisions] == [[3.0], [4.0], [2.0], [3.0]]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_an_admission_asking_for_a_seed_charges_nothing_and_leaves_the_rest_of_its_batch_alone(
+    redis_limiter, script_runs
+):
+    counter = budget(1000, 10)
+    await redis_limiter.acquire([rpm(10)], [], NOW_MS)
+    script_runs["acquire"].clear()
+
+    before, asks, after = await asyncio.gather(
+        redis_limiter.acquire([rpm(10)], [], NOW_MS),
+        redis_limiter.acquire([rpm(10)], [counter], NOW_MS),
+        redis_limiter.acquire([rpm(10)], [], NOW_MS),
+    )
+
+    assert len(script_runs["acquire"]) == 1
+    assert (before.status, before.levels) == ("ok", [8.0])
+    assert (asks.status, asks.missing) == ("seed", [0])
+    assert (after.status, after.levels) == ("ok", [7.0])
+    assert await redis_limiter.spent(counter.key) is None
 
 
 # --- budgets --------------------------------------------------------------------------------------
