@@ -26,14 +26,22 @@ class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
 class UsageEvent(models.Model):
     """One row per /v1 request, success or failure. Append-only; rollups are what pages read."""
 
-    # Every index costs each insert (this is the hottest table): request_id is unique through a
-    # constraint, which on PostgreSQL skips the LIKE index a `unique=True` CharField adds, and `org`
-    # is served by the (org, created_at) index instead of one of its own.
+    # Every index and constraint costs each insert (this is the hottest table): request_id is unique
+    # through a constraint, which on PostgreSQL skips the LIKE index a `unique=True` CharField adds,
+    # and `org` is served by the (org, created_at) index instead of one of its own. The foreign keys
+    # have no database constraint: checking three of them was half of PostgreSQL's work per event.
+    # Deleting an org, key or deployment still sets its events' column to NULL (Django does it); an
+    # event written after such a delete, by a request that was running meanwhile, keeps the
+    # dangling id until the roll-up clears it (billing.rollups.forget_dangling_ids).
     request_id = models.CharField(max_length=64)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    org = models.ForeignKey(Organization, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False)
-    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+")
-    deployment = models.ForeignKey(Deployment, null=True, on_delete=models.SET_NULL, related_name="+")
+    org = models.ForeignKey(
+        Organization, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False, db_constraint=False
+    )
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
+    deployment = models.ForeignKey(
+        Deployment, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     surface = models.CharField(max_length=16, choices=Surface.choices)
     status_code = models.PositiveSmallIntegerField()
     input_tokens = models.PositiveIntegerField(default=0)

@@ -14,6 +14,9 @@ How it stays exact and idempotent:
 - Events are pruned only below `safe_event_id` and only in whole hours older than the retention
   age. Should an event for an already-pruned hour still arrive, it is added to that hour's rows
   (by id range, counted once) because the hour can no longer be recomputed from raw events.
+- Usage events have no foreign-key constraints (they cost every insert). A run first clears the
+  ids of orgs, keys and deployments that no longer exist from the events it is about to read,
+  which is what the constraints' SET NULL would have done for an event written after the delete.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from django.db import transaction
 from django.db.models import Count, F, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
+
+from accounts.models import ApiKey, Organization
+from deployments.models import Deployment
 
 from .models import Period, RollupWatermark, UsageEvent, UsageRollup
 from .periods import DAY, HOUR, floor_day, floor_hour
@@ -64,6 +70,21 @@ def _event_sums(events) -> list[dict]:
             cost_micros=Sum("cost_micros"),
         )
     )
+
+
+def forget_dangling_ids(after_id: int, upto_id: int) -> int:
+    """Set to NULL the org, key and deployment ids of events in (after_id, upto_id] that name a row
+    deleted before the event was written (its request was running). Returns how many were fixed."""
+    events = UsageEvent.objects.filter(id__gt=after_id, id__lte=upto_id)
+    fixed = 0
+    for column, model in (("org_id", Organization), ("api_key_id", ApiKey), ("deployment_id", Deployment)):
+        dangling = events.filter(**{f"{column}__isnull": False}).exclude(
+            **{f"{column}__in": model.objects.values("pk")}
+        )
+        fixed += dangling.update(**{column: None})
+    if fixed:
+        log.info("cleared %d ids of deleted orgs, keys or deployments from usage events", fixed)
+    return fixed
 
 
 def _contiguous(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
@@ -139,6 +160,7 @@ def roll_up() -> RollupResult:
     with transaction.atomic():
         watermark = _locked_watermark()
         upto_id = max(UsageEvent.objects.aggregate(m=Max("id"))["m"] or 0, watermark.last_event_id)
+        forget_dangling_ids(watermark.safe_event_id, upto_id)
         touched = sorted(
             floor_hour(hour)
             for hour in UsageEvent.objects.filter(id__gt=watermark.safe_event_id, id__lte=upto_id, org_id__isnull=False)

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError
 
 log = logging.getLogger("tokios.usage")
 
@@ -190,9 +189,6 @@ async def _write_postgres(batch: list[RequestRecord]) -> None:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
             await conn.execute(_json_insert_sql(), [_json_payload(batch)])
-    except psycopg.IntegrityError:
-        await _in_writer_thread(batch)  # a deleted key or deployment: the thread path drops the ids
-        return
     except (psycopg.Error, TimeoutError):
         conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
         raise
@@ -214,11 +210,11 @@ def write_batch(batch: list[RequestRecord]) -> None:
         return
     from django.db import DatabaseError, connection, transaction
 
-    from billing.models import UsageEvent
-
     # Raw SQL instead of the ORM's bulk_create: this runs in a thread beside the event loop, and
     # building model instances held the GIL long enough to slow every request. ON CONFLICT DO
-    # NOTHING: a retried batch must not write an event twice (request_id is unique).
+    # NOTHING: a retried batch must not write an event twice (request_id is unique). An event may
+    # name a key, deployment or org deleted while its request ran: there is no constraint to
+    # refuse it (see UsageEvent), and the roll-up clears the dangling id.
     try:
         if connection.vendor == "postgresql" and not connection.in_atomic_block:
             # The whole batch as one JSON parameter (orjson serialises the records in C) turned into
@@ -229,17 +225,6 @@ def write_batch(batch: list[RequestRecord]) -> None:
         else:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(_insert_sql(), _rows(batch, connection))
-    except IntegrityError:
-        # A key, deployment or org deleted while its request ran would make the batch fail on
-        # every retry, holding up all metering behind it: keep the events, drop the dangling ids.
-        events = [
-            UsageEvent(
-                **{**dict(zip(_COLUMNS, row, strict=True)), "created_at": datetime.fromtimestamp(r.created_at, tz=UTC)}
-            )
-            for r, row in zip(batch, _rows(batch, connection), strict=True)
-        ]
-        _drop_dangling(events)
-        UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
     except DatabaseError:
         # The writer keeps its connection between batches (no health-check query per batch); a
         # broken one is dropped here so that the retry reconnects.
@@ -364,18 +349,6 @@ def _json_insert_sql() -> str:
 def _int32(value: int) -> int:
     """Token counts and timings fit the columns: a bogus upstream number must not poison a batch."""
     return min(max(0, int(value)), 2_147_483_647)
-
-
-def _drop_dangling(events: list) -> None:
-    from accounts.models import ApiKey, Organization
-    from deployments.models import Deployment
-
-    for column, model in (("org_id", Organization), ("api_key_id", ApiKey), ("deployment_id", Deployment)):
-        wanted = {getattr(e, column) for e in events if getattr(e, column) is not None}
-        existing = set(model.objects.filter(pk__in=wanted).values_list("pk", flat=True))
-        for event in events:
-            if getattr(event, column) not in existing:
-                setattr(event, column, None)
 
 
 @atexit.register

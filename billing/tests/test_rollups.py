@@ -118,6 +118,32 @@ def test_events_without_an_org_are_not_rolled_up(org, key, deployment):
     assert UsageRollup.objects.hourly().count() == 1
 
 
+def test_events_naming_a_deleted_org_or_deployment_lose_the_dangling_id_before_they_are_rolled_up(
+    org, key, deployment, deployment_b
+):
+    from accounts.models import Organization
+
+    doomed_org = Organization.objects.create(name="Gone", slug="gone")
+    doomed_org_id, deployment_b_id = doomed_org.pk, deployment_b.pk
+    doomed_org.delete()
+    deployment_b.delete()
+    # Written after the deletes (their requests were still running): nothing refuses the ids.
+    orphan = make_event(org=org, key=key, deployment=deployment, tokens_out=7)
+    UsageEvent.objects.filter(pk=orphan.pk).update(deployment_id=deployment_b_id)
+    stray = make_event(org=org, key=key, deployment=deployment, tokens_out=11)
+    UsageEvent.objects.filter(pk=stray.pk).update(org_id=doomed_org_id)
+
+    rollups.roll_up()
+
+    orphan.refresh_from_db()
+    stray.refresh_from_db()
+    assert (orphan.org_id, orphan.deployment_id) == (org.pk, None)
+    assert stray.org_id is None
+    assert actual_rollups(Period.HOUR) == expected_from_events(Period.HOUR)
+    assert UsageRollup.objects.hourly().get().deployment_id is None
+    assert UsageRollup.objects.hourly().get().output_tokens == 7
+
+
 def test_errors_count_requests_answered_with_status_400_or_more(org, key, deployment):
     for status in (200, 399, 400, 429, 503):
         make_event(org=org, key=key, deployment=deployment, status=status, at=utc(2026, 11, 3, 9))

@@ -19,7 +19,12 @@ def record(**fields) -> usage.RequestRecord:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_naming_a_deleted_key_is_written_without_the_dangling_pointer(org, key, deployment):
+def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clears_the_dangling_id(
+    org, key, deployment
+):
+    from billing.models import UsageRollup
+    from billing.rollups import roll_up
+
     gone = create_api_key(org=org, name="short-lived")[0]
     gone_id = gone.pk
     gone.delete()
@@ -28,12 +33,15 @@ def test_a_batch_naming_a_deleted_key_is_written_without_the_dangling_pointer(or
         record(request_id="req_gone", org_id=org.pk, key_id=gone_id, deployment_id=deployment.pk, status_code=200),
     ]
 
-    usage.write_batch(batch)
+    usage.write_batch(batch)  # nothing refuses it: the usage table has no foreign-key constraints
+    roll_up()
 
     assert UsageEvent.objects.get(request_id="req_ok").api_key_id == key.pk
     survivor = UsageEvent.objects.get(request_id="req_gone")
     assert survivor.api_key_id is None
     assert (survivor.org_id, survivor.deployment_id) == (org.pk, deployment.pk)
+    rows = UsageRollup.objects.hourly().order_by("api_key_id").values_list("api_key_id", "requests")
+    assert sorted(rows, key=str) == sorted([(key.pk, 1), (None, 1)], key=str)
 
 
 @pytest.mark.django_db(transaction=True)
