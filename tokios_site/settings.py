@@ -256,6 +256,10 @@ HEARTBEAT_TIMEOUT = env_float("TOKIOS_HEARTBEAT_TIMEOUT", 45.0)
 METERING_ENABLED = env_bool("TOKIOS_METERING", True)
 LIMITS_ENABLED = env_bool("TOKIOS_LIMITS", True)
 USAGE_RETENTION_DAYS = env_int("TOKIOS_USAGE_RETENTION_DAYS", 90)
+# Seconds of finished requests written to the database as one batch: what a SIGKILL can lose.
+USAGE_BATCH_WINDOW = env_float("TOKIOS_USAGE_BATCH_WINDOW", 0.05)
+if not 0.001 <= USAGE_BATCH_WINDOW <= 10:  # 0 would write a statement per event, flat out
+    raise ValueError(f"TOKIOS_USAGE_BATCH_WINDOW must be between 0.001 and 10 seconds, got {USAGE_BATCH_WINDOW}")
 
 LOGGING = {
     "version": 1,

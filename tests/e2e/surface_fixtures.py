@@ -1,10 +1,9 @@
 """Fixtures shared by the surface e2e modules (messages, responses, models); import them by name.
 
 `settle_usage_writes` (autouse where imported): the server writes each request's usage event
-~20 ms after the response (proxy/usage.py). A test that ends right after its last response would
-have pytest-django's teardown TRUNCATE the tables while that INSERT runs; on PostgreSQL the
-INSERT's foreign-key checks and the TRUNCATE's locks then deadlock and the teardown errors.
-Waiting until the row count stops moving avoids it.
+up to ~50 ms after the response (proxy/usage.py). A test that ends right after its last response
+would have pytest-django's teardown TRUNCATE the tables while that INSERT runs, and the event could
+land in the next test. Waiting until the row count stops moving avoids it.
 
 `strict_server`: one extra server per module with a 1000-byte body limit and a 1 s upstream
 silence timeout, for the 413 and 504 tests (cheaper than a server per test).

@@ -280,7 +280,7 @@ def test_a_server_killed_with_sigkill_loses_at_most_its_last_batch_window(start_
     # A batch the server had sent still commits after the kill (PostgreSQL finishes the statement):
     # that is not a loss, so wait for the count to settle before looking.
     written = _settled_event_ids(key_id)
-    # The window is 20 ms; the margin leaves room for a batch in flight on a busy CI machine.
+    # The window is 50 ms; the margin leaves room for a batch in flight on a busy CI machine.
     settled = [rid for rid, at in finished if at < killed_at - 0.5]
     assert len(settled) > 50
     assert set(settled) <= written
