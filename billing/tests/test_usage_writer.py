@@ -19,9 +19,7 @@ def record(**fields) -> usage.RequestRecord:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clears_the_dangling_id(
-    org, key, deployment
-):
+def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clears_the_dangling_id(org, key, deployment):
     from billing.models import UsageRollup
     from billing.rollups import roll_up
 
