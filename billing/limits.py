@@ -46,6 +46,7 @@ from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from deployments.models import micros_to_usd
+from tokios_site.loops import for_this_loop
 from tokios_site.redis import get_sync_redis, report_outage
 from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
@@ -395,6 +396,17 @@ class _Batch:
     futures: list[asyncio.Future] = field(default_factory=list)
 
 
+class _LoopState:
+    """What the limiter keeps per event loop: its Redis pipe and the admissions of this turn."""
+
+    __slots__ = ("loop", "pipe", "batches")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipe: RedisPipe) -> None:
+        self.loop = loop
+        self.pipe = pipe
+        self.batches: dict[str, _Batch] = {}  # org hash tag -> admissions waiting for the turn's end
+
+
 class RedisLimiter:
     """Scripts go through `tokios_site.redis_pipe`: commands issued in the same loop turn share
     one write and one read, and a command costs a few µs of loop time instead of redis-py's ~150 µs.
@@ -415,25 +427,32 @@ class RedisLimiter:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `_loop_pipe` belongs to
-        self._loop_pipe: RedisPipe | None = None
+        self._states: dict = {}  # per event loop: its pipe and its admissions waiting to be sent
+        self._cached: tuple[asyncio.AbstractEventLoop | None, _LoopState | None] = (None, None)
         self._pending: set[asyncio.Future] = set()
         # org hash tag -> ({TPM bucket key: [capacity, tokens to give back]}, {counter key: cost delta})
         self._waiting: dict[str, tuple[dict[str, list[int]], dict[str, int]]] = {}
         self._waiting_since: dict[str, float] = {}  # org hash tag -> when its oldest waiting settlement came
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        self._batches: dict[str, _Batch] = {}  # org hash tag -> admissions of this loop turn
-        self._batch_loop: asyncio.AbstractEventLoop | None = None
         atexit.register(self._flush_at_exit)
 
-    def _pipe(self) -> RedisPipe:
-        """The pipe of the running loop (looked up once per loop, not per request)."""
+    def _state(self) -> _LoopState:
+        """The running loop's pipe and batches (looked up once per loop, not per request). One
+        tuple is swapped, so loops running in other threads never see each other's state."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._loop_pipe = get_pipe(self.url, scripts=(_acquire_script, _settle_script))
-            self._loop = loop
-        return self._loop_pipe
+        cached = self._cached
+        if cached[0] is not loop:
+            state = for_this_loop(
+                self._states,
+                self.url,
+                lambda: _LoopState(loop, get_pipe(self.url, scripts=(_acquire_script, _settle_script))),
+            )
+            cached = self._cached = (loop, state)
+        return cached[1]
+
+    def _pipe(self) -> RedisPipe:
+        return self._state().pipe
 
     def _flush_at_exit(self) -> None:
         if self._waiting:
@@ -454,20 +473,19 @@ class RedisLimiter:
             args += [b.capacity, b.cost]
         for g in budgets:
             args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
-        loop = asyncio.get_running_loop()
-        if self._batch_loop is not loop:  # admissions queued on a loop that has gone (tests) are dropped
-            self._batch_loop, self._batches = loop, {}
-        if not self._batches:
-            loop.call_soon(self._send_admissions)
+        state = self._state()
+        batches = state.batches
+        if not batches:
+            state.loop.call_soon(self._send_admissions, state)
         tag = _tag_of(keys[0])  # every key of a request carries its org's tag
-        batch = self._batches.get(tag)
+        batch = batches.get(tag)
         if batch is None:
-            batch = self._batches[tag] = _Batch(now_ms)
+            batch = batches[tag] = _Batch(now_ms)
         elif now_ms > batch.now_ms:
             batch.now_ms = now_ms
         batch.keys += keys
         batch.args += args
-        future = loop.create_future()
+        future = state.loop.create_future()
         batch.futures.append(future)
         reply = await future
         if reply[0] == -1:
@@ -482,10 +500,10 @@ class RedisLimiter:
             used=[int(x) for x in rest[len(buckets) :]],
         )
 
-    def _send_admissions(self) -> None:
+    def _send_admissions(self, state: _LoopState) -> None:
         """One script run per org for the admissions of the last loop turn, its settlements riding along."""
-        batches, self._batches = self._batches, {}
-        pipe = self._pipe()
+        batches, state.batches = state.batches, {}
+        pipe = state.pipe
         for tag, batch in batches.items():
             settle_keys, settle_args = self._take_settlements(tag)
             keys = settle_keys + batch.keys

@@ -295,6 +295,32 @@ async def test_admissions_of_one_org_in_the_same_loop_turn_share_one_script_run_
 
 
 @pytest.mark.redis
+def test_event_loops_in_two_threads_batch_their_own_admissions_and_together_stay_exact(redis_limiter):
+    import threading
+
+    start = threading.Barrier(2)
+    results: list[list[str]] = []
+
+    async def burst():
+        await redis_limiter.acquire([rpm(1000, name="warm")], [], NOW_MS)  # connect first
+        start.wait()
+        for _ in range(10):
+            decisions = await asyncio.gather(*(redis_limiter.acquire([rpm(40)], [], NOW_MS) for _ in range(5)))
+            results.append([d.status for d in decisions])
+
+    threads = [threading.Thread(target=asyncio.run, args=(burst(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert not any(thread.is_alive() for thread in threads)
+    statuses = [status for burst_ in results for status in burst_]
+    assert len(statuses) == 100
+    assert statuses.count("ok") == 40
+
+
+@pytest.mark.redis
 @pytest.mark.asyncio
 async def test_each_org_gets_its_own_script_run_so_a_run_stays_in_one_cluster_slot(redis_limiter, script_runs):
     other_org = Bucket("tokios:rl:{o2}:k1:rpm", "key", "requests", 5, 1)
