@@ -17,9 +17,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# llama.cpp built for the machine's CPU picks AMX kernels for repacked weights wherever the CPU
+# lists AMX; some virtual machines list it without enabling it, and the server then dies with
+# SIGILL while loading the model. Without repacking it runs on AVX everywhere (a 270M model does
+# not need the speed).
+LLAMA_SAFE_ARGS = ("--no-repack",)
 
 
-def wait(url: str, timeout: float) -> None:
+def wait(url: str, timeout: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -27,6 +32,8 @@ def wait(url: str, timeout: float) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited ({proc.returncode}) before {url} came up")
         time.sleep(0.3)
     sys.exit(f"{url} did not come up within {timeout:.0f}s")
 
@@ -43,9 +50,11 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         print("Starting llama.cpp with Gemma 3 270M on :18091 …", flush=True)
-        procs.append(subprocess.Popen([shutil.which("llama-cpp-server") or "llama-cpp-server", "-m", model, "--port", "18091"],
+        # The venv's bin folder is not on PATH when dev.py runs this with the venv's Python.
+        server = shutil.which("llama-cpp-server") or str(Path(sys.prefix) / "bin" / "llama-cpp-server")
+        procs.append(subprocess.Popen([server, "-m", model, "--port", "18091", "--", *LLAMA_SAFE_ARGS],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait("http://127.0.0.1:18091/health", 120)
+        wait("http://127.0.0.1:18091/health", 120, procs[-1])
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         setup = subprocess.run([sys.executable, "manage.py", "demo_setup", "--server", "http://127.0.0.1:18090"],
                                cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
@@ -54,7 +63,7 @@ def main() -> None:
         print("Starting Tokios on :18090 and a connector …", flush=True)
         procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "tokios_site.asgi:application", "--port", "18090",
                                        "--log-level", "warning"], cwd=ROOT, env=env))
-        wait("http://127.0.0.1:18090/healthz", 30)
+        wait("http://127.0.0.1:18090/healthz", 30, procs[-1])
         procs.append(subprocess.Popen([sys.executable, "-m", "tokios_connector", "--server", "http://127.0.0.1:18090",
                                        "--token", token, "--upstream", "http://127.0.0.1:18091/v1"], cwd=ROOT, env=env))
         client = openai.OpenAI(api_key=key, base_url="http://127.0.0.1:18090/v1", max_retries=0)

@@ -86,7 +86,8 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0, proc: Proc | None = None) -> None:
+    """Wait for `url` to answer below 500; fail at once, with its output, if `proc` has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -94,6 +95,8 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if proc is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}) before {url} came up:\n{proc.output()[-4000:]}")
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up within {timeout}s")
 

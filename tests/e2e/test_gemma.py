@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Proc, base_env, free_port, wait_http
+from tests.gemma_demo import LLAMA_SAFE_ARGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gemma, pytest.mark.django_db(transaction=True)]
 
@@ -40,8 +41,9 @@ def llama_server():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     port = free_port()
-    proc = Proc("llama-server", [binary, "-m", model, "--port", str(port), "--ctx-size", "4096"], base_env())
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+    args = [binary, "-m", model, "--port", str(port), "--ctx-size", "4096", "--", *LLAMA_SAFE_ARGS]
+    proc = Proc("llama-server", args, base_env())
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
     yield f"http://127.0.0.1:{port}/v1"
     proc.stop()
 
