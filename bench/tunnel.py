@@ -9,15 +9,19 @@ one connector per mode, then measures with wrk (Debian's `wrk`, installed by `ap
 - added time to first chunk (sequential streaming requests, median);
 - CPU time per request of the server and the connector (from /proc, during the c=32 run).
 `--metering both` runs each mode with metering and limits on and off: both stacks start side by side,
-each is measured once, then `--rounds` alternating c=32/c=1 runs give the cost as the median of
-per-round ratios (this machine's speed drifts by ±20 % over minutes; pairing cancels it). Redis mode uses
-REDIS_URL (default redis://127.0.0.1:6379/9) and DATABASE_URL (default postgres://postgres@127.0.0.1:5432/tokios_bench).
+each is measured once, then `--rounds` rotating c=32/c=1 runs give the cost as the median of
+per-round losses with a 95 % interval (this machine's speed drifts by ±20 % over minutes; pairing
+cancels it). `--control` adds a second "off" stack to every round: its "loss" is the method's own
+noise. Redis mode uses BENCH_REDIS_URL (default redis://127.0.0.1:6379/9; the stacks side by side
+take the next database numbers) and BENCH_DATABASE_URL (default
+postgres://postgres@127.0.0.1:5432/tokios_bench; the others get _1, _2 suffixes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import re
 import shutil
@@ -213,27 +217,47 @@ def c32_with_cpu(stack: Stack, duration: int) -> tuple[float, dict[str, float]]:
     return result["rps"], {k: 1e6 * (after[k] - before[k]) / max(1, result["requests"]) for k in before}
 
 
-def paired(off: Stack, on: Stack, rounds: int, duration: int) -> dict:
-    """Metering+limits off vs on, side by side: both stacks run at once and c=32 / c=1 runs alternate
-    between them, so that drifts in this shared machine's speed hit both alike. Medians per side,
-    and the median of the per-round throughput ratios."""
-    runs: dict[str, dict[str, list]] = {side: {"rps": [], "p50": [], "cpu": []} for side in ("off", "on")}
-    ratios = []
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the order statistics whose ranks a
+    binomial(n, 1/2) puts `level` between (no assumption about how the rounds scatter)."""
+    xs = sorted(values)
+    n = len(xs)
+    if n < 6:
+        return xs[0], xs[-1]
+    cdf = [sum(math.comb(n, i) for i in range(k + 1)) / 2**n for k in range(n + 1)]
+    lower = max(k for k in range(n // 2 + 1) if cdf[k] <= (1 - level) / 2)  # P(X <= k) within the tail
+    return xs[lower], xs[n - 1 - lower]
+
+
+def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
+    """Metering+limits off vs on, side by side: the stacks run at once and c=32 / c=1 runs rotate
+    between them, so that drifts in this shared machine's speed hit all alike. Medians per side,
+    and per-round throughput losses against "off" with the median and its 95 % interval. A second
+    "off" stack ("control"), if given, measures the method's own noise: its loss should be ~0."""
+    names = list(stacks)
+    runs: dict[str, dict[str, list]] = {side: {"rps": [], "p50": [], "cpu": []} for side in names}
+    losses: dict[str, list[float]] = {side: [] for side in names if side != "off"}
     for i in range(rounds):
-        order = [("off", off), ("on", on)] if i % 2 == 0 else [("on", on), ("off", off)]
+        order = names[i % len(names):] + names[: i % len(names)]
+        if (i // len(names)) % 2:
+            order.reverse()
         this_round = {}
-        for name, stack in order:
-            this_round[name], cpu = c32_with_cpu(stack, duration)
+        for name in order:
+            stack = stacks[name]
+            this_round[name], cpu = c32_with_cpu(stack, seconds)
             runs[name]["rps"].append(this_round[name])
             runs[name]["cpu"].append(cpu)
-            runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(2, duration // 2), body=PLAIN, key=stack.key)["p50"])
-        ratios.append(this_round["on"] / this_round["off"])
+            runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(1, seconds // 2), body=PLAIN, key=stack.key)["p50"])
+        for side in losses:
+            losses[side].append(1 - this_round[side] / this_round["off"])
     return {
-        "rps_off": statistics.median(runs["off"]["rps"]), "rps_on": statistics.median(runs["on"]["rps"]),
-        "p50_off": statistics.median(runs["off"]["p50"]), "p50_on": statistics.median(runs["on"]["p50"]),
-        "loss": 1 - statistics.median(ratios), "losses": sorted(1 - r for r in ratios),
+        "rps": {side: statistics.median(runs[side]["rps"]) for side in names},
+        "p50": {side: statistics.median(runs[side]["p50"]) for side in names},
+        "loss": {side: statistics.median(values) for side, values in losses.items()},
+        "ci": {side: median_ci(values) for side, values in losses.items()},
+        "losses": {side: sorted(values) for side, values in losses.items()},
         "cpu": {side: {part: statistics.median(c[part] for c in runs[side]["cpu"]) for part in runs[side]["cpu"][0]}
-                for side in ("off", "on")},
+                for side in names},
     }
 
 
@@ -242,7 +266,10 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--modes", default="embedded,redis")
     parser.add_argument("--metering", choices=["on", "off", "both"], default="on")
-    parser.add_argument("--rounds", type=int, default=8, help="alternating off/on rounds for --metering both")
+    parser.add_argument("--rounds", type=int, default=8, help="rotating rounds for --metering both")
+    parser.add_argument("--round-seconds", type=int, default=0, help="c=32 seconds per stack and round (default: duration/2)")
+    parser.add_argument("--control", action="store_true", help="with --metering both: a second 'off' stack, an A/A check of the method")
+    parser.add_argument("--skip-table", action="store_true", help="with --metering both: only the paired rounds")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -251,34 +278,43 @@ def main() -> None:
     wait_http(f"http://127.0.0.1:{up_port}/_fake/stats")
     direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     costs = {}
+    sides = {"on": {"on": True}, "off": {"off": False}, "both": {"off": False, "on": True}}[args.metering]
+    if args.control and args.metering == "both":
+        sides["control"] = False
+    table = not (args.skip_table and args.metering == "both")
     try:
-        results = {"direct": measure(direct_url, None, args.duration, [upstream.pid])}
-        meterings = {"on": [True], "off": [False], "both": [False, True]}[args.metering]
+        results = {"direct": measure(direct_url, None, args.duration, [upstream.pid])} if table else {}
         for mode in args.modes.split(","):
-            stacks = {}
+            stacks: dict[str, Stack] = {}
             try:
-                for slot, metering in enumerate(meterings):
-                    stacks[metering] = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1", slot=slot)
-                for metering, stack in stacks.items():
-                    name = f"{mode}{'' if args.metering != 'both' else (' +meter' if metering else ' -meter')}"
-                    results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
+                for slot, (side, metering) in enumerate(sides.items()):
+                    stacks[side] = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1", slot=slot)
+                for side, stack in stacks.items():
+                    if table and side != "control":
+                        name = mode if args.metering != "both" else f"{mode} {'+' if stack.metering else '-'}meter"
+                        results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
                 if args.metering == "both" and args.rounds:
-                    costs[mode] = paired(stacks[False], stacks[True], args.rounds, max(3, args.duration // 2))
+                    costs[mode] = paired(stacks, args.rounds, args.round_seconds or max(3, args.duration // 2))
             finally:
                 for stack in stacks.values():
                     stack.stop()
     finally:
         upstream.terminate()
-    report(results)
+    if table:
+        report(results)
     for mode, cost in costs.items():
-        print(f"  metering+limits cost ({mode}), {args.rounds} alternating rounds side by side: throughput "
-              f"{100 * cost['loss']:+.1f}% lost (median of per-round ratios; rounds "
-              f"{', '.join(f'{100 * x:.0f}' for x in cost['losses'])} %), median req/s {cost['rps_off']:.0f} → "
-              f"{cost['rps_on']:.0f}, c=1 p50 {cost['p50_off']:.2f} → {cost['p50_on']:.2f} ms "
-              f"({cost['p50_on'] - cost['p50_off']:+.2f} ms) (targets: < 10%, < 1 ms)")
-        cpu_off, cpu_on = cost["cpu"]["off"], cost["cpu"]["on"]
-        parts = ", ".join(f"{part} {cpu_off[part]:.0f} → {cpu_on[part]:.0f}" for part in cpu_off)
-        print(f"    CPU µs per request at c=32, off → on (medians of the rounds): {parts}")
+        for side in cost["loss"]:
+            what = "metering+limits cost" if side == "on" else "control (off vs off: the method's noise)"
+            low, high = cost["ci"][side]
+            print(f"  {what} ({mode}), {args.rounds} rotating rounds side by side: throughput "
+                  f"{100 * cost['loss'][side]:+.1f}% lost (median of per-round losses; 95% interval "
+                  f"{100 * low:+.1f} … {100 * high:+.1f}%; rounds {', '.join(f'{100 * x:.0f}' for x in cost['losses'][side])} %), "
+                  f"median req/s {cost['rps']['off']:.0f} → {cost['rps'][side]:.0f}, c=1 p50 {cost['p50']['off']:.2f} → "
+                  f"{cost['p50'][side]:.2f} ms ({cost['p50'][side] - cost['p50']['off']:+.2f} ms)"
+                  + (" (targets: < 10%, < 1 ms)" if side == "on" else ""))
+        cpu = cost["cpu"]
+        parts = ", ".join(f"{part} " + " → ".join(f"{cpu[side][part]:.0f}" for side in cpu) for part in cpu["off"])
+        print(f"    CPU µs per request at c=32, {' → '.join(cpu)} (medians of the rounds): {parts}")
 
 
 def report(results: dict) -> None:
