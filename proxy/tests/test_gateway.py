@@ -1,0 +1,37 @@
+"""The gateway's own response headers, which skip Django's per-header checks."""
+
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from django.test import RequestFactory
+
+from proxy import usage
+from proxy.errors import GatewayError, json_response
+from proxy.gateway import Context
+
+
+def context() -> Context:
+    record = usage.RequestRecord(request_id="req_0123456789abcdef01234567", surface="chat")
+    ctx = Context(request=RequestFactory().post("/v1/chat/completions"), surface="chat", request_id=record.request_id, record=record)
+    ctx.headers = {"x-ratelimit-limit-requests": "60", "x-ratelimit-reset-requests": "1s"}
+    return ctx
+
+
+def test_the_gateway_headers_reach_the_response_as_django_sends_them_and_read_case_insensitively():
+    response = context().finish_headers(json_response({"ok": True}))
+
+    sent = dict(response.items())  # what Django's ASGI handler encodes and sends
+    assert sent["x-request-id"] == sent["request-id"] == "req_0123456789abcdef01234567"
+    assert sent["x-ratelimit-limit-requests"] == "60"
+    assert response["X-RateLimit-Reset-Requests"] == "1s"
+    assert sent["Content-Type"] == "application/json"
+
+
+def test_streamed_and_error_responses_carry_them_too():
+    ctx = context()
+    streamed = ctx.finish_headers(StreamingHttpResponse(iter([b"data: [DONE]\n\n"]), content_type="text/event-stream"))
+    error = ctx.error_response(GatewayError(429, "slow down", code="rate_limit_exceeded", headers={"retry-after": "2"}))
+
+    assert streamed["x-ratelimit-limit-requests"] == "60"
+    assert (error.status_code, error["retry-after"], error["x-request-id"]) == (429, "2", ctx.request_id)
+    assert error["x-ratelimit-reset-requests"] == "1s"
