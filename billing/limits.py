@@ -750,15 +750,17 @@ def _tag(org_id: int) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _names(key_id: int, org_id: int) -> tuple[str, str, str, str, str]:
-    """Redis key prefixes of a key's limits (built once per key, not per request)."""
+def _names(key_id: int, org_id: int, month: str) -> tuple[str, str, str, str, str, str]:
+    """Redis keys of a key's limits and of this month's spend counters (built once per key and
+    month, not per request)."""
     tag = _tag(org_id)
     return (
         f"tokios:rl:{tag}:k{key_id}:rpm",
         f"tokios:rl:{tag}:k{key_id}:tpm",
         f"tokios:rl:{tag}:org:rpm",
         f"tokios:rl:{tag}:org:tpm",
-        f"tokios:spend:{tag}:",
+        f"tokios:spend:{tag}:k{key_id}:{month}",
+        f"tokios:spend:{tag}:org:{month}",
     )
 
 
@@ -777,7 +779,8 @@ def _month_at(now: float) -> str:
 
 def plan(key, deployment, estimated_tokens: int, now: float) -> tuple[list[Bucket], list[Budget]]:
     """The buckets and budgets a request by `key` (a KeyRecord) on `deployment` must pass."""
-    key_rpm, key_tpm, org_rpm, org_tpm, spend = _names(key.id, key.org_id)
+    month = _month_at(now)
+    key_rpm, key_tpm, org_rpm, org_tpm, key_spend, org_spend = _names(key.id, key.org_id, month)
     tokens = max(0, int(estimated_tokens))
     buckets: list[Bucket] = []
     if key.rpm_limit is not None:
@@ -788,12 +791,11 @@ def plan(key, deployment, estimated_tokens: int, now: float) -> tuple[list[Bucke
         buckets.append(Bucket(org_rpm, "org", "requests", key.org_rpm_limit, 1))
     if key.org_tpm_limit is not None:
         buckets.append(Bucket(org_tpm, "org", "tokens", key.org_tpm_limit, min(tokens, key.org_tpm_limit)))
-    month = _month_at(now)
     worst_price = max(deployment.price_input_micros, deployment.price_output_micros) if deployment else 0
     cost = -(-tokens * worst_price // 1_000_000)
     budgets = [
-        Budget(f"{spend}k{key.id}:{month}", "key", key.org_id, key.id, month, key.budget_micros, cost),
-        Budget(f"{spend}org:{month}", "org", key.org_id, None, month, key.org_budget_micros, cost),
+        Budget(key_spend, "key", key.org_id, key.id, month, key.budget_micros, cost),
+        Budget(org_spend, "org", key.org_id, None, month, key.org_budget_micros, cost),
     ]
     return buckets, budgets
 
@@ -839,14 +841,21 @@ def rate_headers(buckets: list[Bucket], levels: list[float], now_ms: int, *, ant
     for kind, (remaining, i) in tightest.items():
         bucket = buckets[i]
         reset = _ms_to_full(bucket, levels[i])
-        headers[f"x-ratelimit-limit-{kind}"] = str(bucket.capacity)
-        headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
-        headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
+        headers[limit_name] = str(bucket.capacity)
+        headers[remaining_name] = str(remaining)
+        headers[reset_name] = go_duration(reset)
         if anthropic:
             headers[f"anthropic-ratelimit-{kind}-limit"] = str(bucket.capacity)
             headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
             headers[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(now_ms + reset)
     return headers
+
+
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}
 
 
 def _usd(micros: int) -> str:
