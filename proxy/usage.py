@@ -281,10 +281,11 @@ def _json_payload(batch: list[RequestRecord]) -> str:
 
 
 def _rows(batch: list[RequestRecord], connection) -> list[tuple]:
+    created = _created_at_adapter(connection)  # looked up once: `connection` is a thread-local proxy
     return [
         (
             r.request_id,
-            connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(r.created_at, tz=UTC)),
+            created(r.created_at),
             r.org_id,
             r.key_id,
             r.deployment_id,
@@ -302,6 +303,16 @@ def _rows(batch: list[RequestRecord], connection) -> list[tuple]:
         )
         for r in batch
     ]
+
+
+def _created_at_adapter(connection):
+    """Epoch seconds -> the created_at column's value. On SQLite with UTC storage that is what
+    Django's adapt_datetimefield_value makes of an aware datetime (the naive UTC time as str), without
+    its per-value timezone work; elsewhere it is Django's adapter itself."""
+    if connection.vendor == "sqlite" and connection.timezone_name == "UTC":
+        return lambda seconds: str(datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None))
+    adapt = connection.ops.adapt_datetimefield_value
+    return lambda seconds: adapt(datetime.fromtimestamp(seconds, tz=UTC))
 
 
 @functools.cache
