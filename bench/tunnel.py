@@ -237,6 +237,8 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
     names = list(stacks)
     runs: dict[str, dict[str, list]] = {side: {"rps": [], "p50": [], "cpu": []} for side in names}
     losses: dict[str, list[float]] = {side: [] for side in names if side != "off"}
+    if "control" in stacks:
+        losses["on vs both off"] = []  # the on stack against the mean of the two off stacks
     for i in range(rounds):
         order = names[i % len(names):] + names[: i % len(names)]
         if (i // len(names)) % 2:
@@ -248,8 +250,11 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
             runs[name]["rps"].append(this_round[name])
             runs[name]["cpu"].append(cpu)
             runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(1, seconds // 2), body=PLAIN, key=stack.key)["p50"])
-        for side in losses:
-            losses[side].append(1 - this_round[side] / this_round["off"])
+        for side in stacks:
+            if side in losses:
+                losses[side].append(1 - this_round[side] / this_round["off"])
+        if "control" in stacks:
+            losses["on vs both off"].append(1 - 2 * this_round["on"] / (this_round["off"] + this_round["control"]))
     return {
         "rps": {side: statistics.median(runs[side]["rps"]) for side in names},
         "p50": {side: statistics.median(runs[side]["p50"]) for side in names},
@@ -304,13 +309,15 @@ def main() -> None:
         report(results)
     for mode, cost in costs.items():
         for side in cost["loss"]:
-            what = "metering+limits cost" if side == "on" else "control (off vs off: the method's noise)"
+            what = {"on": "metering+limits cost", "control": "control (off vs off: the method's noise)",
+                    "on vs both off": "metering+limits cost against the mean of both off stacks"}[side]
             low, high = cost["ci"][side]
             print(f"  {what} ({mode}), {args.rounds} rotating rounds side by side: throughput "
                   f"{100 * cost['loss'][side]:+.1f}% lost (median of per-round losses; 95% interval "
-                  f"{100 * low:+.1f} … {100 * high:+.1f}%; rounds {', '.join(f'{100 * x:.0f}' for x in cost['losses'][side])} %), "
-                  f"median req/s {cost['rps']['off']:.0f} → {cost['rps'][side]:.0f}, c=1 p50 {cost['p50']['off']:.2f} → "
-                  f"{cost['p50'][side]:.2f} ms ({cost['p50'][side] - cost['p50']['off']:+.2f} ms)"
+                  f"{100 * low:+.1f} … {100 * high:+.1f}%; rounds {', '.join(f'{100 * x:.0f}' for x in cost['losses'][side])} %)"
+                  + ("" if side not in cost["rps"] else
+                     f", median req/s {cost['rps']['off']:.0f} → {cost['rps'][side]:.0f}, c=1 p50 {cost['p50']['off']:.2f} → "
+                     f"{cost['p50'][side]:.2f} ms ({cost['p50'][side] - cost['p50']['off']:+.2f} ms)")
                   + (" (targets: < 10%, < 1 ms)" if side == "on" else ""))
         cpu = cost["cpu"]
         parts = ", ".join(f"{part} " + " → ".join(f"{cpu[side][part]:.0f}" for side in cpu) for part in cpu["off"])
