@@ -219,7 +219,8 @@ def c32_with_cpu(stack: Stack, duration: int) -> tuple[float, dict[str, float]]:
 
 def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     """A distribution-free confidence interval for the median: the order statistics whose ranks a
-    binomial(n, 1/2) puts `level` between (no assumption about how the rounds scatter)."""
+    binomial(n, 1/2) puts `level` between (no assumption about how the rounds scatter). With fewer
+    than 6 values no such pair exists, and the whole range is returned."""
     xs = sorted(values)
     n = len(xs)
     if n < 6:
@@ -250,8 +251,8 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
             runs[name]["rps"].append(this_round[name])
             runs[name]["cpu"].append(cpu)
             runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(1, seconds // 2), body=PLAIN, key=stack.key)["p50"])
-        for side in stacks:
-            if side in losses:
+        for side in names:
+            if side != "off":
                 losses[side].append(1 - this_round[side] / this_round["off"])
         if "control" in stacks:
             losses["on vs both off"].append(1 - 2 * this_round["on"] / (this_round["off"] + this_round["control"]))
