@@ -62,6 +62,11 @@ class Context:
         store["request-id"] = ("request-id", self.request_id)
         for name, value in self.headers.items():
             store[name] = (name, value)
+        # Django's ASGI handler sends `response.items()`: through its case-insensitive mapping that is
+        # a lower() and a lookup per header to rebuild the (name, value) pairs the store already
+        # holds, in the same order; the store's own view is live, so headers that middleware adds
+        # later are in it too.
+        response.items = store.values
         return response
 
 

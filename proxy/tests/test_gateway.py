@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.test import RequestFactory
 
 from proxy import usage
@@ -35,3 +36,15 @@ def test_streamed_and_error_responses_carry_them_too():
     assert streamed["x-ratelimit-limit-requests"] == "60"
     assert (error.status_code, error["retry-after"], error["x-request-id"]) == (429, "2", ctx.request_id)
     assert error["x-ratelimit-reset-requests"] == "1s"
+
+
+def test_django_sends_every_header_in_order_including_those_middleware_adds_or_removes_later():
+    response = context().finish_headers(json_response({"ok": True}))
+    response["X-Content-Type-Options"] = "nosniff"  # as SecurityMiddleware does after the view
+    del response["X-RateLimit-Reset-Requests"]
+
+    sent = list(response.items())
+
+    assert sent == list(HttpResponseBase.items(response))  # what Django's own mapping gives, in order
+    assert ("X-Content-Type-Options", "nosniff") in sent
+    assert "x-ratelimit-reset-requests" not in dict(sent)
