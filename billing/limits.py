@@ -42,7 +42,9 @@ from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import DatabaseError
+from django.dispatch import receiver
 from redis.exceptions import RedisError
 
 from deployments.models import micros_to_usd
@@ -137,7 +139,12 @@ class LocalLimiter:
         return _refill(level, last, now_ms, bucket.capacity), max(last, now_ms)
 
     async def acquire(
-        self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
+        self,
+        buckets: list[Bucket],
+        budgets: list[Budget],
+        now_ms: int,
+        seeds: dict[str, int] | None = None,
+        spec: Spec | None = None,  # the Redis limiter's; nothing to prepare here
     ) -> Decision:
         seeds = seeds or {}
         with self._lock:
@@ -289,9 +296,14 @@ end
 # turn, in order, each seeing the charges of those before it; the whole run is atomic like a single
 # admission, so exactness across processes is unchanged, while Redis reads and writes each key once
 # per batch instead of once per request.
-# KEYS: the settlements' keys (see settle), then per admission nb buckets and ng spend counters.
-# ARGV: now_ms, nt, ns, the settlements' arguments, the number of admissions, then per admission
-# nb, ng, (capacity, cost) per bucket, (limit or -1, cost, seed or -1, ttl_s) per budget.
+# What does not change from one request to the next (its keys, capacities, budget limits and when
+# its counters expire) is a "spec", sent once per batch however many admissions share it; an
+# admission sends only its spec's number and its costs.
+# KEYS: the settlements' keys (see settle), then per spec nb buckets and ng spend counters.
+# ARGV: now_ms, nt, ns, the settlements' arguments; the number of specs, then per spec nb, ng,
+# capacity per bucket, limit (or -1) per counter, and the epoch second its counters expire at;
+# the number of admissions, then per admission its spec's number (from 1), cost per bucket, cost
+# per counter, and seed (or -1) per counter.
 # Settlements are applied first, so an admission sees every settlement this process finished
 # before it. Returns one reply per admission: {status, denied, retry_ms, milli-levels..., used...}
 # with status 0 ok, 1 limited, 2 over budget, or {-1, missing budget indexes...} when a counter
@@ -301,59 +313,74 @@ ACQUIRE_LUA = (
     + """
 local nt, ns = tonumber(ARGV[2]), tonumber(ARGV[3])
 settle(1, 4, nt, ns)
-local k = 1 + nt + ns  -- KEYS index of the next admission's first key
-local a = 4 + 2 * nt + ns  -- ARGV index of the number of admissions, then of each admission's nb
+local k = 1 + nt + ns  -- KEYS index of the next spec's first key
+local p = 4 + 2 * nt + ns  -- ARGV index of the next thing to read: the number of specs
+local specs = {}
+for s = 1, tonumber(ARGV[p]) do
+  local nb, ng = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  local spec = {nb = nb, ng = ng, b = {}, c = {}, limit = {}}
+  p = p + 2
+  for i = 1, nb do spec.b[i] = bucket(KEYS[k + i - 1], tonumber(ARGV[p + i])) end
+  p = p + nb
+  for j = 1, ng do
+    spec.c[j] = counter(KEYS[k + nb + j - 1])
+    spec.limit[j] = tonumber(ARGV[p + j])
+  end
+  p = p + ng + 1
+  spec.ttl = math.max(3600, tonumber(ARGV[p]) - math.floor(now / 1000))
+  specs[s] = spec
+  k = k + nb + ng
+end
 local replies = {}
-for r = 1, tonumber(ARGV[a]) do
-  local nb, ng = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local base = a + 3 + 2 * nb  -- ARGV index of the first budget's arguments
-  local status, denied, retry, missing = 0, -1, 0, {}
+p = p + 1  -- the number of admissions
+for r = 1, tonumber(ARGV[p]) do
+  local spec = specs[tonumber(ARGV[p + 1])]
+  local nb, ng, b, c = spec.nb, spec.ng, spec.b, spec.c
+  local cost = p + 1  -- ARGV[cost + i]: the i-th bucket's cost; then each counter's cost, then its seed
+  local status, denied, retry, missing = 0, -1, 0, nil
   for i = 1, nb do
-    local cap, cost = tonumber(ARGV[a + 1 + 2 * i]), tonumber(ARGV[a + 2 + 2 * i])
-    local b = bucket(KEYS[k + i - 1], cap)
-    if denied < 0 and b.v < cost then
+    local need = tonumber(ARGV[cost + i])
+    if denied < 0 and b[i].v < need then
       status, denied = 1, i - 1
-      retry = math.ceil((cost - b.v) * window / cap)
+      retry = math.ceil((need - b[i].v) * window / b[i].cap)
     end
   end
   for j = 1, ng do
-    local at = base + 4 * (j - 1)
-    local limit, cost, seed = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
-    local c = counter(KEYS[k + nb + j - 1])
-    if c.used == nil then
+    local cj = c[j]
+    if cj.used == nil then
+      local seed = ARGV[cost + nb + ng + j]
       if seed == '-1' then
+        missing = missing or {}
         missing[#missing + 1] = j - 1
       else
-        c.used, c.ttl = tonumber(seed), ARGV[at + 3]
+        cj.used, cj.ttl = tonumber(seed), spec.ttl
       end
     end
-    if c.used ~= nil and denied < 0 and limit >= 0 and c.used + cost > limit then
+    local limit = spec.limit[j]
+    if cj.used ~= nil and denied < 0 and limit >= 0 and cj.used + tonumber(ARGV[cost + nb + j]) > limit then
       status, denied = 2, nb + j - 1
     end
   end
   local out
-  if #missing > 0 then
+  if missing then
     out = {-1}
     for _, j in ipairs(missing) do out[#out + 1] = j end
   else
     if status == 0 then
       for i = 1, nb do
-        local b = buckets[KEYS[k + i - 1]]
-        b.v, b.dirty = b.v - tonumber(ARGV[a + 2 + 2 * i]), true
+        b[i].v, b[i].dirty = b[i].v - tonumber(ARGV[cost + i]), true
       end
       for j = 1, ng do
-        local c = spend[KEYS[k + nb + j - 1]]
-        local cost = tonumber(ARGV[base + 4 * (j - 1) + 1])
-        c.used, c.add = c.used + cost, c.add + cost
+        local add = tonumber(ARGV[cost + nb + j])
+        c[j].used, c[j].add = c[j].used + add, c[j].add + add
       end
     end
     out = {status, denied, retry}
-    for i = 1, nb do out[#out + 1] = math.floor(buckets[KEYS[k + i - 1]].v * 1000) end
-    for j = 1, ng do out[#out + 1] = spend[KEYS[k + nb + j - 1]].used end
+    for i = 1, nb do out[#out + 1] = math.floor(b[i].v * 1000) end
+    for j = 1, ng do out[#out + 1] = c[j].used end
   end
   replies[r] = out
-  k = k + nb + ng
-  a = base + 4 * ng - 1
+  p = cost + nb + 2 * ng
 end
 write()
 return replies
@@ -375,15 +402,28 @@ _acquire_script = Script(ACQUIRE_LUA)
 _settle_script = Script(SETTLE_LUA)
 
 
-def _budget_ttl(month: str) -> int:
-    """Seconds a month's counter is kept: to the end of the month plus a day for late settlements."""
-    return max(3600, int(_month_end(month) - time.time()) + 86_400)
-
-
 @functools.cache
 def _month_end(month: str) -> float:
     year, mon = (int(part) for part in month.split("-"))
     return next_month_start(datetime(year, mon, 1, tzinfo=UTC)).timestamp()
+
+
+class Spec:
+    """What the admissions of one key on one deployment in one month have in common: their Redis
+    keys, capacities, budget limits and when the spend counters expire (the end of the month plus a
+    day for late settlements). `plan` builds it once per key, deployment and month; a batch sends
+    it once however many of its admissions share it. Encoded once, here."""
+
+    __slots__ = ("tag", "keys", "static", "no_seeds")
+
+    def __init__(self, buckets: list[Bucket], budgets: list[Budget]) -> None:
+        self.tag = _tag_of((buckets or budgets)[0].key)  # every key of a request carries its org's tag
+        self.keys = tuple(b.key.encode() for b in buckets) + tuple(g.key.encode() for g in budgets)
+        expires = max((int(_month_end(g.month)) + 86_400 for g in budgets), default=0)
+        static = [len(buckets), len(budgets), *(b.capacity for b in buckets)]
+        static += [-1 if g.limit is None else g.limit for g in budgets]
+        self.static = tuple(str(x).encode() for x in [*static, expires])
+        self.no_seeds = (-1,) * len(budgets)
 
 
 @dataclass(slots=True)
@@ -391,8 +431,8 @@ class _Batch:
     """Admissions for one org that go to Redis in one script run."""
 
     now_ms: int
-    keys: list[str] = field(default_factory=list)
-    args: list = field(default_factory=list)
+    specs: dict[Spec, int] = field(default_factory=dict)  # spec -> its number in the run (from 1)
+    args: list = field(default_factory=list)  # per admission: spec number, costs, seeds
     futures: list[asyncio.Future] = field(default_factory=list)
 
 
@@ -462,52 +502,58 @@ class RedisLimiter:
                 log.warning("could not settle rate-limit reservations at exit", exc_info=True)
 
     async def acquire(
-        self, buckets: list[Bucket], budgets: list[Budget], now_ms: int, seeds: dict[str, int] | None = None
+        self,
+        buckets: list[Bucket],
+        budgets: list[Budget],
+        now_ms: int,
+        seeds: dict[str, int] | None = None,
+        spec: Spec | None = None,
     ) -> Decision:
+        """Check and charge in Redis. `spec` is `Spec(buckets, budgets)`, passed by callers that
+        keep one (see `plan`) so that a batch can send it once for all the admissions sharing it."""
         if not buckets and not budgets:
             return Decision(status="ok")
-        seeds = seeds or {}
-        keys = [b.key for b in buckets] + [g.key for g in budgets]
-        args: list = [len(buckets), len(budgets)]
-        for b in buckets:
-            args += [b.capacity, b.cost]
-        for g in budgets:
-            args += [-1 if g.limit is None else g.limit, g.cost, seeds.get(g.key, -1), _budget_ttl(g.month)]
+        if spec is None:
+            spec = Spec(buckets, budgets)
         state = self._state()
         batches = state.batches
         if not batches:
             state.loop.call_soon(self._send_admissions, state)
-        tag = _tag_of(keys[0])  # every key of a request carries its org's tag
-        batch = batches.get(tag)
+        batch = batches.get(spec.tag)
         if batch is None:
-            batch = batches[tag] = _Batch(now_ms)
+            batch = batches[spec.tag] = _Batch(now_ms)
         elif now_ms > batch.now_ms:
             batch.now_ms = now_ms
-        batch.keys += keys
-        batch.args += args
+        number = batch.specs.get(spec)
+        if number is None:
+            number = batch.specs[spec] = len(batch.specs) + 1
+        args = batch.args
+        args.append(number)
+        for b in buckets:
+            args.append(b.cost)
+        for g in budgets:
+            args.append(g.cost)
+        args += [seeds.get(g.key, -1) for g in budgets] if seeds else spec.no_seeds
         future = state.loop.create_future()
         batch.futures.append(future)
         reply = await future
         if reply[0] == -1:
-            return Decision(status="seed", missing=[int(j) for j in reply[1:]])
-        status, denied, retry = (int(x) for x in reply[:3])
-        rest = reply[3:]
-        return Decision(
-            status=("ok", "limited", "over_budget")[status],
-            denied=denied,
-            retry_ms=retry,
-            levels=[int(x) / 1000 for x in rest[: len(buckets)]],
-            used=[int(x) for x in rest[len(buckets) :]],
-        )
+            return Decision(status="seed", missing=reply[1:])
+        nb = len(buckets)
+        return Decision(_STATUSES[reply[0]], reply[1], reply[2], [x / 1000 for x in reply[3 : 3 + nb]], reply[3 + nb :])
 
     def _send_admissions(self, state: _LoopState) -> None:
         """One script run per org for the admissions of the last loop turn, its settlements riding along."""
         batches, state.batches = state.batches, {}
         pipe = state.pipe
         for tag, batch in batches.items():
-            settle_keys, settle_args = self._take_settlements(tag)
-            keys = settle_keys + batch.keys
-            args = [batch.now_ms, *settle_args, len(batch.futures), *batch.args]
+            keys, settle_args = self._take_settlements(tag)
+            args = [batch.now_ms, *settle_args, len(batch.specs)]
+            for spec in batch.specs:
+                keys += spec.keys
+                args += spec.static
+            args.append(len(batch.futures))
+            args += batch.args
             if pipe.connected:
                 reply = pipe.send_nowait("EVALSHA", _acquire_script.sha, len(keys), *keys, *args)
             else:
@@ -654,6 +700,7 @@ class RedisLimiter:
         return None if raw is None else int(raw)
 
 
+_STATUSES = ("ok", "limited", "over_budget")  # the acquire script's status numbers
 SETTLE_DELAY = 0.02  # seconds a settlement may wait for an admission batch to take it along (then sent alone)
 
 
@@ -673,15 +720,28 @@ def _run_sync(script: Script, keys: list[str], args: list) -> list:
 
 
 _limiters: dict[str, object] = {}
+_current: LocalLimiter | RedisLimiter | None = None  # for settings.REDIS_URL; reset when it changes
 
 
 def get_limiter() -> LocalLimiter | RedisLimiter:
-    """The limiter for the configured backend (looked up per call so tests can switch settings)."""
-    name = settings.REDIS_URL or ""
-    limiter = _limiters.get(name)
+    """The limiter for the configured backend. Kept between calls (reading a setting costs more than
+    the rest of this) and looked up again when tests change REDIS_URL."""
+    global _current
+    limiter = _current
     if limiter is None:
-        limiter = _limiters[name] = RedisLimiter(name) if name else LocalLimiter()
+        name = settings.REDIS_URL or ""
+        limiter = _limiters.get(name)
+        if limiter is None:
+            limiter = _limiters[name] = RedisLimiter(name) if name else LocalLimiter()
+        _current = limiter
     return limiter
+
+
+@receiver(setting_changed)
+def _forget_limiter(setting: str, **kwargs) -> None:
+    global _current
+    if setting == "REDIS_URL":
+        _current = None
 
 
 # --- seeding spend counters ---------------------------------------------------------------------
@@ -731,14 +791,14 @@ async def _seed(budget: Budget) -> int:
     return value
 
 
-async def acquire(buckets: list[Bucket], budgets: list[Budget], now_ms: int) -> Decision:
+async def acquire(buckets: list[Bucket], budgets: list[Budget], now_ms: int, spec: Spec | None = None) -> Decision:
     """Check and charge, seeding missing spend counters from the database first if need be."""
     limiter = get_limiter()
-    decision = await limiter.acquire(buckets, budgets, now_ms)
+    decision = await limiter.acquire(buckets, budgets, now_ms, None, spec)
     if decision.status == "seed":
         values = await asyncio.gather(*(_seed(budgets[j]) for j in decision.missing))
         seeds = {budgets[j].key: value for j, value in zip(decision.missing, values, strict=True)}
-        decision = await limiter.acquire(buckets, budgets, now_ms, seeds)
+        decision = await limiter.acquire(buckets, budgets, now_ms, seeds, spec)
     return decision
 
 
@@ -777,27 +837,70 @@ def _month_at(now: float) -> str:
     return label
 
 
-def plan(key, deployment, estimated_tokens: int, now: float) -> tuple[list[Bucket], list[Budget]]:
-    """The buckets and budgets a request by `key` (a KeyRecord) on `deployment` must pass."""
-    month = _month_at(now)
+class _Plan(NamedTuple):
+    """What `plan` keeps per key record, deployment record and month (see `_plan_for`)."""
+
+    key: object
+    deployment: object
+    month: str
+    limits: tuple  # in the order refusals and headers rely on: key RPM, key TPM, org RPM, org TPM
+    # (those set), RPM as its Bucket (it takes 1 whatever the request), TPM as (key, scope, capacity)
+    spend: tuple[str, str]  # the key's and the org's spend counter this month
+    price: int  # the deployment's higher price, micro-USD per million tokens
+    spec: Spec
+
+
+_plans: dict[tuple[int, int], _Plan] = {}
+
+
+def _plan_for(key, deployment, month: str) -> _Plan:
+    """The parts of a key's plan that do not depend on the request, kept until the key or deployment
+    record is replaced (its limits changed) or the month turns."""
+    where = (key.id, deployment.id if deployment else 0)
+    cached = _plans.get(where)
+    if cached is not None and cached.key is key and cached.deployment is deployment and cached.month == month:
+        return cached
     key_rpm, key_tpm, org_rpm, org_tpm, key_spend, org_spend = _names(key.id, key.org_id, month)
-    tokens = max(0, int(estimated_tokens))
-    buckets: list[Bucket] = []
+    limits = []
     if key.rpm_limit is not None:
-        buckets.append(Bucket(key_rpm, "key", "requests", key.rpm_limit, 1))
+        limits.append(Bucket(key_rpm, "key", "requests", key.rpm_limit, 1))
     if key.tpm_limit is not None:
-        buckets.append(Bucket(key_tpm, "key", "tokens", key.tpm_limit, min(tokens, key.tpm_limit)))
+        limits.append((key_tpm, "key", key.tpm_limit))
     if key.org_rpm_limit is not None:
-        buckets.append(Bucket(org_rpm, "org", "requests", key.org_rpm_limit, 1))
+        limits.append(Bucket(org_rpm, "org", "requests", key.org_rpm_limit, 1))
     if key.org_tpm_limit is not None:
-        buckets.append(Bucket(org_tpm, "org", "tokens", key.org_tpm_limit, min(tokens, key.org_tpm_limit)))
-    worst_price = max(deployment.price_input_micros, deployment.price_output_micros) if deployment else 0
-    cost = -(-tokens * worst_price // 1_000_000)
+        limits.append((org_tpm, "org", key.org_tpm_limit))
+    price = max(deployment.price_input_micros, deployment.price_output_micros) if deployment else 0
+    entry = _Plan(key, deployment, month, tuple(limits), (key_spend, org_spend), price, None)
+    buckets, budgets = _ask(entry, 0)
+    entry = entry._replace(spec=Spec(buckets, budgets))
+    if len(_plans) > 10_000:
+        _plans.clear()
+    _plans[where] = entry
+    return entry
+
+
+def _ask(entry: _Plan, tokens: int) -> tuple[list[Bucket], list[Budget]]:
+    key = entry.key
+    buckets = [
+        limit if type(limit) is Bucket else Bucket(limit[0], limit[1], "tokens", limit[2], min(tokens, limit[2]))
+        for limit in entry.limits
+    ]
+    cost = -(-tokens * entry.price // 1_000_000)
+    key_spend, org_spend = entry.spend
     budgets = [
-        Budget(key_spend, "key", key.org_id, key.id, month, key.budget_micros, cost),
-        Budget(org_spend, "org", key.org_id, None, month, key.org_budget_micros, cost),
+        Budget(key_spend, "key", key.org_id, key.id, entry.month, key.budget_micros, cost),
+        Budget(org_spend, "org", key.org_id, None, entry.month, key.org_budget_micros, cost),
     ]
     return buckets, budgets
+
+
+def plan(key, deployment, estimated_tokens: int, now: float) -> tuple[list[Bucket], list[Budget], Spec]:
+    """The buckets and budgets a request by `key` (a KeyRecord) on `deployment` must pass, and their
+    spec for the Redis limiter."""
+    entry = _plan_for(key, deployment, _month_at(now))
+    buckets, budgets = _ask(entry, max(0, int(estimated_tokens)))
+    return buckets, budgets, entry.spec
 
 
 # --- response headers ---------------------------------------------------------------------------
@@ -825,28 +928,27 @@ def rfc3339(epoch_ms: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ms_to_full(bucket: Bucket, level: float) -> int:
-    return max(0, math.ceil((bucket.capacity - level) * WINDOW_MS / bucket.capacity))
-
-
-def rate_headers(buckets: list[Bucket], levels: list[float], now_ms: int, *, anthropic: bool = False) -> dict[str, str]:
-    """`x-ratelimit-*` (and on /v1/messages `anthropic-ratelimit-*`) for the tightest key/org limit."""
-    tightest: dict[str, tuple[int, int]] = {}  # kind -> (remaining, index); the first bucket wins ties
-    for i, bucket in enumerate(buckets):
-        remaining = max(0, math.floor(levels[i]))
+def rate_headers(
+    buckets: list[Bucket], levels: list[float], now_ms: int, *, anthropic: bool = False, into: dict | None = None
+) -> dict[str, str]:
+    """`x-ratelimit-*` (and on /v1/messages `anthropic-ratelimit-*`) for the tightest key/org limit,
+    added to `into` if given."""
+    tightest: dict[str, tuple[int, Bucket, float]] = {}  # kind -> (remaining, bucket, level); first wins ties
+    for bucket, level in zip(buckets, levels):  # noqa: B905 (no levels, no headers)
+        remaining = int(level) if level > 0 else 0  # whole units left
         best = tightest.get(bucket.kind)
         if best is None or remaining < best[0]:
-            tightest[bucket.kind] = (remaining, i)
-    headers: dict[str, str] = {}
-    for kind, (remaining, i) in tightest.items():
-        bucket = buckets[i]
-        reset = _ms_to_full(bucket, levels[i])
+            tightest[bucket.kind] = (remaining, bucket, level)
+    headers = {} if into is None else into
+    for kind, (remaining, bucket, level) in tightest.items():
+        capacity = bucket.capacity
+        reset = max(0, math.ceil((capacity - level) * WINDOW_MS / capacity))  # ms until the bucket is full
         limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
-        headers[limit_name] = str(bucket.capacity)
+        headers[limit_name] = str(capacity)
         headers[remaining_name] = str(remaining)
-        headers[reset_name] = go_duration(reset)
+        headers[reset_name] = f"{reset}ms" if 0 < reset < 1000 else go_duration(reset)
         if anthropic:
-            headers[f"anthropic-ratelimit-{kind}-limit"] = str(bucket.capacity)
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(capacity)
             headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining)
             headers[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(now_ms + reset)
     return headers
@@ -916,18 +1018,18 @@ async def enforce(ctx, estimated_tokens: int) -> None:
         return
     now = time.time()
     now_ms = int(now * 1000)
-    buckets, budgets = plan(ctx.key, ctx.deployment, estimated_tokens, now)
+    buckets, budgets, spec = plan(ctx.key, ctx.deployment, estimated_tokens, now)
     for i, bucket in enumerate(buckets):
         if bucket.capacity <= 0:  # a limit of 0 means "blocked", not "unlimited"
             decision = Decision("limited", denied=i, retry_ms=WINDOW_MS, levels=[0.0] * len(buckets))
             raise refusal(ctx.key, bucket, decision, i, now_ms, anthropic=ctx.anthropic)
     try:
-        decision = await acquire(buckets, budgets, now_ms)
+        decision = await acquire(buckets, budgets, now_ms, spec)
     except (RedisError, ReplyError, DatabaseError, OSError, TimeoutError) as exc:
         # Failing open keeps /v1 up through a Redis outage; every request is still metered.
         report_outage(log, "rate limits and budgets are not enforced: the limiter failed", exc)
         return
-    ctx.headers.update(rate_headers(buckets, decision.levels, now_ms, anthropic=ctx.anthropic))
+    rate_headers(buckets, decision.levels, now_ms, anthropic=ctx.anthropic, into=ctx.headers)
     if decision.status != "ok":
         items = [*buckets, *budgets]
         raise refusal(ctx.key, items[decision.denied], decision, decision.denied, now_ms, anthropic=ctx.anthropic)

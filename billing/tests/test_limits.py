@@ -261,7 +261,7 @@ async def test_an_admission_after_redis_forgot_the_scripts_loads_them_again(redi
 
 @pytest.fixture
 def script_runs(redis_limiter, monkeypatch):
-    """The script runs sent to Redis on a live connection: (number of keys, number of admissions)
+    """The script runs sent to Redis on a live connection: (number of keys, of specs, of admissions)
     per admission run, and the number of keys per settlement run sent on its own."""
     from tokios_site.redis_pipe import RedisPipe
 
@@ -271,8 +271,11 @@ def script_runs(redis_limiter, monkeypatch):
     def spy(pipe, *command):
         if command[:2] == ("EVALSHA", limits._acquire_script.sha):
             nkeys = command[2]
-            args = command[3 + nkeys :]
-            runs["acquire"].append((nkeys, args[3 + 2 * args[1] + args[2]]))  # after now, nt, ns, settlements
+            args = [int(x) for x in command[3 + nkeys :]]
+            at = 3 + 2 * args[1] + args[2]  # after now, nt, ns and the settlements: the number of specs
+            for _ in range(args[at]):
+                at += 3 + args[at + 1] + args[at + 2]  # nb, ng, capacities, limits, expiry
+            runs["acquire"].append((nkeys, args[3 + 2 * args[1] + args[2]], args[at + 1]))
         elif command[:2] == ("EVALSHA", limits._settle_script.sha):
             runs["settle"].append(command[2])
         return send_nowait(pipe, *command)
@@ -289,9 +292,34 @@ async def test_admissions_of_one_org_in_the_same_loop_turn_share_one_script_run_
 
     decisions = await asyncio.gather(*(redis_limiter.acquire([rpm(30)], [], NOW_MS) for _ in range(31)))
 
-    assert script_runs["acquire"] == [(31, 31)]
+    assert script_runs["acquire"] == [(31, 31, 31)]  # no spec given: each admission brings its own
     assert [d.levels for d in decisions[:29]] == [[float(level)] for level in range(28, -1, -1)]
     assert [d.status for d in decisions[29:]] == ["limited", "limited"]
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_admissions_sharing_a_spec_send_it_once_and_are_still_decided_in_order(redis_limiter, script_runs):
+    await redis_limiter.acquire([rpm(30)], [], NOW_MS)  # connects: later runs take the live path
+    script_runs["acquire"].clear()
+    k1 = ([rpm(30), tpm(1000, 100)], [budget(250, 20)])
+    k2 = ([rpm(3, name="k2")], [])
+    spec1, spec2 = limits.Spec(*k1), limits.Spec(*k2)
+    seeds = {k1[1][0].key: 0}
+
+    decisions = await asyncio.gather(
+        *(
+            redis_limiter.acquire(*k1, NOW_MS, seeds, spec1) if i % 2 else redis_limiter.acquire(*k2, NOW_MS, None, spec2)
+            for i in range(16)
+        )
+    )
+
+    assert script_runs["acquire"] == [(4, 2, 16)]  # 3 + 1 keys, each spec once, 16 admissions
+    k1_decisions, k2_decisions = decisions[1::2], decisions[0::2]
+    assert [d.status for d in k1_decisions] == ["ok"] * 8
+    assert [d.levels for d in k1_decisions] == [[28.0 - i, 900.0 - 100 * i] for i in range(8)]  # RPM: 1 went above
+    assert [d.used for d in k1_decisions] == [[20 * (i + 1)] for i in range(8)]
+    assert [d.status for d in k2_decisions] == ["ok"] * 3 + ["limited"] * 5
 
 
 @pytest.mark.redis
@@ -331,7 +359,7 @@ async def test_each_org_gets_its_own_script_run_so_a_run_stays_in_one_cluster_sl
         *(redis_limiter.acquire([bucket], [], NOW_MS) for bucket in (rpm(5), other_org, rpm(5), other_org))
     )
 
-    assert script_runs["acquire"] == [(2, 2), (2, 2)]
+    assert script_runs["acquire"] == [(2, 2, 2), (2, 2, 2)]
     assert [d.levels for d in decisions] == [[3.0], [4.0], [2.0], [3.0]]
 
 
@@ -435,7 +463,7 @@ async def test_counters_are_seeded_from_the_database_once_however_many_requests_
         org=org, key=key, deployment=deployment, at=utc(2026, 10, 31, 23, 59), tokens_out=1_000_000
     )
     record = key_record(id=key.pk, org_id=org.pk, budget_micros=10_000_000)
-    buckets, budgets = plan(record, replace(DEPLOYMENT, id=deployment.pk), 100, utc(2026, 11, 18, 12).timestamp())
+    buckets, budgets, _ = plan(record, replace(DEPLOYMENT, id=deployment.pk), 100, utc(2026, 11, 18, 12).timestamp())
     before = limits.seed_queries
 
     decisions = await asyncio.gather(*(limits.acquire(buckets, budgets, NOW_MS) for _ in range(20)))
@@ -452,7 +480,7 @@ async def test_counters_are_seeded_from_the_database_once_however_many_requests_
 def test_a_request_is_planned_against_key_and_org_limits_and_both_spend_counters():
     record = key_record(rpm_limit=60, tpm_limit=1000, org_rpm_limit=600, budget_micros=5_000_000)
 
-    buckets, budgets = plan(record, DEPLOYMENT, 4000, utc(2026, 11, 30, 23, 59, 59).timestamp())
+    buckets, budgets, spec = plan(record, DEPLOYMENT, 4000, utc(2026, 11, 30, 23, 59, 59).timestamp())
 
     assert [(b.scope, b.kind, b.capacity, b.cost) for b in buckets] == [
         ("key", "requests", 60, 1),
@@ -464,13 +492,33 @@ def test_a_request_is_planned_against_key_and_org_limits_and_both_spend_counters
         ("org", None, 2400, "2026-11"),
     ]
     assert all(k.key.startswith("tokios:") and "{o3}" in k.key for k in [*buckets, *budgets])
+    # What the Redis script is sent once per batch: keys, then nb, ng, capacities, limits, and when
+    # the counters expire (the end of the month plus a day).
+    assert spec.keys == tuple(k.key.encode() for k in [*buckets, *budgets])
+    expires = int(utc(2026, 12, 2).timestamp())
+    assert spec.static == tuple(str(x).encode() for x in (3, 2, 60, 1000, 600, 5_000_000, -1, expires))
+
+
+def test_a_plan_is_kept_until_the_key_record_changes_or_the_month_turns():
+    record = key_record(rpm_limit=60, tpm_limit=1000)
+    now = utc(2026, 11, 18).timestamp()
+
+    first = plan(record, DEPLOYMENT, 10, now)
+    again = plan(record, DEPLOYMENT, 500, now)
+    changed = plan(replace(record, tpm_limit=2000), DEPLOYMENT, 10, now)
+    next_month = plan(record, DEPLOYMENT, 10, utc(2026, 12, 1).timestamp())
+
+    assert again[2] is first[2]  # the same spec: a batch sends it once for both
+    assert [b.cost for b in again[0]] == [1, 500]  # but each request's own costs
+    assert changed[2] is not first[2] and changed[0][1].capacity == 2000
+    assert next_month[2] is not first[2] and next_month[1][0].key.endswith(":2026-12")
 
 
 def test_budget_counters_are_keyed_by_utc_month():
     record = key_record(budget_micros=1)
 
-    _, november = plan(record, DEPLOYMENT, 1, utc(2026, 11, 30, 23, 59, 59).timestamp())
-    _, december = plan(record, DEPLOYMENT, 1, utc(2026, 12, 1).timestamp())
+    _, november, _ = plan(record, DEPLOYMENT, 1, utc(2026, 11, 30, 23, 59, 59).timestamp())
+    _, december, _ = plan(record, DEPLOYMENT, 1, utc(2026, 12, 1).timestamp())
 
     assert november[0].key.endswith(":2026-11")
     assert december[0].key.endswith(":2026-12")
