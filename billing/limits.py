@@ -559,6 +559,7 @@ class RedisLimiter:
             else:
                 reply = asyncio.ensure_future(pipe.evalsha(_acquire_script, keys, args))
             reply.add_done_callback(functools.partial(self._answer, batch.futures, keys, args))
+        pipe.flush()  # this already is the end of the turn the admissions came in
 
     def _answer(self, futures: list[asyncio.Future], keys: list[str], args: list, reply: asyncio.Future) -> None:
         exc = ConnectionError("the admission was cancelled") if reply.cancelled() else reply.exception()

@@ -158,6 +158,26 @@ async def test_send_nowait_needs_a_live_connection(key):
     pipe.close()
 
 
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_flush_writes_the_queued_commands_before_the_loop_turn_ends(key):
+    pipe = RedisPipe(REDIS_URL)
+    await pipe.execute("PING")
+    written: list[bytes] = []
+    transport = pipe._protocol.transport
+    write = transport.write
+    transport.write = lambda data: (written.append(data), write(data))[1]
+
+    reply = pipe.send_nowait("SET", key, "1")
+    queued = list(written)
+    pipe.flush()
+
+    assert queued == []  # without flush, the command waits for the end of the turn
+    assert written == [encode(("SET", key, "1"))]
+    assert await reply == b"OK"
+    pipe.close()
+
+
 @pytest.mark.asyncio
 async def test_after_a_failed_connect_commands_fail_at_once_for_a_moment_then_try_again(monkeypatch):
     from tokios_site import redis_pipe

@@ -172,6 +172,14 @@ class RedisPipe:
             return future
         return protocol.send(encode(args))
 
+    def flush(self) -> None:
+        """Write the commands queued so far now instead of at the end of the loop turn (for callers
+        that already run at the end of one: waiting for the next turn would add a whole pass of
+        the event loop to every reply)."""
+        protocol = self._protocol
+        if protocol is not None:
+            protocol._flush()
+
     @property
     def connected(self) -> bool:
         return self._protocol is not None and self._protocol.lost is None
