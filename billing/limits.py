@@ -36,6 +36,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -100,8 +101,9 @@ class Decision:
 class Reservation:
     """What an admitted request took; given back or topped up once its real usage is known."""
 
-    buckets: tuple[Bucket, ...]
-    budgets: tuple[Budget, ...]
+    buckets: Sequence[Bucket]
+    budgets: Sequence[Budget]
+    tag: str = ""  # the org's hash tag, if the caller knows it
     settled: bool = False
 
     @property
@@ -603,10 +605,12 @@ class RedisLimiter:
         self._flush_handle = loop.call_later(SETTLE_DELAY, self._flush_settlements)
 
     def _add_settlement(self, reservation: Reservation, actual_tokens: int, actual_cost: int) -> None:
-        keys = reservation.buckets or reservation.budgets
-        if not keys:
-            return
-        tag = _tag_of(keys[0].key)  # every key of a request carries its org's tag
+        tag = reservation.tag
+        if not tag:
+            keys = reservation.buckets or reservation.budgets
+            if not keys:
+                return
+            tag = _tag_of(keys[0].key)  # every key of a request carries its org's tag
         for bucket in reservation.buckets:
             if bucket.kind == "tokens" and bucket.cost != actual_tokens:
                 backs = self._waiting.setdefault(tag, ({}, {}))[0]
@@ -794,13 +798,17 @@ async def _seed(budget: Budget) -> int:
 
 async def acquire(buckets: list[Bucket], budgets: list[Budget], now_ms: int, spec: Spec | None = None) -> Decision:
     """Check and charge, seeding missing spend counters from the database first if need be."""
-    limiter = get_limiter()
-    decision = await limiter.acquire(buckets, budgets, now_ms, None, spec)
+    decision = await get_limiter().acquire(buckets, budgets, now_ms, None, spec)
     if decision.status == "seed":
-        values = await asyncio.gather(*(_seed(budgets[j]) for j in decision.missing))
-        seeds = {budgets[j].key: value for j, value in zip(decision.missing, values, strict=True)}
-        decision = await limiter.acquire(buckets, budgets, now_ms, seeds, spec)
+        decision = await _acquire_seeded(buckets, budgets, now_ms, spec, decision.missing)
     return decision
+
+
+async def _acquire_seeded(buckets, budgets, now_ms: int, spec: Spec | None, missing: list[int]) -> Decision:
+    """Check and charge again, with the missing counters' seeds computed from the database."""
+    values = await asyncio.gather(*(_seed(budgets[j]) for j in missing))
+    seeds = {budgets[j].key: value for j, value in zip(missing, values, strict=True)}
+    return await get_limiter().acquire(buckets, budgets, now_ms, seeds, spec)
 
 
 # --- what a request asks for --------------------------------------------------------------------
@@ -1025,7 +1033,9 @@ async def enforce(ctx, estimated_tokens: int) -> None:
             decision = Decision("limited", denied=i, retry_ms=WINDOW_MS, levels=[0.0] * len(buckets))
             raise refusal(ctx.key, bucket, decision, i, now_ms, anthropic=ctx.anthropic)
     try:
-        decision = await acquire(buckets, budgets, now_ms, spec)
+        decision = await get_limiter().acquire(buckets, budgets, now_ms, None, spec)  # `acquire`, one frame less
+        if decision.status == "seed":
+            decision = await _acquire_seeded(buckets, budgets, now_ms, spec, decision.missing)
     except (RedisError, ReplyError, DatabaseError, OSError, TimeoutError) as exc:
         # Failing open keeps /v1 up through a Redis outage; every request is still metered.
         report_outage(log, "rate limits and budgets are not enforced: the limiter failed", exc)
@@ -1034,7 +1044,7 @@ async def enforce(ctx, estimated_tokens: int) -> None:
     if decision.status != "ok":
         items = [*buckets, *budgets]
         raise refusal(ctx.key, items[decision.denied], decision, decision.denied, now_ms, anthropic=ctx.anthropic)
-    ctx.reservation = Reservation(tuple(buckets), tuple(budgets))
+    ctx.reservation = Reservation(buckets, budgets, spec.tag)
 
 
 def settle(ctx) -> None:
