@@ -611,21 +611,25 @@ class RedisLimiter:
             if not keys:
                 return
             tag = _tag_of(keys[0].key)  # every key of a request carries its org's tag
+        waiting = self._waiting.get(tag)
         for bucket in reservation.buckets:
             if bucket.kind == "tokens" and bucket.cost != actual_tokens:
-                backs = self._waiting.setdefault(tag, ({}, {}))[0]
-                entry = backs.get(bucket.key)
+                if waiting is None:
+                    waiting = self._waiting[tag] = ({}, {})
+                    self._waiting_since[tag] = time.monotonic()
+                entry = waiting[0].get(bucket.key)
                 if entry is None:
-                    backs[bucket.key] = [bucket.capacity, bucket.cost - actual_tokens]
+                    waiting[0][bucket.key] = [bucket.capacity, bucket.cost - actual_tokens]
                 else:
                     entry[0] = bucket.capacity
                     entry[1] += bucket.cost - actual_tokens
         for budget in reservation.budgets:
             if actual_cost != budget.cost:
-                deltas = self._waiting.setdefault(tag, ({}, {}))[1]
+                if waiting is None:
+                    waiting = self._waiting[tag] = ({}, {})
+                    self._waiting_since[tag] = time.monotonic()
+                deltas = waiting[1]
                 deltas[budget.key] = deltas.get(budget.key, 0) + actual_cost - budget.cost
-        if tag in self._waiting and tag not in self._waiting_since:
-            self._waiting_since[tag] = time.monotonic()
 
     def _take_settlements(self, tag: str) -> tuple[list[str], list]:
         """The org's summed settlements as extra KEYS and ARGV (nt, ng, …) for either script."""
