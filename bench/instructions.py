@@ -9,7 +9,9 @@ server of each stack under valgrind's callgrind (Debian's `valgrind`), which cou
 instructions the server executes rather than the time they take, whatever else the machine is
 doing: six runs of the same "off" code gave 1,411k–1,429k instructions per request; "on" varies a
 little more (±2 %), because how many admissions share a Redis script run depends on timing. Compare
-code versions with a few runs each. It reports instructions per
+code versions with a few runs each. Use Redis mode: embedded mode's figures do not repeat (two runs
+of the same code: "off" 1,913k and 1,807k, "limits" +88k and +444k), and callgrind runs one thread
+at a time, so it cannot show what a thread beside the loop costs in GIL hand-overs. It reports instructions per
 request for each side: "off" (no metering, no limits), "on" (both), "limits" and "metering" (one
 each). Redis and PostgreSQL are not counted (they are other processes; `bench/tunnel.py` reports
 their CPU). The server runs ~50× slower under callgrind, so the connector and the fake upstream are
