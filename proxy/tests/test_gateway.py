@@ -48,3 +48,17 @@ def test_django_sends_every_header_in_order_including_those_middleware_adds_or_r
     assert sent == list(HttpResponseBase.items(response))  # what Django's own mapping gives, in order
     assert ("X-Content-Type-Options", "nosniff") in sent
     assert "x-ratelimit-reset-requests" not in dict(sent)
+
+
+def test_request_ids_sort_by_when_they_were_made_and_do_not_repeat_within_a_millisecond(monkeypatch):
+    from proxy import gateway
+
+    clock = iter([1_764_000_000_000_000_000, 1_764_000_000_000_400_000, 1_764_000_000_001_000_000])
+    monkeypatch.setattr(gateway.time, "time_ns", lambda: next(clock))
+    first, same_ms, next_ms = (gateway.new_request_id() for _ in range(3))
+
+    assert first[:16] == same_ms[:16] == f"req_{1_764_000_000_000:012x}"  # the millisecond, in hex
+    assert first < next_ms and same_ms < next_ms
+    assert len(first) == 36 and int(first[4:], 16) >= 0
+    monkeypatch.setattr(gateway.time, "time_ns", lambda: 1_764_000_000_000_000_000)
+    assert len({gateway.new_request_id() for _ in range(10_000)}) == 10_000  # the random part
