@@ -252,6 +252,9 @@ async def _write_sqlite(batch: list[RequestRecord], connection) -> bool:
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in _LOCKED:
                 return False
+            if isinstance(exc, sqlite3.Error):
+                _sqlite_connections.pop(str(connection.settings_dict["NAME"]), None)
+                db.close()  # as the thread does with its own: the retry opens a fresh one
             raise
     loop = asyncio.get_running_loop()
     now = time.monotonic()

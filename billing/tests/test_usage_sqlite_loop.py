@@ -142,3 +142,19 @@ async def test_an_in_memory_database_is_left_to_the_writer_thread(django_db_bloc
 
     assert await usage._write_sqlite([record("req_memory")], memory) is False
     assert usage._sqlite_connections == {}
+
+
+async def test_a_failed_write_raises_for_the_retry_and_drops_the_connection(sqlite_db):
+    name = sqlite_db.settings_dict["NAME"]
+    assert await usage._write_sqlite([record("req_before")], sqlite_db)
+    first = usage._sqlite_connections[name]
+    other = sqlite3.connect(name)
+    other.execute(f"ALTER TABLE {UsageEvent._meta.db_table} RENAME TO gone")  # as if the file were replaced
+    other.close()
+
+    with pytest.raises(sqlite3.OperationalError):
+        await usage._write_sqlite([record("req_lost_try")], sqlite_db)
+
+    assert name not in usage._sqlite_connections
+    with pytest.raises(sqlite3.ProgrammingError):
+        first.execute("SELECT 1")  # closed
