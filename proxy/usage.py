@@ -214,12 +214,8 @@ _sqlite_connections: dict[str, sqlite3.Connection] = {}
 _checkpoint = {"last": 0.0, "pending": False}
 
 
-def _loop_sqlite(connection) -> sqlite3.Connection | None:
-    """The loop's connection to the database Django uses, or None for an in-memory one (another
-    connection would see another database)."""
-    if connection.is_in_memory_db():
-        return None
-    name = str(connection.settings_dict["NAME"])
+def _loop_sqlite(name: str) -> sqlite3.Connection:
+    """The loop's connection to the database file `name`."""
     db = _sqlite_connections.get(name)
     if db is None:
         # timeout=0: a locked database fails at once instead of holding the loop; autocommit
@@ -235,9 +231,10 @@ async def _write_sqlite(batch: list[RequestRecord], connection) -> bool:
     """Write the batch from the loop; False if it must go to the writer thread instead (an
     in-memory database, or the write lock held elsewhere). Chunks already written when the lock is
     found taken are written again by the thread, which their unique request ids make harmless."""
-    db = _loop_sqlite(connection)
-    if db is None:
+    if connection.is_in_memory_db():  # another connection would see another database
         return False
+    name = str(connection.settings_dict["NAME"])
+    db = _loop_sqlite(name)
     sql = _insert_sql(connection).replace("%s", "?")  # the sqlite3 module's placeholders
     for start in range(0, len(batch), LOOP_CHUNK):
         if start:
@@ -253,16 +250,14 @@ async def _write_sqlite(batch: list[RequestRecord], connection) -> bool:
             if isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in _LOCKED:
                 return False
             if isinstance(exc, sqlite3.Error):
-                _sqlite_connections.pop(str(connection.settings_dict["NAME"]), None)
+                _sqlite_connections.pop(name, None)
                 db.close()  # as the thread does with its own: the retry opens a fresh one
             raise
     loop = asyncio.get_running_loop()
     now = time.monotonic()
     if not _checkpoint["pending"] and now - _checkpoint["last"] >= CHECKPOINT_SECONDS:
         _checkpoint["pending"], _checkpoint["last"] = True, now
-        loop.run_in_executor(_writer, _checkpoint_wal, str(connection.settings_dict["NAME"])).add_done_callback(
-            _checkpointed
-        )
+        loop.run_in_executor(_writer, _checkpoint_wal, name).add_done_callback(_checkpointed)
     due = _keys_due({r.key_id for r in batch if r.key_id})
     if due:
         await loop.run_in_executor(_writer, _touch_keys, due)
