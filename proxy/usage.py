@@ -137,7 +137,11 @@ async def _write(batch: list[RequestRecord]) -> None:
     if connection.vendor == "postgresql":
         await _write_postgres(batch)
     elif not await _write_sqlite(batch, connection):
-        await _in_writer_thread(batch)
+        await _in_writer_thread(batch)  # which touches the keys itself
+        return
+    due = _keys_due({r.key_id for r in batch if r.key_id})
+    if due:
+        await asyncio.get_running_loop().run_in_executor(_writer, _touch_keys, due)
 
 
 # PostgreSQL: the batch is written from the event loop over an async connection. A writer thread
@@ -194,9 +198,6 @@ async def _write_postgres(batch: list[RequestRecord]) -> None:
     except (psycopg.Error, TimeoutError):
         conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
         raise
-    due = _keys_due({r.key_id for r in batch if r.key_id})
-    if due:
-        await asyncio.get_running_loop().run_in_executor(_writer, _touch_keys, due)
 
 
 # SQLite: the batch is written from the event loop too, through a connection of its own
@@ -253,14 +254,10 @@ async def _write_sqlite(batch: list[RequestRecord], connection) -> bool:
                 _sqlite_connections.pop(name, None)
                 db.close()  # as the thread does with its own: the retry opens a fresh one
             raise
-    loop = asyncio.get_running_loop()
     now = time.monotonic()
     if not _checkpoint["pending"] and now - _checkpoint["last"] >= CHECKPOINT_SECONDS:
         _checkpoint["pending"], _checkpoint["last"] = True, now
-        loop.run_in_executor(_writer, _checkpoint_wal, name).add_done_callback(_checkpointed)
-    due = _keys_due({r.key_id for r in batch if r.key_id})
-    if due:
-        await loop.run_in_executor(_writer, _touch_keys, due)
+        asyncio.get_running_loop().run_in_executor(_writer, _checkpoint_wal, name).add_done_callback(_checkpointed)
     return True
 
 
