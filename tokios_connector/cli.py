@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from . import __version__
 from .config import Config, public_url, upstream_base, websocket_url
 from .connector import Connector
+from .protocol import MAX_CONCURRENCY
 
 T = TypeVar("T")
 
@@ -24,9 +25,9 @@ TOKIOS_CONNECTOR_TOKEN over --token, which other local users can read in the pro
 """
 
 
-def _positive_int(text: str) -> int:
+def _concurrency(text: str) -> int:
     value = int(text)
-    if value < 1:
+    if not 1 <= value <= MAX_CONCURRENCY:  # the server refuses a hello above it
         raise ValueError
     return value
 
@@ -120,7 +121,13 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
         token=token.strip(),
         upstream=base,
         model=args.model or env.get("TOKIOS_MODEL") or None,
-        max_concurrency=pick("max_concurrency", "TOKIOS_MAX_CONCURRENCY", _positive_int, 64, "a positive integer"),
+        max_concurrency=pick(
+            "max_concurrency",
+            "TOKIOS_MAX_CONCURRENCY",
+            _concurrency,
+            64,
+            f"a positive integer up to {MAX_CONCURRENCY}",
+        ),
         upstream_key=args.upstream_key or env.get("TOKIOS_UPSTREAM_KEY") or None,
         grace=pick("grace", "TOKIOS_GRACE", _non_negative_float, 30.0, "a number of seconds >= 0"),
         connect_timeout=pick(

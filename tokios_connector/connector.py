@@ -1,8 +1,9 @@
 """The connector's event loop: one outbound WebSocket carrying many concurrent upstream requests.
 
-Protocol: docs/connector-protocol.md. One asyncio task per request streams the upstream body back
-chunk by chunk; the WebSocket reader never awaits a send, so a slow server cannot stop it from
-seeing `cancel` and `ping` frames.
+Protocol: docs/connector-protocol.md (version 2; frames from `protocol.py`, shared with the
+server). One asyncio task per request streams the upstream body back chunk by chunk, one chunk
+frame per credit the server granted; the WebSocket reader never awaits a send, so a slow server
+cannot stop it from seeing `credit`, `cancel` and `ping` frames.
 """
 
 from __future__ import annotations
@@ -18,9 +19,34 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import PROTOCOL_VERSION, __version__
+from . import __version__
 from .config import Config, public_url
-from .frames import MAX_FRAME_SIZE, JSONDecodeError, chunk_frames, chunk_prefix, dumps, loads, valid_request_id
+from .protocol import (
+    CLOSE_AUTH_REJECTED,
+    CLOSE_TOKEN_REVOKED,
+    CLOSE_VERSION_MISMATCH,
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Cancel,
+    Credit,
+    Draining,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    Request,
+    RequestBody,
+    ResponseEnd,
+    ResponseError,
+    ResponseStart,
+    Welcome,
+    chunk_frames,
+    chunk_prefix,
+    decode_from_server,
+    encode,
+    loads,
+)
+from .session import PendingBody, Session, Stream
 from .transport import make_transport
 from .upstream import Route, build_routes, request_headers, response_headers, rewrite_model
 
@@ -31,18 +57,23 @@ ws_log = logging.getLogger("tokios_connector.websocket")
 ws_log.setLevel(logging.INFO)
 
 EXIT_OK = 0
-EXIT_AUTH = 2
+EXIT_FATAL = 2  # retrying cannot help: bad token, or the server speaks another protocol version
 
 # Close codes after which reconnecting cannot help (docs: "Close codes").
 FATAL_CLOSE_CODES = {
-    4001: "connector token rejected by server (close 4001): check --token",
-    4003: "connector token revoked by server (close 4003): check --token",
+    CLOSE_AUTH_REJECTED: "connector token rejected by server (close 4001): check --token",
+    CLOSE_TOKEN_REVOKED: "connector token revoked by server (close 4003): check --token",
+    CLOSE_VERSION_MISMATCH: (
+        f"server refused connector protocol {PROTOCOL_VERSION} (close 4004): "
+        "upgrade the server or use a connector release that matches it"
+    ),
 }
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 60.0  # a connection up this long resets the backoff attempt counter
-MAX_BODY_PARTS = 4096  # 1 GiB at 256 KiB a part: refuse nonsense before buffering it
+# A server cannot switch the watchdog off by announcing an absurd heartbeat timeout.
+MAX_HEARTBEAT_TIMEOUT = 600.0
 LOG_PROMPT_LIMIT = 4000
 
 
@@ -83,49 +114,38 @@ class _CoalescingTransport:
 
 
 class FatalError(Exception):
-    """Retrying cannot help (bad token); the message is meant for the operator."""
-
-
-class _PendingBody:
-    """A request whose body is still arriving in `request.body` parts."""
-
-    __slots__ = ("frame", "route", "parts", "remaining")
-
-    def __init__(self, frame: dict[str, Any], route: Route, remaining: int) -> None:
-        self.frame = frame
-        self.route = route
-        self.parts: list[bytes] = []
-        self.remaining = remaining
-
-
-class Session:
-    """State tied to one WebSocket connection; request ids are only meaningful within it."""
-
-    __slots__ = ("ws", "inflight", "idle", "last_rx", "helpers")
-
-    def __init__(self, ws: ClientConnection, now: float) -> None:
-        self.ws = ws
-        self.inflight: dict[str, asyncio.Task[None] | _PendingBody] = {}
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self.last_rx = now
-        # Strong references to fire-and-forget send tasks (asyncio keeps only weak ones).
-        self.helpers: set[asyncio.Task[None]] = set()
-
-    def running_tasks(self) -> list[asyncio.Task[None]]:
-        return [entry for entry in self.inflight.values() if isinstance(entry, asyncio.Task)]
-
-
-def _positive_number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return None
+    """Retrying cannot help (bad token, another protocol version); the message is for the operator."""
 
 
 def backoff_delay(attempt: int) -> float:
     """Exponential backoff with full jitter, as the protocol specifies."""
     # The exponent is clamped: 2**attempt overflows a float after ~1024 attempts (8 hours at 30 s).
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+def heartbeat_timeout(welcome: Welcome, default: float) -> float:
+    """Seconds of silence from the server after which the connection counts as dead."""
+    timeout = welcome.heartbeat_timeout if welcome.heartbeat_timeout > 0 else default
+    # Never shorter than two ping intervals: a misconfigured server must not make us flap.
+    timeout = max(timeout, 2 * welcome.heartbeat_interval)
+    return min(timeout, MAX_HEARTBEAT_TIMEOUT)
+
+
+def version_mismatch(server_protocol: object) -> str:
+    return (
+        f"the server speaks connector protocol {server_protocol}; this connector speaks {PROTOCOL_VERSION}: "
+        "upgrade the server or use a matching connector"
+    )
+
+
+def _peek(raw: str | bytes) -> dict[str, Any]:
+    """The JSON object of a frame that failed strict decoding, to tell what it was about.
+    Only called on that cold path."""
+    try:
+        data = loads(raw)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class Connector:
@@ -141,7 +161,7 @@ class Connector:
     # ----------------------------------------------------------------- lifecycle
 
     async def run(self, *, handle_signals: bool = True) -> int:
-        """Serve until drained (exit 0) or the token is rejected (exit 2)."""
+        """Serve until drained (exit 0) or retrying cannot help (exit 2)."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for sig in signals:
@@ -157,7 +177,7 @@ class Connector:
             return EXIT_OK
         except FatalError as exc:
             print(str(exc), file=sys.stderr, flush=True)
-            return EXIT_AUTH
+            return EXIT_FATAL
         finally:
             for task in (forever, stop):
                 task.cancel()
@@ -201,7 +221,7 @@ class Connector:
             return
         ws = session.ws
         try:
-            await ws.send(dumps({"type": "draining"}), text=True)
+            await ws.send(encode(Draining()))
         except ConnectionClosed:
             return
         if session.inflight:
@@ -253,6 +273,8 @@ class Connector:
                     ws.transport = _CoalescingTransport(ws.transport)  # type: ignore[assignment]
                     await self._serve_connection(ws)
                 code, reason = ws.close_code, ws.close_reason or ""
+            except FatalError:
+                raise
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status in (401, 403):
@@ -269,7 +291,8 @@ class Connector:
                 problem = f"connection to {shown} failed: {exc!r}"
 
             if code in FATAL_CLOSE_CODES:
-                raise FatalError(FATAL_CLOSE_CODES[code])
+                # The server's reason (at most 123 bytes by RFC 6455) may say which versions it speaks.
+                raise FatalError(FATAL_CLOSE_CODES[code] + (f" (server said: {reason!r})" if reason else ""))
             if code is not None:
                 problem = f"disconnected (close {code}{f' {reason!r}' if reason else ''})"
             if self.draining:
@@ -285,35 +308,28 @@ class Connector:
 
     async def _serve_connection(self, ws: ClientConnection) -> None:
         cfg = self.config
-        await ws.send(
-            dumps(
-                {
-                    "type": "hello",
-                    "protocol": PROTOCOL_VERSION,
-                    "version": __version__,
-                    "upstream": public_url(cfg.upstream),
-                    "model": cfg.model,
-                    "max_concurrency": cfg.max_concurrency,
-                }
-            ),
-            text=True,
+        hello = Hello(
+            protocol=PROTOCOL_VERSION,
+            version=__version__,
+            upstream=public_url(cfg.upstream),
+            model=cfg.model,
+            max_concurrency=cfg.max_concurrency,
         )
+        await ws.send(encode(hello))
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return
-        timeout = _positive_number(welcome.get("heartbeat_timeout")) or cfg.heartbeat_timeout
-        # Never shorter than two ping intervals: a misconfigured server must not make us flap.
-        timeout = max(timeout, 2 * (_positive_number(welcome.get("heartbeat_interval")) or 0))
         log.info(
-            "connected to %s as connector %s for deployment %s",
+            "connected to %s as connector %s for deployment %s (window %d frames)",
             public_url(cfg.server_url),
-            welcome.get("connector_id"),
-            welcome.get("deployment"),
+            welcome.connector_id,
+            welcome.deployment,
+            welcome.window,
         )
         loop = asyncio.get_running_loop()
-        session = Session(ws, loop.time())
+        session = Session(ws, welcome.window, loop.time())
         self.session = session
-        watchdog = asyncio.create_task(self._watchdog(session, timeout))
+        watchdog = asyncio.create_task(self._watchdog(session, heartbeat_timeout(welcome, cfg.heartbeat_timeout)))
         try:
             async for message in ws:
                 session.last_rx = loop.time()
@@ -326,19 +342,39 @@ class Connector:
             self.session = None
             await self._abandon(session)
 
-    async def _await_welcome(self, ws: ClientConnection) -> dict[str, Any] | None:
+    async def _await_welcome(self, ws: ClientConnection) -> Welcome | None:
+        """The server's `welcome`; None (connection closed, reconnect) if it did not come.
+        FatalError if the server speaks another protocol version."""
         try:
             raw = await asyncio.wait_for(ws.recv(), self.config.heartbeat_timeout)
         except (TimeoutError, asyncio.TimeoutError):  # noqa: UP041 - distinct classes on Python 3.10
             log.warning("no welcome from server within %gs", self.config.heartbeat_timeout)
             await ws.close(1002, "no welcome")
             return None
-        frame = self._decode(raw)
-        if frame is None or frame.get("type") != "welcome":
-            log.warning("expected welcome, got %.200r", raw)
+        problem = "not a welcome frame"
+        frame = None
+        if isinstance(raw, str):
+            try:
+                frame = decode_from_server(raw)
+            except ProtocolError as exc:
+                problem = exc.message
+                peeked = _peek(raw)
+                # Another version's welcome may fail our stricter checks; its version is what matters.
+                if peeked.get("type") == "welcome" and peeked.get("protocol", 1) != PROTOCOL_VERSION:
+                    await self._refuse_version(ws, peeked.get("protocol", 1))
+        if isinstance(frame, Welcome) and frame.protocol != PROTOCOL_VERSION:
+            await self._refuse_version(ws, frame.protocol)
+        if not isinstance(frame, Welcome):
+            log.warning("expected welcome from server: %s", problem)
             await ws.close(1002, "expected welcome")
             return None
         return frame
+
+    @staticmethod
+    async def _refuse_version(ws: ClientConnection, server_protocol: object) -> None:
+        await ws.close(1002, f"connector protocol {PROTOCOL_VERSION} required")
+        # Bounded: the value comes from the server and ends up on the operator's terminal.
+        raise FatalError(version_mismatch(str(server_protocol)[:20]))
 
     async def _watchdog(self, session: Session, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -352,7 +388,8 @@ class Connector:
                 return
 
     async def _abandon(self, session: Session) -> None:
-        """Cancel whatever is still running: its answers have nowhere to go."""
+        """Cancel whatever is still running (a task waiting for credit too): its answers have
+        nowhere to go."""
         tasks = session.running_tasks()
         session.inflight.clear()
         session.idle.set()
@@ -363,99 +400,92 @@ class Connector:
 
     # ----------------------------------------------------------------- frames from the server
 
-    @staticmethod
-    def _decode(raw: str | bytes) -> dict[str, Any] | None:
-        try:
-            frame = loads(raw)
-        except (JSONDecodeError, ValueError):
-            return None
-        return frame if isinstance(frame, dict) else None
-
     def _on_frame(self, session: Session, raw: str) -> None:
-        frame = self._decode(raw)
-        if frame is None:
-            log.warning("ignoring malformed frame from server: %.200r", raw)
+        try:
+            frame = decode_from_server(raw)
+        except ProtocolError as exc:
+            self._on_bad_frame(session, raw, exc)
             return
-        kind = frame.get("type")
-        if kind == "request":
-            self._on_request(session, frame)
-        elif kind == "request.body":
-            self._on_body_part(session, frame)
-        elif kind == "cancel":
-            self._on_cancel(session, frame.get("id"))
-        elif kind == "ping":
-            self._send_soon(session, {"type": "pong", "t": frame.get("t")})
-        else:
-            log.debug("ignoring frame of type %r", kind)
+        match frame:
+            case Credit(id=rid, frames=frames):
+                entry = session.inflight.get(rid)
+                # Credit for a finished or cancelled request (it crossed our response.end) is moot.
+                if isinstance(entry, Stream):
+                    entry.add_credit(frames)
+            case Request():
+                self._on_request(session, frame)
+            case RequestBody():
+                self._on_body_part(session, frame)
+            case Cancel(id=rid):
+                self._on_cancel(session, rid)
+            case Ping(t=t):
+                self._send_soon(session, Pong(t))
+            case Welcome():
+                log.warning("ignoring a second welcome from server")
 
-    def _on_request(self, session: Session, frame: dict[str, Any]) -> None:
-        rid = frame.get("id")
-        if not valid_request_id(rid):
-            log.warning("ignoring request with invalid id %.80r", rid)
+    def _on_bad_frame(self, session: Session, raw: str, exc: ProtocolError) -> None:
+        rid = exc.request_id
+        kind = _peek(raw).get("type") if rid is not None else None
+        if kind == "request" and rid not in session.inflight:
+            # The id is good, so the server can be told; an id in flight belongs to another stream.
+            self._reject(session, rid, "bad_request", exc.message)
+            log.info("req %s -> bad_request (%s)", rid, exc.message)
             return
+        if kind == "request.body" and isinstance(session.inflight.get(rid), PendingBody):
+            del session.inflight[rid]
+            self._mark_idle_if_empty(session)
+            self._reject(session, rid, "bad_request", exc.message)
+            log.info("req %s -> bad_request (%s)", rid, exc.message)
+            return
+        # Not the raw frame: it may hold a prompt. ProtocolError messages are short and bounded.
+        log.warning("ignoring a frame from server that breaks the protocol (%d chars): %s", len(raw), exc.message)
+
+    def _on_request(self, session: Session, request: Request) -> None:
+        rid, method, path = request.id, request.method, request.path
         if rid in session.inflight:
             # Answering would corrupt the stream that owns this id.
             log.warning("ignoring request %s: id already in flight", rid)
             return
-        path = frame.get("path")
-        method = frame.get("method")
         if self.draining:
             self._reject(session, rid, "overloaded", "connector is draining")
-            log.info("req %s %s %.200s -> overloaded (draining)", rid, method, path)
+            log.info("req %s %.20s %.200s -> overloaded (draining)", rid, method, path)
             return
-        route = self.routes.get(path) if isinstance(path, str) else None
+        route = self.routes.get(path)
         if route is None or method != route.method:
-            self._reject(session, rid, "path_not_allowed", f"{method} {path} is not forwarded by this connector")
-            log.info("req %s %s %.200s -> path_not_allowed", rid, method, path)
-            return
-        body = frame.get("body")
-        parts = frame.get("body_parts") or 0
-        if (
-            not isinstance(parts, int)
-            or isinstance(parts, bool)
-            or not 0 <= parts <= MAX_BODY_PARTS
-            or (body is not None and not isinstance(body, str))
-            or (parts and body is not None)
-        ):
-            self._reject(session, rid, "bad_request", "body must be a string or null and body_parts an int >= 0")
-            log.info("req %s %s %s -> bad_request", rid, method, path)
+            self._reject(
+                session, rid, "path_not_allowed", f"{method:.20} {path:.200} is not forwarded by this connector"
+            )
+            log.info("req %s %.20s %.200s -> path_not_allowed", rid, method, path)
             return
         if len(session.inflight) >= self.config.max_concurrency:
             self._reject(session, rid, "overloaded", f"over max_concurrency ({self.config.max_concurrency})")
             log.info("req %s %s %s -> overloaded", rid, method, path)
             return
         session.idle.clear()
-        if parts:
-            session.inflight[rid] = _PendingBody(frame, route, parts)
+        if request.body_parts:
+            session.inflight[rid] = PendingBody(request, route)
             return
-        self._start(session, rid, frame, route, body.encode() if body else None)
+        self._start(session, request, route, request.body.encode() if request.body else None)
 
-    def _on_body_part(self, session: Session, frame: dict[str, Any]) -> None:
-        rid = frame.get("id")
-        entry = session.inflight.get(rid) if isinstance(rid, str) else None
-        if not isinstance(entry, _PendingBody):
+    def _on_body_part(self, session: Session, part: RequestBody) -> None:
+        entry = session.inflight.get(part.id)
+        if not isinstance(entry, PendingBody):
             # Usually a part of a request that was just cancelled.
-            log.debug("ignoring request.body for %.80r", rid)
+            log.debug("ignoring request.body for %s", part.id)
             return
-        data = frame.get("data")
-        if not isinstance(data, str):
-            del session.inflight[rid]
-            self._mark_idle_if_empty(session)
-            self._reject(session, rid, "bad_request", "request.body data must be a string")
-            return
-        entry.parts.append(data.encode())
+        entry.parts.append(part.data.encode())
         entry.remaining -= 1
         if entry.remaining == 0:
-            self._start(session, rid, entry.frame, entry.route, b"".join(entry.parts))
+            self._start(session, entry.request, entry.route, b"".join(entry.parts))
 
-    def _on_cancel(self, session: Session, rid: object) -> None:
-        entry = session.inflight.pop(rid, None) if isinstance(rid, str) else None
+    def _on_cancel(self, session: Session, rid: str) -> None:
+        entry = session.inflight.pop(rid, None)
         if entry is None:
             return  # already finished: the cancel crossed our response.end
-        if isinstance(entry, asyncio.Task):
-            entry.cancel()
+        if isinstance(entry, Stream):
+            entry.task.cancel()
         else:
-            log.info("req %s %s -> cancelled before its body arrived", rid, entry.frame.get("path"))
+            log.info("req %s %s -> cancelled before its body arrived", rid, entry.request.path)
         self._mark_idle_if_empty(session)
 
     @staticmethod
@@ -465,48 +495,51 @@ class Connector:
 
     # ----------------------------------------------------------------- sending
 
-    def _send_soon(self, session: Session, frame: dict[str, Any]) -> None:
+    def _send_soon(self, session: Session, frame: Pong | ResponseError) -> None:
         """Send from the reader without awaiting it, so a full write buffer never blocks reading."""
-        task = asyncio.create_task(self._send_quietly(session.ws, dumps(frame)))
+        task = asyncio.create_task(self._send_quietly(session.ws, encode(frame)))
         session.helpers.add(task)
         task.add_done_callback(session.helpers.discard)
 
     @staticmethod
-    async def _send_quietly(ws: ClientConnection, data: bytes) -> None:
+    async def _send_quietly(ws: ClientConnection, text: str) -> None:
         try:
-            await ws.send(data, text=True)
+            await ws.send(text)
         except ConnectionClosed:
             pass
 
     def _reject(self, session: Session, rid: str, code: str, message: str) -> None:
-        self._send_soon(session, {"type": "response.error", "id": rid, "code": code, "message": message})
+        self._send_soon(session, ResponseError(rid, code, message))
 
     # ----------------------------------------------------------------- one request
 
-    def _start(self, session: Session, rid: str, frame: dict[str, Any], route: Route, body: bytes | None) -> None:
-        task = asyncio.create_task(self._proxy(session.ws, rid, frame, route, body))
-        session.inflight[rid] = task
+    def _start(self, session: Session, request: Request, route: Route, body: bytes | None) -> None:
+        rid = request.id
+        stream = Stream(session.window)
+        stream.task = task = asyncio.create_task(self._proxy(session.ws, request, route, body, stream))
+        session.inflight[rid] = stream
 
         def finished(done: asyncio.Task[None]) -> None:
             # The id may already belong to a newer request if this one was cancelled.
-            if session.inflight.get(rid) is done:
+            entry = session.inflight.get(rid)
+            if isinstance(entry, Stream) and entry.task is done:
                 del session.inflight[rid]
             self._mark_idle_if_empty(session)
 
         task.add_done_callback(finished)
 
     async def _proxy(
-        self, ws: ClientConnection, rid: str, frame: dict[str, Any], route: Route, body: bytes | None
+        self, ws: ClientConnection, request: Request, route: Route, body: bytes | None, stream: Stream
     ) -> None:
         cfg = self.config
         assert self._http is not None
         loop = asyncio.get_running_loop()
-        path = frame["path"]
+        rid = request.id
         if body is not None and route.rewrite_model and cfg.model:
             body = rewrite_model(body, cfg.model)
         if cfg.log_prompts and body:
             log.info("req %s body: %s", rid, body[:LOG_PROMPT_LIMIT].decode(errors="replace"))
-        headers = request_headers(frame.get("headers"), cfg.upstream_key)
+        headers = request_headers(request.headers, cfg.upstream_key)
         if body is not None and not any(name == "content-type" for name, _ in headers):
             headers.append(("content-type", "application/json"))
         prefix = chunk_prefix(rid)
@@ -514,41 +547,32 @@ class Connector:
         first_byte: float | None = None
         status: int | None = None
         sent = 0
+        waits = 0
         outcome = "ok"
         error: tuple[str, str] | None = None
         try:
             async with self._http.stream(route.method, route.url, headers=headers, content=body) as response:
                 status = response.status_code
-                await ws.send(
-                    dumps(
-                        {
-                            "type": "response.start",
-                            "id": rid,
-                            "status": status,
-                            "headers": response_headers(response.headers),
-                        }
-                    ),
-                    text=True,
-                )
+                await ws.send(encode(ResponseStart(rid, status, response_headers(response.headers))))
                 async for chunk in response.aiter_raw():
                     if first_byte is None:
                         first_byte = loop.time()
                     sent += len(chunk)
                     for piece in chunk_frames(prefix, chunk):
+                        if stream.credit <= 0:  # the common case (credit left) costs no await
+                            waits += 1
+                            await stream.wait_for_credit()
+                        stream.credit -= 1
                         await ws.send(piece)
             done = loop.time()
             await ws.send(
-                dumps(
-                    {
-                        "type": "response.end",
-                        "id": rid,
-                        "timing": {
-                            "upstream_ms": round((done - started) * 1000),
-                            "ttfb_ms": round(((first_byte or done) - started) * 1000),
-                        },
-                    }
-                ),
-                text=True,
+                encode(
+                    ResponseEnd(
+                        rid,
+                        upstream_ms=round((done - started) * 1000),
+                        ttfb_ms=round(((first_byte or done) - started) * 1000),
+                    )
+                )
             )
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -566,19 +590,17 @@ class Connector:
             if error is not None:
                 outcome = error[0]
                 try:
-                    await ws.send(
-                        dumps({"type": "response.error", "id": rid, "code": error[0], "message": error[1]}),
-                        text=True,
-                    )
+                    await ws.send(encode(ResponseError(rid, error[0], error[1])))
                 except ConnectionClosed:
                     pass
             log.info(
-                "req %s %s %s -> %s %dms %dB%s",
+                "req %s %s %s -> %s %dms %dB%s%s",
                 rid,
                 route.method,
-                path,
+                request.path,
                 status if status is not None else "-",
                 round((loop.time() - started) * 1000),
                 sent,
+                f" (waited for credit {waits}x)" if waits else "",
                 "" if outcome == "ok" else f" ({outcome})",
             )

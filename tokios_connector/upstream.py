@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from .config import upstream_origin
-from .frames import JSONDecodeError, dumps, loads
+from .protocol import JSONDecodeError, dumps, loads
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -57,25 +57,43 @@ def upstream(upstream_process: Upstream) -> Upstream:
 async def tunnel() -> AsyncIterator[FakeTokios]:
     async with FakeTokios() as server:
         yield server
+        # Every test doubles as a check that the connector kept to the protocol (credit included).
+        assert server.violations == [], "the connector broke the protocol"
 
 
-StartConnector = Callable[..., Awaitable[Connector]]
+class StartConnector:
+    """Runs connectors in this event loop against `tunnel` and the fake upstream."""
+
+    def __init__(self, tunnel: FakeTokios, upstream: Upstream) -> None:
+        self.tunnel = tunnel
+        self.upstream = upstream
+        self.running: dict[Connector, asyncio.Task[int]] = {}
+
+    async def __call__(self, **overrides: Any) -> Connector:
+        settings: dict[str, Any] = {
+            "server_url": self.tunnel.ws_url,
+            "token": TOKEN,
+            "upstream": self.upstream.base,
+            **overrides,
+        }
+        connector = Connector(Config(**settings))
+        self.running[connector] = asyncio.create_task(connector.run(handle_signals=False))
+        return connector
+
+    async def exit_code(self, connector: Connector, timeout: float = 5.0) -> int:
+        """Wait for `connector.run()` to return on its own."""
+        return await asyncio.wait_for(asyncio.shield(self.running[connector]), timeout)
+
+    async def stop_all(self) -> None:
+        for connector, task in self.running.items():
+            if not task.done():
+                connector.request_stop("test teardown")
+                connector.request_stop("test teardown")
+            await asyncio.wait_for(task, 10)
 
 
 @pytest_asyncio.fixture
 async def start_connector(tunnel: FakeTokios, upstream: Upstream) -> AsyncIterator[StartConnector]:
-    """Run a connector in this event loop against `tunnel` and the fake upstream."""
-    running: list[tuple[Connector, asyncio.Task[int]]] = []
-
-    async def start(**overrides: Any) -> Connector:
-        settings: dict[str, Any] = {"server_url": tunnel.ws_url, "token": TOKEN, "upstream": upstream.base, **overrides}
-        connector = Connector(Config(**settings))
-        running.append((connector, asyncio.create_task(connector.run(handle_signals=False))))
-        return connector
-
-    yield start
-    for connector, task in running:
-        if not task.done():
-            connector.request_stop("test teardown")
-            connector.request_stop("test teardown")
-        await asyncio.wait_for(task, 10)
+    starter = StartConnector(tunnel, upstream)
+    yield starter
+    await starter.stop_all()

@@ -12,6 +12,7 @@ import pytest
 from tests.connector.conftest import TOKEN, Upstream
 from tests.connector.tunnel import FakeTokios
 from tests.fakes.process import REPO_ROOT, free_port
+from tokios_connector.protocol import Draining
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -44,7 +45,7 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> tup
 async def test_a_rejected_token_exits_2_with_a_clear_message(tunnel: FakeTokios, upstream: Upstream) -> None:
     proc = await spawn("--server", tunnel.http_url, "--token", TOKEN, "--upstream", upstream.base)
     peer = await tunnel.accept(timeout=10)
-    assert (await peer.next_control())["type"] == "hello"
+    assert (await peer.next_control()).type == "hello"
     await peer.ws.close(4001, "unknown connector token")
 
     code, stderr = await finish(proc)
@@ -70,6 +71,39 @@ async def test_a_token_revoked_while_connected_exits_2(tunnel: FakeTokios, upstr
     assert "(close 4003): check --token" in stderr
 
 
+async def test_a_server_that_refuses_our_protocol_version_makes_it_exit_2(
+    tunnel: FakeTokios, upstream: Upstream
+) -> None:
+    proc = await spawn("--server", tunnel.http_url, "--token", TOKEN, "--upstream", upstream.base)
+    peer = await tunnel.accept(timeout=10)
+    assert (await peer.next_control()).protocol == 2
+    await peer.ws.close(4004, "connector protocol 2 is not supported; this server speaks 3")
+
+    code, stderr = await finish(proc)
+
+    assert code == 2
+    assert "server refused connector protocol 2 (close 4004): upgrade the server or use a connector" in stderr
+    assert "this server speaks 3" in stderr  # the server's own reason is shown too
+    with pytest.raises(asyncio.TimeoutError):
+        await tunnel.accept(timeout=0.5)
+
+
+async def test_a_welcome_of_protocol_1_makes_it_exit_2(tunnel: FakeTokios, upstream: Upstream) -> None:
+    proc = await spawn("--server", tunnel.http_url, "--token", TOKEN, "--upstream", upstream.base)
+    peer = await tunnel.accept(timeout=10)
+    await peer.handshake(protocol=1)
+
+    code, stderr = await finish(proc)
+
+    assert code == 2
+    assert (
+        "the server speaks connector protocol 1; this connector speaks 2: "
+        "upgrade the server or use a matching connector"
+    ) in stderr
+    with pytest.raises(asyncio.TimeoutError):
+        await tunnel.accept(timeout=0.5)
+
+
 async def test_sigterm_drains_in_flight_requests_then_exits_0(tunnel: FakeTokios, upstream: Upstream) -> None:
     proc = await spawn("--server", tunnel.http_url, "--token", TOKEN, "--upstream", upstream.base, "--grace", "10")
     peer = await tunnel.accept(timeout=10)
@@ -80,9 +114,9 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(tunnel: FakeTokios
 
     proc.send_signal(signal.SIGTERM)
 
-    assert await peer.next_control() == {"type": "draining"}
+    assert await peer.next_control() == Draining()
     await peer.request("late", {"messages": [{"role": "user", "content": "hi"}]})
-    assert (await peer.collect("late")).error["code"] == "overloaded"
+    assert (await peer.collect("late")).error.code == "overloaded"
     finished = await peer.collect("long", start=start)
     assert finished.end is not None
     assert finished.sse_data()[-1] == "[DONE]"
@@ -117,6 +151,19 @@ async def test_sigterm_while_disconnected_exits_0_at_once(upstream: Upstream) ->
         (
             ["--server", "https://x", "--token", "t", "--upstream", "http://127.0.0.1:1/v1", "--max-concurrency", "0"],
             "--max-concurrency must be a positive integer",
+        ),
+        (
+            [
+                "--server",
+                "https://x",
+                "--token",
+                "t",
+                "--upstream",
+                "http://127.0.0.1:1/v1",
+                "--max-concurrency",
+                "100001",
+            ],
+            "--max-concurrency must be a positive integer up to 100000",
         ),
         (
             ["--server", "https://x", "--token", "t", "--upstream", "http://127.0.0.1:1/v1", "--grace", "soon"],

@@ -10,9 +10,10 @@ import time
 import pytest
 
 from tests.connector.conftest import TOKEN, StartConnector, Upstream
-from tests.connector.tunnel import FakeTokios
+from tests.connector.tunnel import FakeTokios, Peer, ReceivedChunk
 from tests.fakes.process import free_port
-from tokios_connector import PROTOCOL_VERSION, __version__
+from tokios_connector import __version__
+from tokios_connector.protocol import MAX_CHUNK_PAYLOAD, Draining, Hello, Ping, Pong, Welcome
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -30,22 +31,19 @@ async def test_it_says_hello_and_waits_for_welcome(
 
     assert peer.authorization == f"Bearer {TOKEN}"
     hello = await peer.next_control()
-    assert hello == {
-        "type": "hello",
-        "protocol": PROTOCOL_VERSION,
-        "version": __version__,
-        "upstream": upstream.base,  # credentials stripped
-        "model": "local-llama",
-        "max_concurrency": 7,
-    }
+    assert hello == Hello(
+        protocol=2,
+        version=__version__,
+        upstream=upstream.base,  # credentials stripped
+        model="local-llama",
+        max_concurrency=7,
+    )
     with pytest.raises(asyncio.TimeoutError):
         await peer.next_control(timeout=0.2)  # nothing else before welcome
 
-    await peer.send(
-        {"type": "welcome", "deployment": "d", "connector_id": "c", "heartbeat_interval": 15, "heartbeat_timeout": 45}
-    )
-    await peer.send({"type": "ping", "t": 1234.5})
-    assert await peer.next_control() == {"type": "pong", "t": 1234.5}
+    await peer.send(Welcome("d", "c", heartbeat_interval=15, heartbeat_timeout=45))
+    await peer.send(Ping(1234.5))
+    assert await peer.next_control() == Pong(1234.5)
 
 
 async def test_it_relays_a_non_streaming_request(
@@ -66,15 +64,13 @@ async def test_it_relays_a_non_streaming_request(
 
     assert response.error is None
     assert response.status == 200
-    assert response.start["headers"]["content-type"] == "application/json"
-    assert "transfer-encoding" not in response.start["headers"]
-    assert "connection" not in response.start["headers"]
+    assert response.start.headers["content-type"] == "application/json"
+    assert "transfer-encoding" not in response.start.headers
+    assert "connection" not in response.start.headers
     answer = response.json()
     assert answer["choices"][0]["message"]["content"] == "w0 w1 w2 w3 w4 w5 w6 w7"
     assert answer["model"] == "client-model"  # no --model: the body goes through untouched
-    timing = response.end["timing"]
-    assert isinstance(timing["upstream_ms"], int) and isinstance(timing["ttfb_ms"], int)
-    assert 0 <= timing["ttfb_ms"] <= timing["upstream_ms"]
+    assert 0 <= response.end.ttfb_ms <= response.end.upstream_ms
 
     stats = upstream.stats()
     assert stats["last_path"] == "POST /v1/chat/completions"
@@ -113,7 +109,7 @@ async def test_it_streams_chunks_as_they_arrive(
     response = await peer.collect("s1")
 
     assert response.status == 200
-    assert response.start["headers"]["content-type"].startswith("text/event-stream")
+    assert response.start.headers["content-type"].startswith("text/event-stream")
     # The upstream needs >= 750 ms; the first chunk must not wait for it to finish.
     assert response.chunks[0].at - sent_at < 0.4
     assert response.end_at - response.chunks[0].at > 0.5
@@ -142,21 +138,22 @@ async def test_it_reassembles_a_large_request_body_sent_in_parts(
     assert upstream.stats()["last_body"]["messages"][0]["content"] == prompt
 
 
-async def test_it_splits_a_large_response_into_several_frames(
+async def test_it_splits_a_large_response_into_frames_of_at_most_16_kib(
     tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
 ) -> None:
     await start_connector()
     peer = await tunnel.accept()
-    await peer.handshake()
+    await peer.handshake()  # window 64, credit handed back as the double reads
 
-    text = "abcdefghij_" * 40_000  # a 440 KB answer
+    text = "abcdefghij_" * 120_000  # a 1.3 MB answer: more frames than one window
     await peer.request("big", chat(f"[[text={text}]]"))
     response = await peer.collect("big")
 
     assert response.status == 200
-    assert len(response.body) > 256 * 1024
-    assert len(response.chunks) > 1
-    assert all(len(chunk.payload) <= 256 * 1024 for chunk in response.chunks)
+    assert MAX_CHUNK_PAYLOAD == 16 * 1024
+    assert len(response.chunks) >= len(response.body) / (16 * 1024) > 64
+    assert all(len(chunk.payload) <= 16 * 1024 for chunk in response.chunks)
+    assert all(chunk.frame_size <= 1 + len("big") + 16 * 1024 for chunk in response.chunks)
     assert response.json()["choices"][0]["message"]["content"] == text.replace("_", " ").strip()
 
 
@@ -170,7 +167,7 @@ async def test_cancel_aborts_the_upstream_request(
     await peer.request("c1", chat("[[words=50 delay_ms=100]]", stream=True))
     kind, _, _ = await peer.next_event("c1")
     assert kind == "response.start"
-    await peer.send({"type": "cancel", "id": "c1"})
+    await peer.cancel("c1")
 
     stats = await upstream.wait_for("aborted", 1)
     assert stats["aborted"] == 1
@@ -192,12 +189,139 @@ async def test_cancel_before_the_upstream_answers_aborts_it_too(
 
     await peer.request("c1", chat("[[first_delay_ms=3000]]"))
     await upstream.wait_for("started", 1)
-    await peer.send({"type": "cancel", "id": "c1"})
+    await peer.cancel("c1")
 
     stats = await upstream.wait_for("aborted", 1)
     assert stats["aborted"] == 1
     await asyncio.sleep(0.2)
     assert peer.pending_events("c1") == []
+
+
+def big_words(count: int, size: int) -> list[str]:
+    """Words long enough that each streamed event spans most of a chunk frame."""
+    return [f"{i:03d}" + "x" * size for i in range(count)]
+
+
+async def chunks_then_silence(peer: Peer, rid: str, count: int, quiet: float = 0.3) -> list[ReceivedChunk]:
+    """Take `count` chunk frames of `rid`, then check that nothing more comes for `quiet` seconds."""
+    events = [await peer.next_event(rid) for _ in range(count)]
+    assert [kind for kind, _, _ in events] == ["chunk"] * count
+    await asyncio.sleep(quiet)
+    assert peer.pending_events(rid) == [], "more than the credit allowed"
+    return [chunk for _, chunk, _ in events]
+
+
+async def test_it_sends_no_more_chunk_frames_than_its_credit(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(window=4, auto_credit=False)
+
+    words = big_words(30, 9000)  # 30 streamed events of 9 KB: about 17 frames of 16 KiB
+    await peer.request("s1", chat(f"[[text={'_'.join(words)}]]", stream=True))
+    kind, start, _ = await peer.next_event("s1")
+    assert kind == "response.start"
+    assert (await upstream.wait_for("completed", 1))["completed"] == 1  # only credit holds the answer back
+    first = await chunks_then_silence(peer, "s1", 4)
+
+    # A stalled request holds up nobody else: credit is per request.
+    await peer.request("quick", chat())
+    assert (await peer.collect("quick")).status == 200
+    assert peer.pending_events("s1") == []
+
+    await peer.send_credit("s1", 3)
+    second = await chunks_then_silence(peer, "s1", 3)
+
+    await peer.send_credit("s1", 1000)
+    rest = await peer.collect("s1", start=start)
+    assert rest.end is not None
+    body = b"".join(chunk.payload for chunk in first + second) + rest.body
+    events = [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert streamed == " ".join(words)
+
+
+async def test_cancel_while_waiting_for_credit_closes_the_upstream_request(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(window=2, auto_credit=False)
+
+    await peer.request("c1", chat("[[words=200 delay_ms=20]]", stream=True))  # 4 s of generation
+    assert (await peer.next_event("c1"))[0] == "response.start"
+    await chunks_then_silence(peer, "c1", 2)  # waiting for credit
+
+    await peer.cancel("c1")
+
+    stats = await upstream.wait_for("aborted", 1, timeout=2.0)  # well before the answer would end
+    assert stats["aborted"] == 1
+    assert stats["completed"] == 0
+    assert peer.pending_events("c1") == []
+    await peer.request("c2", chat())  # the slot is free again
+    assert (await peer.collect("c2")).status == 200
+
+
+async def test_losing_the_tunnel_while_waiting_for_credit_closes_the_upstream_request(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(window=1, auto_credit=False)
+    await peer.request("r1", chat("[[words=200 delay_ms=20]]", stream=True))
+    assert (await peer.next_event("r1"))[0] == "response.start"
+    await chunks_then_silence(peer, "r1", 1)  # waiting for credit
+
+    peer.ws.transport.abort()
+
+    stats = await upstream.wait_for("aborted", 1, timeout=2.0)
+    assert stats["aborted"] == 1
+    assert stats["completed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("welcome", "server_protocol"),
+    [
+        # What a version-1 server sends: no protocol field at all.
+        ({"deployment": "d", "connector_id": "c", "heartbeat_interval": 15, "heartbeat_timeout": 45}, "1"),
+        # A newer server whose welcome our parser would refuse: its version still decides.
+        (
+            {
+                "deployment": "d",
+                "connector_id": "c",
+                "heartbeat_interval": 15,
+                "heartbeat_timeout": 45,
+                "window": 99_999,
+                "protocol": 3,
+            },
+            "3",
+        ),
+    ],
+)
+async def test_a_welcome_of_another_protocol_version_is_fatal(
+    tunnel: FakeTokios,
+    start_connector: StartConnector,
+    upstream: Upstream,
+    capsys: pytest.CaptureFixture[str],
+    welcome: dict[str, object],
+    server_protocol: str,
+) -> None:
+    connector = await start_connector()
+    peer = await tunnel.accept()
+    assert (await peer.next_control()).type == "hello"
+
+    await peer.send({"type": "welcome", **welcome})
+
+    assert await start_connector.exit_code(connector) == 2
+    assert (
+        f"the server speaks connector protocol {server_protocol}; this connector speaks 2: "
+        "upgrade the server or use a matching connector"
+    ) in capsys.readouterr().err
+    assert peer.ws.close_code == 1002
+    with pytest.raises(asyncio.TimeoutError):
+        await tunnel.accept(timeout=0.5)  # and it did not come back
 
 
 @pytest.mark.parametrize(
@@ -223,7 +347,7 @@ async def test_it_refuses_paths_outside_the_allow_list(
     response = await peer.collect("p1")
 
     assert response.start is None
-    assert response.error["code"] == "path_not_allowed"
+    assert response.error.code == "path_not_allowed"
     assert upstream.stats()["started"] == 0
 
 
@@ -259,7 +383,7 @@ async def test_it_answers_overloaded_over_max_concurrency(
     await peer.request("c", chat())
     third = await peer.collect("c")
 
-    assert third.error["code"] == "overloaded"
+    assert third.error.code == "overloaded"
     assert third.end_at - asked < 0.3  # refused at once, not queued
     assert (await peer.collect("a")).end is not None
     assert (await peer.collect("b")).end is not None
@@ -299,8 +423,8 @@ async def test_it_reconnects_when_the_server_restarts(
 
     peer = await tunnel.accept(timeout=10)
     await peer.handshake()
-    await peer.send({"type": "ping", "t": 1.0})
-    assert (await peer.next_control())["type"] == "pong"
+    await peer.send(Ping(1.0))
+    assert await peer.next_control() == Pong(1.0)
 
 
 async def test_it_reconnects_when_the_server_goes_silent(
@@ -313,7 +437,7 @@ async def test_it_reconnects_when_the_server_goes_silent(
     second = await tunnel.accept(timeout=5)
     await asyncio.wait_for(first.ws.wait_closed(), 5)
     assert first.ws.close_code == 1001
-    assert (await second.next_control())["type"] == "hello"
+    assert (await second.next_control()).type == "hello"
 
 
 async def test_pings_keep_a_quiet_connection_alive(
@@ -324,8 +448,8 @@ async def test_pings_keep_a_quiet_connection_alive(
     await peer.handshake(heartbeat_interval=0.2, heartbeat_timeout=0.5)
 
     for i in range(8):  # 1.6 s: three heartbeat timeouts, kept alive by pings alone
-        await peer.send({"type": "ping", "t": float(i)})
-        assert await peer.next_control() == {"type": "pong", "t": float(i)}
+        await peer.send(Ping(float(i)))
+        assert await peer.next_control() == Pong(float(i))
         await asyncio.sleep(0.2)
 
     with pytest.raises(asyncio.TimeoutError):
@@ -371,13 +495,13 @@ async def test_upstream_failures_map_to_error_codes(
     await peer.request("slow", chat("[[first_delay_ms=3000]]"))
     timed_out = await peer.collect("slow")
     assert timed_out.start is None
-    assert timed_out.error["code"] == "upstream_timeout"
+    assert timed_out.error.code == "upstream_timeout"
 
     await peer.request("broken", chat("[[words=6 fail_after=2]]", stream=True))
     broken = await peer.collect("broken")
     assert broken.status == 200
     assert b'"w0"' in broken.body and b'" w1"' in broken.body and b"[DONE]" not in broken.body
-    assert broken.error["code"] == "upstream_error"
+    assert broken.error.code == "upstream_error"
 
     await peer.request("500", chat("[[status=500]]"))
     failed = await peer.collect("500")
@@ -395,7 +519,7 @@ async def test_an_unreachable_upstream_is_reported(tunnel: FakeTokios, start_con
     response = await peer.collect("r1")
 
     assert response.start is None
-    assert response.error["code"] == "upstream_unreachable"
+    assert response.error.code == "upstream_unreachable"
 
 
 async def test_it_rejects_malformed_requests_and_survives_garbage(
@@ -408,6 +532,9 @@ async def test_it_rejects_malformed_requests_and_survives_garbage(
     await peer.ws.send("not json")
     await peer.ws.send(b"\x01xbinary")
     await peer.send({"type": "something.new"})
+    await peer.send({"type": "credit", "id": "nobody", "frames": 5})  # not in flight: ignored
+    await peer.send({"type": "credit", "id": "crd", "frames": 0})  # malformed, but not a request
+    await peer.send({"type": "cancel", "id": 7})
     await peer.send(
         {
             "type": "request",
@@ -419,10 +546,12 @@ async def test_it_rejects_malformed_requests_and_survives_garbage(
             "body_parts": -1,
         }
     )
-    assert (await peer.collect("bad")).error["code"] == "bad_request"
+    assert (await peer.collect("bad")).error.code == "bad_request"
 
     await peer.request("ok", chat())
     assert (await peer.collect("ok")).status == 200
+    assert peer.pending_events("nobody") == []
+    assert peer.pending_events("crd") == []
 
 
 async def test_it_logs_one_line_per_request_without_secrets_or_prompts(
@@ -475,9 +604,9 @@ async def test_draining_refuses_new_requests_and_finishes_in_flight(
 
     connector.request_stop("test")
 
-    assert await peer.next_control() == {"type": "draining"}
+    assert await peer.next_control() == Draining()
     await peer.request("late", chat())
-    assert (await peer.collect("late")).error["code"] == "overloaded"
+    assert (await peer.collect("late")).error.code == "overloaded"
     finished = await peer.collect("a", start=start)
     assert finished.end is not None
     assert finished.sse_data()[-1] == "[DONE]"
@@ -511,7 +640,7 @@ async def test_it_relays_redirects_without_following_them(tunnel: FakeTokios, st
         response = await peer.collect("r1")
 
         assert response.status == 307
-        assert response.start["headers"]["location"].endswith(f":{other_port}/v1/chat/completions")
+        assert response.start.headers["location"].endswith(f":{other_port}/v1/chat/completions")
         assert followed == []
     finally:
         other.close()

@@ -1,13 +1,29 @@
-"""Pure functions of the connector: URL rules, frame splitting, header and body shaping."""
+"""Pure functions of the connector: URL rules, frames, credit, header and body shaping."""
 
 from __future__ import annotations
+
+import asyncio
+import json
 
 import httpx
 import pytest
 
 from tokios_connector.config import public_url, upstream_base, websocket_url
-from tokios_connector.connector import BACKOFF_CAP, backoff_delay
-from tokios_connector.frames import MAX_CHUNK_PAYLOAD, chunk_frames, chunk_prefix, loads, parse_chunk, valid_request_id
+from tokios_connector.connector import BACKOFF_CAP, MAX_HEARTBEAT_TIMEOUT, backoff_delay, heartbeat_timeout
+from tokios_connector.protocol import (
+    MAX_CHUNK_PAYLOAD,
+    Credit,
+    ProtocolError,
+    Request,
+    Welcome,
+    chunk_frames,
+    chunk_prefix,
+    decode_chunk,
+    decode_from_server,
+    loads,
+    valid_request_id,
+)
+from tokios_connector.session import Stream
 from tokios_connector.transport import LeanTransport, make_transport
 from tokios_connector.upstream import build_routes, request_headers, response_headers, rewrite_model
 
@@ -49,17 +65,14 @@ def test_routes_send_llama_cpp_extensions_to_the_origin() -> None:
     assert routes["/models"].method == "GET"
 
 
-def test_chunk_frames_split_payloads_over_256_kib() -> None:
+def test_chunk_frames_split_payloads_over_16_kib() -> None:
+    assert MAX_CHUNK_PAYLOAD == 16 * 1024
     prefix = chunk_prefix("req-1")
-    payload = bytes(range(256)) * (600 * 1024 // 256)
-    frames = list(chunk_frames(prefix, payload))
-    assert [len(parse_chunk(f)[1]) for f in frames] == [
-        MAX_CHUNK_PAYLOAD,
-        MAX_CHUNK_PAYLOAD,
-        600 * 1024 - 2 * MAX_CHUNK_PAYLOAD,
-    ]
-    assert all(parse_chunk(f)[0] == "req-1" for f in frames)
-    assert b"".join(parse_chunk(f)[1] for f in frames) == payload
+    payload = bytes(range(256)) * (40 * 1024 // 256)
+    chunks = [decode_chunk(f) for f in chunk_frames(prefix, payload)]
+    assert [len(c.payload) for c in chunks] == [16 * 1024, 16 * 1024, 8 * 1024]
+    assert {c.id for c in chunks} == {"req-1"}
+    assert b"".join(c.payload for c in chunks) == payload
     assert list(chunk_frames(prefix, b"data: x\n\n")) == [b"\x05req-1data: x\n\n"]
 
 
@@ -69,6 +82,64 @@ def test_request_ids_must_fit_the_frame_header() -> None:
     assert not valid_request_id("")
     assert not valid_request_id("é")
     assert not valid_request_id(12)
+
+
+def test_a_malformed_request_names_its_id_so_the_connector_can_refuse_it() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_from_server('{"type":"request","id":"r1","method":"POST","path":"/models","body_parts":-1}')
+    assert caught.value.request_id == "r1"
+    assert decode_from_server('{"type":"request","id":"r1","method":"GET","path":"/models"}') == Request(
+        "r1", "GET", "/models", {}
+    )
+
+
+def test_a_welcome_without_protocol_is_version_1_with_the_default_window() -> None:
+    welcome = decode_from_server(
+        '{"type":"welcome","deployment":"d","connector_id":"c","heartbeat_interval":15,"heartbeat_timeout":45}'
+    )
+    assert isinstance(welcome, Welcome)
+    assert (welcome.protocol, welcome.window) == (1, 64)
+
+
+@pytest.mark.parametrize("frames", [0, -1, 10**9, 1.5, True, "3"])
+def test_credit_must_be_a_bounded_positive_integer(frames: object) -> None:
+    assert decode_from_server('{"type":"credit","id":"r1","frames":3}') == Credit("r1", 3)
+    with pytest.raises(ProtocolError):
+        decode_from_server(json.dumps({"type": "credit", "id": "r1", "frames": frames}))
+
+
+def test_heartbeat_timeout_is_bounded() -> None:
+    def welcome(interval: float, timeout: float) -> Welcome:
+        return Welcome("d", "c", heartbeat_interval=interval, heartbeat_timeout=timeout)
+
+    assert heartbeat_timeout(welcome(15, 45), 45) == 45
+    assert heartbeat_timeout(welcome(1, 0.2), 45) == 2  # at least two ping intervals
+    assert heartbeat_timeout(welcome(15, -1), 45) == 45  # nonsense: the default
+    assert heartbeat_timeout(welcome(1e300, 1e300), 45) == MAX_HEARTBEAT_TIMEOUT
+
+
+@pytest.mark.asyncio
+async def test_a_stream_waits_for_credit_only_when_it_has_none() -> None:
+    stream = Stream(1)
+    await asyncio.wait_for(stream.wait_for_credit(), 0.1)  # credit left: returns at once
+    stream.credit -= 1
+
+    waiter = asyncio.create_task(stream.wait_for_credit())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    stream.add_credit(2)
+    await asyncio.wait_for(waiter, 0.1)
+    assert stream.credit == 2
+
+    stream.credit = 0
+    waiter = asyncio.create_task(stream.wait_for_credit())
+    await asyncio.sleep(0.05)
+    waiter.cancel()  # what `cancel` and a lost WebSocket do
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+    stream.add_credit(10**12)
+    assert stream.credit == 1_000_000  # bounded
 
 
 def test_only_safe_request_headers_are_forwarded() -> None:

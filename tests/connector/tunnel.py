@@ -1,7 +1,16 @@
-"""A stand-in for the Tokios server side of the connector protocol, for connector tests.
+"""TEST DOUBLE: a stand-in for the Tokios server side of the connector protocol, for connector tests.
 
-It accepts connector WebSockets, records what arrives per request id, and lets a test send
-welcome/request/cancel/ping frames like the real consumer will (docs/connector-protocol.md).
+It accepts connector WebSockets, reads what arrives with the shared parser
+(`tokios_connector.protocol`) as strictly as the real server does, records it per request id, and
+lets a test send welcome/request/credit/cancel/ping frames like the real consumer will
+(docs/connector-protocol.md).
+
+Flow control: like the server, it grants each request `window` chunk frames and, by default,
+hands credit back as soon as half the window has arrived (a client that reads everything at
+once). `handshake(auto_credit=False)` turns that off, so a test decides when credit is returned.
+A connector that breaks the protocol (bad frame, chunk beyond its credit, chunk before
+response.start, response.start twice) is recorded in `Peer.violation` and closed with 4002; the
+`tunnel` fixture fails the test if any peer saw one.
 """
 
 from __future__ import annotations
@@ -15,13 +24,31 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from tokios_connector.frames import MAX_FRAME_SIZE, parse_chunk
-
-PART_SIZE = 256 * 1024
+from tokios_connector.protocol import (
+    CLOSE_PROTOCOL_ERROR,
+    DEFAULT_WINDOW,
+    MAX_BODY_PART,
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    Cancel,
+    ConnectorFrame,
+    Credit,
+    ProtocolError,
+    Request,
+    RequestBody,
+    ResponseEnd,
+    ResponseError,
+    ResponseStart,
+    ServerFrame,
+    Welcome,
+    decode_chunk,
+    decode_from_connector,
+    encode,
+)
 
 
 @dataclass
-class Chunk:
+class ReceivedChunk:
     payload: bytes
     at: float  # time.monotonic() on arrival
     frame_size: int
@@ -29,15 +56,15 @@ class Chunk:
 
 @dataclass
 class Response:
-    start: dict[str, Any] | None = None
-    chunks: list[Chunk] = field(default_factory=list)
-    end: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    start: ResponseStart | None = None
+    chunks: list[ReceivedChunk] = field(default_factory=list)
+    end: ResponseEnd | None = None
+    error: ResponseError | None = None
     end_at: float = 0.0
 
     @property
     def status(self) -> int | None:
-        return self.start["status"] if self.start else None
+        return self.start.status if self.start else None
 
     @property
     def body(self) -> bytes:
@@ -50,13 +77,26 @@ class Response:
         return [line[6:] for line in self.body.decode().split("\n") if line.startswith("data: ")]
 
 
+@dataclass
+class _Flow:
+    """What the double knows about one request it sent."""
+
+    credit: int  # chunk frames the connector may still send
+    unreturned: int = 0  # chunk frames received since credit was last handed back
+    started: bool = False
+
+
 class Peer:
     """One connector connection as the server sees it."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.authorization = ws.request.headers.get("Authorization") if ws.request else None
-        self.control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.control: asyncio.Queue[ConnectorFrame] = asyncio.Queue()
+        self.window = DEFAULT_WINDOW
+        self.auto_credit = True
+        self.violation: str | None = None
+        self._flows: dict[str, _Flow] = {}
         self._by_id: dict[str, asyncio.Queue[tuple[str, Any, float]]] = {}
         self.reader = asyncio.create_task(self._read())
 
@@ -69,37 +109,96 @@ class Peer:
         try:
             async for message in self.ws:
                 now = time.monotonic()
-                if isinstance(message, bytes):
-                    rid, payload = parse_chunk(message)
-                    self._queue(rid).put_nowait(("chunk", Chunk(payload, now, len(message)), now))
-                else:
-                    frame = json.loads(message)
-                    if "id" in frame:
-                        self._queue(frame["id"]).put_nowait((frame["type"], frame, now))
+                try:
+                    if isinstance(message, bytes):
+                        await self._on_chunk(message, now)
                     else:
-                        self.control.put_nowait(frame)
+                        self._on_text(message, now)
+                except ProtocolError as exc:
+                    self.violation = exc.message
+                    await self.ws.close(CLOSE_PROTOCOL_ERROR, exc.message[:100])
+                    return
         except ConnectionClosed:
             pass
 
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(frame))
+    async def _on_chunk(self, message: bytes, now: float) -> None:
+        chunk = decode_chunk(message)
+        flow = self._flows.get(chunk.id)
+        # Recorded before it is judged, so a test counting frames sees an overrun too.
+        self._queue(chunk.id).put_nowait(("chunk", ReceivedChunk(chunk.payload, now, len(message)), now))
+        if flow is None:
+            return  # a request the double never sent or already finished: dropped, as the server does
+        if not flow.started:
+            raise ProtocolError("chunk before response.start", chunk.id)
+        if flow.credit <= 0:
+            raise ProtocolError("chunk beyond credit", chunk.id)
+        flow.credit -= 1
+        flow.unreturned += 1
+        if self.auto_credit and flow.unreturned * 2 >= self.window:  # the server's rule
+            frames, flow.unreturned = flow.unreturned, 0
+            await self.send_credit(chunk.id, frames)
 
-    async def next_control(self, timeout: float = 5.0) -> dict[str, Any]:
-        return await asyncio.wait_for(self.control.get(), timeout)
+    def _on_text(self, message: str, now: float) -> None:
+        frame = decode_from_connector(message)
+        match frame:
+            case ResponseStart(id=rid):
+                flow = self._flows.get(rid)
+                if flow is not None:
+                    if flow.started:
+                        raise ProtocolError("response.start twice", rid)
+                    flow.started = True
+                self._queue(rid).put_nowait(("response.start", frame, now))
+            case ResponseEnd(id=rid) | ResponseError(id=rid):
+                self._flows.pop(rid, None)
+                self._queue(rid).put_nowait((frame.type, frame, now))
+            case _:
+                self.control.put_nowait(frame)
 
-    async def handshake(self, **welcome: Any) -> dict[str, Any]:
+    async def _get(self, queue: asyncio.Queue[Any], timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
+            if self.violation is not None:
+                raise AssertionError(f"the connector broke the protocol: {self.violation}") from None
+            raise
+
+    async def send(self, frame: ServerFrame | dict[str, Any]) -> None:
+        """Send a frame; a dict is sent as it is (for frames the protocol does not allow)."""
+        await self.ws.send(json.dumps(frame) if isinstance(frame, dict) else encode(frame))
+
+    async def send_credit(self, rid: str, frames: int) -> None:
+        flow = self._flows.get(rid)
+        if flow is not None:
+            flow.credit += frames
+        await self.send(Credit(rid, frames))
+
+    async def cancel(self, rid: str) -> None:
+        self._flows.pop(rid, None)
+        await self.send(Cancel(rid))
+
+    async def next_control(self, timeout: float = 5.0) -> ConnectorFrame:
+        return await self._get(self.control, timeout)
+
+    async def handshake(
+        self,
+        *,
+        window: int = DEFAULT_WINDOW,
+        auto_credit: bool = True,
+        protocol: int = PROTOCOL_VERSION,
+        **welcome: Any,
+    ) -> ConnectorFrame:
         hello = await self.next_control()
-        assert hello["type"] == "hello", hello
-        await self.send(
-            {
-                "type": "welcome",
-                "deployment": "fake-deployment",
-                "connector_id": "conn-1",
-                "heartbeat_interval": 15,
-                "heartbeat_timeout": 45,
-                **welcome,
-            }
-        )
+        assert hello.type == "hello", hello
+        self.window = window
+        self.auto_credit = auto_credit
+        fields: dict[str, Any] = {
+            "deployment": "fake-deployment",
+            "connector_id": "conn-1",
+            "heartbeat_interval": 15,
+            "heartbeat_timeout": 45,
+            **welcome,
+        }
+        await self.send(Welcome(window=window, protocol=protocol, **fields))
         return hello
 
     async def request(
@@ -112,27 +211,28 @@ class Peer:
         headers: dict[str, str] | None = None,
     ) -> None:
         text = body if isinstance(body, str) or body is None else json.dumps(body)
+        # Split by characters: with ASCII JSON that is bytes too, and no part is over MAX_BODY_PART.
         parts = (
             []
-            if text is None or len(text) <= PART_SIZE
-            else [text[i : i + PART_SIZE] for i in range(0, len(text), PART_SIZE)]
+            if text is None or len(text) <= MAX_BODY_PART
+            else [text[i : i + MAX_BODY_PART] for i in range(0, len(text), MAX_BODY_PART)]
         )
+        self._flows[rid] = _Flow(credit=self.window)
         await self.send(
-            {
-                "type": "request",
-                "id": rid,
-                "method": method,
-                "path": path,
-                "headers": headers if headers is not None else {"content-type": "application/json"},
-                "body": None if parts else text,
-                "body_parts": len(parts),
-            }
+            Request(
+                rid,
+                method,
+                path,
+                headers if headers is not None else {"content-type": "application/json"},
+                body=None if parts else text,
+                body_parts=len(parts),
+            )
         )
         for part in parts:
-            await self.send({"type": "request.body", "id": rid, "data": part})
+            await self.send(RequestBody(rid, part))
 
     async def next_event(self, rid: str, timeout: float = 5.0) -> tuple[str, Any, float]:
-        return await asyncio.wait_for(self._queue(rid).get(), timeout)
+        return await self._get(self._queue(rid), timeout)
 
     def pending_events(self, rid: str) -> list[tuple[str, Any, float]]:
         queue = self._queue(rid)
@@ -141,7 +241,7 @@ class Peer:
             events.append(queue.get_nowait())
         return events
 
-    async def collect(self, rid: str, timeout: float = 10.0, *, start: dict[str, Any] | None = None) -> Response:
+    async def collect(self, rid: str, timeout: float = 10.0, *, start: ResponseStart | None = None) -> Response:
         """Everything for one request up to its response.end or response.error (pass `start` if the
         test already took the response.start frame with next_event)."""
         response = Response(start=start)
@@ -168,6 +268,7 @@ class FakeTokios:
 
     def __init__(self) -> None:
         self.connections: asyncio.Queue[Peer] = asyncio.Queue()
+        self.peers: list[Peer] = []
         self.server: Server | None = None
         self.port = 0
 
@@ -196,8 +297,13 @@ class FakeTokios:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/connector"
 
+    @property
+    def violations(self) -> list[str]:
+        return [peer.violation for peer in self.peers if peer.violation is not None]
+
     async def _handle(self, ws: ServerConnection) -> None:
         peer = Peer(ws)
+        self.peers.append(peer)
         await self.connections.put(peer)
         await peer.reader
 
