@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from billing import metering  # pytest-django has set Django up before it loads this file
+
 os.environ.setdefault("TOKIOS_HTTPS", "0")
 
 REQUIRE_SERVICES = os.environ.get("CI", "").lower() == "true" or os.environ.get("TOKIOS_REQUIRE_SERVICES") == "1"
@@ -29,6 +31,4 @@ def _close_usage_writer_connections():
     """The usage writer keeps an async database connection per event loop; each test has its own
     loop, and an open connection would keep the test database from being dropped."""
     yield
-    from proxy import usage
-
-    usage.close_connections()
+    metering.close_connections()

@@ -6,6 +6,4 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import limits, signals  # noqa: F401  (signals registers its receivers on import)
-
-        limits.install()
+        from . import signals  # noqa: F401  (signals registers its receivers on import)

@@ -25,6 +25,11 @@ production):
   keys of a request share the hash tag `{o<org id>}` so the script also runs on Redis Cluster.
   If Redis is unreachable the gateway fails open (admits, logs) rather than taking /v1 down.
 - Neither path touches the database on a warm request.
+
+The gateway calls this module explicitly: `enforce` before the upstream is called (it returns the
+request's Reservation, or raises LimitExceeded), and `settle` once the request's usage record is
+final, just before it is submitted to `billing.metering`. billing never imports the gateway: a
+refusal is billing's own LimitExceeded, which the gateway renders in the caller's shape.
 """
 
 from __future__ import annotations
@@ -46,14 +51,17 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import DatabaseError
 from django.dispatch import receiver
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from accounts.access import DeploymentRecord, KeyRecord
 from deployments.models import micros_to_usd
 from tokios_site.loops import for_this_loop
 from tokios_site.redis import get_sync_redis, report_outage
 from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
+from .metering import UsageRecord
 from .periods import month_label, month_start, next_month_start
+from .queries import spent_this_month
 
 log = logging.getLogger("tokios.limits")
 
@@ -718,8 +726,6 @@ def _tag_of(key: str) -> str:
 
 
 def _run_sync(script: Script, keys: list[str], args: list) -> list:
-    from redis.exceptions import NoScriptError
-
     client = get_sync_redis()
     try:
         return client.evalsha(script.sha, len(keys), *keys, *args)
@@ -761,8 +767,6 @@ seed_queries = 0  # how many seeds this process computed (tests assert it stays 
 
 
 def _spent_in_db(budget: Budget) -> int:
-    from .queries import spent_this_month
-
     year, month = (int(part) for part in budget.month.split("-"))
     moment = datetime(year, month, 1, tzinfo=UTC)
     return spent_this_month(org_id=budget.org_id, key_id=budget.key_id, now=moment)["cost_micros"]
@@ -983,10 +987,24 @@ def _who(scope: str, key) -> str:
     return "this API key" if scope == "key" else f"organization {key.org_slug}"
 
 
-def refusal(key, bucket_or_budget, decision: Decision, index: int, now_ms: int, *, anthropic: bool):
-    """The 429 GatewayError for a refused request, in the caller's shape."""
-    from proxy.errors import GatewayError
+class LimitExceeded(Exception):
+    """A request refused by a rate limit or a budget. billing's own error: the gateway turns it into
+    its 429 in the caller's shape, with these fields (type and code already chosen for that shape)."""
 
+    status = 429
+
+    def __init__(self, message: str, *, code: str, error_type: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.error_type = error_type
+        self.headers = headers
+
+
+def refusal(
+    key: KeyRecord, bucket_or_budget: Bucket | Budget, decision: Decision, index: int, now_ms: int, *, anthropic: bool
+) -> LimitExceeded:
+    """The 429 for a refused request, in the caller's shape (`anthropic`: /v1/messages)."""
     if isinstance(bucket_or_budget, Bucket):
         bucket = bucket_or_budget
         wait = max(1, decision.retry_ms)
@@ -996,8 +1014,7 @@ def refusal(key, bucket_or_budget, decision: Decision, index: int, now_ms: int, 
             f"Rate limit reached for {unit} on {_who(bucket.scope, key)}: limit {bucket.capacity}, "
             f"remaining {left}, requested {bucket.cost}. Please try again in {go_duration(wait)}."
         )
-        return GatewayError(
-            429,
+        return LimitExceeded(
             message,
             code="rate_limit_exceeded",
             error_type="rate_limit_error" if anthropic else bucket.kind,
@@ -1013,8 +1030,7 @@ def refusal(key, bucket_or_budget, decision: Decision, index: int, now_ms: int, 
         f"{budget.month} (UTC), and this request could cost up to {_usd(budget.cost)}. "
         f"The budget resets on {resets:%Y-%m-%d} 00:00 UTC; an admin can raise it."
     )
-    return GatewayError(
-        429,
+    return LimitExceeded(
         message,
         code="insufficient_quota",
         error_type="rate_limit_error" if anthropic else "insufficient_quota",
@@ -1022,20 +1038,33 @@ def refusal(key, bucket_or_budget, decision: Decision, index: int, now_ms: int, 
     )
 
 
-# --- the gateway hooks --------------------------------------------------------------------------
+# --- what the gateway calls ---------------------------------------------------------------------
 
 
-async def enforce(ctx, estimated_tokens: int) -> None:
-    """`proxy.gateway.limit_hook`: admit and reserve, or raise a 429. Sets rate-limit headers."""
-    if ctx.reservation is not None or ctx.key is None:
-        return
+async def enforce(
+    key: KeyRecord,
+    deployment: DeploymentRecord | None,
+    estimated_tokens: int,
+    *,
+    anthropic: bool,
+    headers: dict[str, str],
+) -> Reservation | None:
+    """Admit and reserve a request by `key` on `deployment`, or raise LimitExceeded.
+
+    Once the limiter has answered, writes the rate-limit headers (`x-ratelimit-*`, and also
+    `anthropic-ratelimit-*` if `anthropic`: /v1/messages) into `headers`, so a refused request carries
+    them as well as an admitted one. Returns the reservation to hand to `settle` whatever becomes of
+    the request, or None when limits are off (settings.LIMITS_ENABLED) or the limiter failed open.
+    Each call reserves anew: call it once per request."""
+    if not settings.LIMITS_ENABLED:
+        return None
     now = time.time()
     now_ms = int(now * 1000)
-    buckets, budgets, spec = plan(ctx.key, ctx.deployment, estimated_tokens, now)
+    buckets, budgets, spec = plan(key, deployment, estimated_tokens, now)
     for i, bucket in enumerate(buckets):
         if bucket.capacity <= 0:  # a limit of 0 means "blocked", not "unlimited"
             decision = Decision("limited", denied=i, retry_ms=WINDOW_MS, levels=[0.0] * len(buckets))
-            raise refusal(ctx.key, bucket, decision, i, now_ms, anthropic=ctx.anthropic)
+            raise refusal(key, bucket, decision, i, now_ms, anthropic=anthropic)
     try:
         decision = await get_limiter().acquire(buckets, budgets, now_ms, None, spec)  # `acquire`, one frame less
         if decision.status == "seed":
@@ -1043,33 +1072,24 @@ async def enforce(ctx, estimated_tokens: int) -> None:
     except (RedisError, ReplyError, DatabaseError, OSError, TimeoutError) as exc:
         # Failing open keeps /v1 up through a Redis outage; every request is still metered.
         report_outage(log, "rate limits and budgets are not enforced: the limiter failed", exc)
-        return
-    rate_headers(buckets, decision.levels, now_ms, anthropic=ctx.anthropic, into=ctx.headers)
+        return None
+    rate_headers(buckets, decision.levels, now_ms, anthropic=anthropic, into=headers)
     if decision.status != "ok":
         items = [*buckets, *budgets]
-        raise refusal(ctx.key, items[decision.denied], decision, decision.denied, now_ms, anthropic=ctx.anthropic)
-    ctx.reservation = Reservation(buckets, budgets, spec.tag)
+        raise refusal(key, items[decision.denied], decision, decision.denied, now_ms, anthropic=anthropic)
+    return Reservation(buckets, budgets, spec.tag)
 
 
-def settle(ctx) -> None:
-    """`proxy.usage.on_finish` callback: replace the reservation by the request's real usage."""
-    reservation = ctx.reservation
-    if not isinstance(reservation, Reservation) or reservation.settled:
+def settle(reservation: Reservation | None, record: UsageRecord) -> None:
+    """Replace the reservation by the request's real usage (`record`, final). Nothing to do for None
+    (limits off, failed open, or refused before admission) or a reservation already settled, so a
+    second call changes nothing. Never raises: the request is over, its usage must still be written."""
+    if reservation is None or reservation.settled:
         return
     reservation.settled = True
-    record = ctx.record
     try:
         get_limiter().settle_soon(
             reservation, record.input_tokens + record.output_tokens, record.cost_micros, int(time.time() * 1000)
         )
     except Exception:
         log.warning("could not settle a rate-limit reservation", exc_info=True)
-
-
-def install() -> None:
-    """Plug the limiter into the gateway (called from BillingConfig.ready)."""
-    from proxy import gateway, usage
-
-    gateway.limit_hook = enforce
-    if settle not in usage._finishers:
-        usage.on_finish(settle)

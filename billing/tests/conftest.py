@@ -1,4 +1,5 @@
-"""Billing fixtures: an org with two deployments and two keys, an outsider org, and an event factory.
+"""Billing fixtures: an org with two deployments and two keys, an outsider org, an event factory, the
+limiter backends, and the access records the gateway hands to the limiter.
 
 Redis-backed tests use the database number in REDIS_URL and delete only Tokios's own limiter,
 spend and access-cache keys there, never FLUSHALL (the Redis server is shared).
@@ -7,17 +8,17 @@ spend and access-cache keys there, never FLUSHALL (the Redis server is shared).
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
 
-from accounts.access import clear_local_cache
+from accounts.access import DeploymentRecord, KeyRecord, clear_local_cache
 from accounts.actions import create_api_key, create_org
-from billing import limits
+from billing import limits, metering
 from billing.models import UsageEvent
 from deployments.actions import create_deployment
-from proxy import usage
 
 OUR_REDIS_PATTERNS = ("tokios:rl:*", "tokios:spend:*", "tokios:access:*")
 _request_ids = itertools.count(1)
@@ -42,8 +43,8 @@ def clear_our_redis_keys() -> None:
 def fresh_limiter_state():
     """Each test starts with full buckets, no spend counters, no cached access records, and no usage
     records queued by an earlier test (their writer task died with that test's event loop)."""
-    usage._queue.clear()
-    usage._writing.clear()
+    metering._queue.clear()
+    metering._writing.clear()
     clear_our_redis_keys()
     for limiter in limits._limiters.values():
         if isinstance(limiter, limits.LocalLimiter):
@@ -51,9 +52,53 @@ def fresh_limiter_state():
     limits._seeding.clear()
     clear_local_cache()
     yield
-    usage._queue.clear()
-    usage._writing.clear()
+    metering._queue.clear()
+    metering._writing.clear()
     clear_our_redis_keys()
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request, settings):
+    """Run a test against the in-process limiter and against Redis."""
+    settings.REDIS_URL = os.environ.get("REDIS_URL", "") if request.param == "redis" else ""
+    limiter = limits.get_limiter()
+    assert isinstance(limiter, limits.RedisLimiter if request.param == "redis" else limits.LocalLimiter)
+    return limiter
+
+
+def key_record(**limits_) -> KeyRecord:
+    """A key's access record as the gateway has it (no database needed), with the limits given."""
+    fields = dict(
+        id=7,
+        org_id=3,
+        org_slug="acme",
+        key_hash="x" * 64,
+        prefix="sk-tokios-abc",
+        revoked=False,
+        expires_at=None,
+        all_models=True,
+        allowed=(),
+        rpm_limit=None,
+        tpm_limit=None,
+        budget_micros=None,
+        org_rpm_limit=None,
+        org_tpm_limit=None,
+        org_budget_micros=None,
+    )
+    fields.update(limits_)
+    return KeyRecord(**fields)
+
+
+DEPLOYMENT = DeploymentRecord(
+    id=5,
+    name="gemma-small",
+    org_id=3,
+    upstream_model="",
+    price_input_micros=150_000,
+    price_output_micros=600_000,
+    created_at=0.0,
+    granted_orgs=(),
+)
 
 
 @pytest.fixture

@@ -9,22 +9,12 @@ from dataclasses import replace
 import pytest
 from asgiref.sync import sync_to_async
 
-from accounts.access import DeploymentRecord, KeyRecord
 from billing import limits
 from billing.limits import Bucket, Budget, Reservation, go_duration, plan, rate_headers, rfc3339
 
-from .conftest import make_event, utc
+from .conftest import DEPLOYMENT, key_record, make_event, utc
 
 NOW_MS = 1_795_000_000_000  # a fixed instant (2026-11-18), so refill is exactly what a test adds
-
-
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
-def backend(request, settings):
-    """Run a test against the in-process limiter and against Redis."""
-    settings.REDIS_URL = os.environ.get("REDIS_URL", "") if request.param == "redis" else ""
-    limiter = limits.get_limiter()
-    assert isinstance(limiter, limits.RedisLimiter if request.param == "redis" else limits.LocalLimiter)
-    return limiter
 
 
 def rpm(limit: int, name: str = "k1") -> Bucket:
@@ -37,40 +27,6 @@ def tpm(limit: int, cost: int, name: str = "k1") -> Bucket:
 
 def budget(limit: int | None, cost: int, name: str = "k1", month: str = "2026-11") -> Budget:
     return Budget(f"tokios:spend:{{o1}}:{name}:{month}", "key", 1, 1, month, limit, cost)
-
-
-def key_record(**limits_) -> KeyRecord:
-    fields = dict(
-        id=7,
-        org_id=3,
-        org_slug="acme",
-        key_hash="x" * 64,
-        prefix="sk-tokios-abc",
-        revoked=False,
-        expires_at=None,
-        all_models=True,
-        allowed=(),
-        rpm_limit=None,
-        tpm_limit=None,
-        budget_micros=None,
-        org_rpm_limit=None,
-        org_tpm_limit=None,
-        org_budget_micros=None,
-    )
-    fields.update(limits_)
-    return KeyRecord(**fields)
-
-
-DEPLOYMENT = DeploymentRecord(
-    id=5,
-    name="gemma-small",
-    org_id=3,
-    upstream_model="",
-    price_input_micros=150_000,
-    price_output_micros=600_000,
-    created_at=0.0,
-    granted_orgs=(),
-)
 
 
 # --- buckets --------------------------------------------------------------------------------------
@@ -309,7 +265,9 @@ async def test_admissions_sharing_a_spec_send_it_once_and_are_still_decided_in_o
 
     decisions = await asyncio.gather(
         *(
-            redis_limiter.acquire(*k1, NOW_MS, seeds, spec1) if i % 2 else redis_limiter.acquire(*k2, NOW_MS, None, spec2)
+            redis_limiter.acquire(*k1, NOW_MS, seeds, spec1)
+            if i % 2
+            else redis_limiter.acquire(*k2, NOW_MS, None, spec2)
             for i in range(16)
         )
     )

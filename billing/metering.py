@@ -1,4 +1,8 @@
-"""The per-request record, and its journey to the database after the response is done.
+"""Metering: the per-request usage record, and its journey to the database after the response is done.
+
+The gateway fills one `UsageRecord` per request and hands it to `submit` exactly once, after it has
+settled the request's limits (`billing.limits.settle`): both are explicit calls from the one place
+that owns the request's end, so nothing here keeps callbacks or counts submissions.
 
 Writing usage must add no latency before the client's last byte, so records are queued in memory
 and written by a background task, one statement per 50 ms window (`settings.USAGE_BATCH_WINDOW`). The insert goes
@@ -22,13 +26,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
+import psycopg
 from django.conf import settings
+from django.db import DatabaseError, connection, connections, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey
+
+from .models import UsageEvent
 
 log = logging.getLogger("tokios.usage")
 
 
 @dataclass(slots=True)
-class RequestRecord:
+class UsageRecord:
+    """What one /v1 request used, filled in by the gateway as the request goes."""
+
     request_id: str
     surface: str
     started: float = field(default_factory=time.monotonic)
@@ -46,7 +59,6 @@ class RequestRecord:
     streamed: bool = False
     cancelled: bool = False
     error_code: str = ""
-    submitted: bool = False
 
     def first_token(self) -> None:
         if self.ttft_ms is None:
@@ -58,21 +70,18 @@ class RequestRecord:
         self.latency_ms = int((time.monotonic() - self.started) * 1000)
 
 
-_queue: list[RequestRecord] = []
-_writing: list[RequestRecord] = []  # drained but not yet known to be written
+_queue: list[UsageRecord] = []
+_writing: list[UsageRecord] = []  # drained but not yet known to be written
 _flusher: asyncio.Task | None = None
-_finishers: list = []  # callables run with each record before it is queued (limits settle, etc.)
 
 
-def on_finish(callback) -> None:
-    _finishers.append(callback)
+def submit(record: UsageRecord) -> None:
+    """Hand a finished request to the writer. Never blocks, never raises.
 
-
-def submit(record: RequestRecord) -> None:
-    """Hand a finished request to the writer. Never blocks, never raises."""
-    if not settings.METERING_ENABLED or record.submitted:
+    Call it once per request: a second call queues the record again (its request id makes the second
+    insert a no-op, but the write is wasted)."""
+    if not settings.METERING_ENABLED:
         return
-    record.submitted = True  # one event per request, even if two paths finish it
     if record.status_code == 0:
         # The client went away before any response existed (the view was cancelled).
         record.status_code = 499
@@ -93,7 +102,7 @@ def submit(record: RequestRecord) -> None:
         _flusher = loop.create_task(_flush_soon())
 
 
-def _drain() -> list[RequestRecord]:
+def _drain() -> list[UsageRecord]:
     batch = _queue[:]
     _queue.clear()
     return batch
@@ -131,9 +140,7 @@ async def flush() -> None:
         await _flusher
 
 
-async def _write(batch: list[RequestRecord]) -> None:
-    from django.db import connection
-
+async def _write(batch: list[UsageRecord]) -> None:
     if connection.vendor == "postgresql":
         await _write_postgres(batch)
     elif not await _write_sqlite(batch, connection):
@@ -150,13 +157,10 @@ async def _write(batch: list[RequestRecord]) -> None:
 # throughput and +0.3 ms p50 with limits on. The insert is one statement, so the loop's share of
 # the work is serialising the batch (orjson, in C) and one round trip.
 WRITE_TIMEOUT = 30.0
-_pg_connections: dict[int, tuple[asyncio.AbstractEventLoop, object]] = {}
+_pg_connections: dict[int, tuple[asyncio.AbstractEventLoop, psycopg.AsyncConnection]] = {}
 
 
-async def _pg_connection():
-    import psycopg
-    from django.db import connections
-
+async def _pg_connection() -> psycopg.AsyncConnection:
     loop = asyncio.get_running_loop()
     entry = _pg_connections.get(id(loop))
     if entry is not None and entry[0] is loop and not entry[1].closed:
@@ -183,14 +187,10 @@ def close_connections() -> None:
 
 
 def _close_thread_connection() -> None:
-    from django.db import connection
-
-    connection.close()
+    connection.close()  # `connection` is per thread: this is the writer thread's own
 
 
-async def _write_postgres(batch: list[RequestRecord]) -> None:
-    import psycopg
-
+async def _write_postgres(batch: list[UsageRecord]) -> None:
     conn = await _pg_connection()
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
@@ -228,7 +228,7 @@ def _loop_sqlite(name: str) -> sqlite3.Connection:
     return db
 
 
-async def _write_sqlite(batch: list[RequestRecord], connection) -> bool:
+async def _write_sqlite(batch: list[UsageRecord], connection) -> bool:
     """Write the batch from the loop; False if it must go to the writer thread instead (an
     in-memory database, or the write lock held elsewhere). Chunks already written when the lock is
     found taken are written again by the thread, which their unique request ids make harmless."""
@@ -284,15 +284,13 @@ def _checkpointed(future: asyncio.Future) -> None:
 _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokios-usage-writer")
 
 
-def _in_writer_thread(batch: list[RequestRecord]) -> asyncio.Future:
+def _in_writer_thread(batch: list[UsageRecord]) -> asyncio.Future:
     return asyncio.get_running_loop().run_in_executor(_writer, write_batch, batch)
 
 
-def write_batch(batch: list[RequestRecord]) -> None:
+def write_batch(batch: list[UsageRecord]) -> None:
     if not batch:
         return
-    from django.db import DatabaseError, connection, transaction
-
     # Raw SQL instead of the ORM's bulk_create: this runs in a thread beside the event loop, and
     # building model instances held the GIL long enough to slow every request. ON CONFLICT DO
     # NOTHING: a retried batch must not write an event twice (request_id is unique). An event may
@@ -340,8 +338,6 @@ _COLUMNS = (
 
 
 def _insert_sql(connection) -> str:
-    from billing.models import UsageEvent
-
     quote = connection.ops.quote_name
     return (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
@@ -349,10 +345,8 @@ def _insert_sql(connection) -> str:
     )
 
 
-def _json_payload(batch: list[RequestRecord]) -> str:
+def _json_payload(batch: list[UsageRecord]) -> str:
     """The batch as a JSON array for `_json_insert_sql` (orjson serialises the records in C)."""
-    from django.db import connection
-
     try:
         return orjson.dumps(batch).decode()
     except orjson.JSONEncodeError:  # an integer beyond 64 bits from a bogus upstream
@@ -362,7 +356,7 @@ def _json_payload(batch: list[RequestRecord]) -> str:
         ).decode()
 
 
-def _rows(batch: list[RequestRecord], connection) -> list[tuple]:
+def _rows(batch: list[UsageRecord], connection) -> list[tuple]:
     created = _created_at_adapter(connection)  # looked up once: `connection` is a thread-local proxy
     return [
         (
@@ -399,12 +393,8 @@ def _created_at_adapter(connection):
 
 @functools.cache
 def _json_insert_sql() -> str:
-    """PostgreSQL: insert the events of a JSON array, each either a RequestRecord as orjson writes it
+    """PostgreSQL: insert the events of a JSON array, each either a UsageRecord as orjson writes it
     or a row keyed by column name (the fallback); the same clamps as `_rows` in SQL."""
-    from django.db import connection
-
-    from billing.models import UsageEvent
-
     quote = connection.ops.quote_name
     int32 = "least(greatest(coalesce({}, 0), 0), 2147483647)"
     values = {
@@ -467,8 +457,4 @@ def _keys_due(key_ids: set[int]) -> list[int]:
 
 def _touch_keys(key_ids: list[int]) -> None:
     """Keep ApiKey.last_used_at roughly current without a write per request."""
-    from django.utils import timezone
-
-    from accounts.models import ApiKey
-
     ApiKey.objects.filter(pk__in=key_ids).update(last_used_at=timezone.now())
