@@ -22,13 +22,15 @@ async def chat_completions(request: HttpRequest):
 
 @api.get("/models")
 async def list_models(request: HttpRequest):
-    return await gateway.handle(request, "models", models.list_models, anthropic=is_anthropic(request), parse_body=False)
+    return await gateway.handle(
+        request, "models", models.list_models, anthropic=is_anthropic(request), parse_body=False
+    )
 
 
 @api.get("/models/{model_id}")
 async def get_model(request: HttpRequest, model_id: str):
-    async def handler(ctx):
-        return await models.get_model(ctx, model_id)
+    async def handler(scope):
+        return await models.get_model(scope, model_id)
 
     return await gateway.handle(request, "models", handler, anthropic=is_anthropic(request), parse_body=False)
 
@@ -50,7 +52,7 @@ async def create_response(request: HttpRequest):
 
 @api.get("/responses/{response_id}")
 async def get_response(request: HttpRequest, response_id: str):
-    async def handler(ctx):
-        return await responses.get_response(ctx, response_id)
+    async def handler(scope):
+        return await responses.get_response(scope, response_id)
 
     return await gateway.handle(request, "responses", handler, parse_body=False)

@@ -57,7 +57,8 @@ def openai_error_body(status: int, message: str, code: str | None, param: str | 
     return {
         "error": {
             "message": message,
-            "type": error_type or OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "type": error_type
+            or OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
             "param": param,
             "code": code,
         }
@@ -67,7 +68,11 @@ def openai_error_body(status: int, message: str, code: str | None, param: str | 
 def anthropic_error_body(status: int, message: str, error_type: str | None, request_id: str) -> dict:
     return {
         "type": "error",
-        "error": {"type": error_type or ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"), "message": message},
+        "error": {
+            "type": error_type
+            or ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
+            "message": message,
+        },
         "request_id": request_id,
     }
 

@@ -9,6 +9,10 @@ database connection on the event loop (cold-path queries go through `sync_to_asy
 close nothing that a request signal would have to). So this handler keeps what matters from
 `ASGIHandler.handle` — body reading, request creation, cancelling the view when the client
 disconnects, streaming responses — and leaves the rest out.
+
+It is also where a /v1 request begins and ends: it opens the request's `RequestScope` before the
+view runs and closes it once the response is sent, the client has gone, or anything failed — the
+one place where the request's call is cancelled, its limits settled and its usage recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix, set_urlconf
+
+from .errors import anthropic_error_body, json_response, openai_error_body
+from .gateway import RequestScope
 
 
 class GatewayHandler(ASGIHandler):
@@ -44,60 +51,50 @@ class GatewayHandler(ASGIHandler):
             await self.send_response(error_response, send)
             return
 
-        responses = []
+        try:
+            async with RequestScope(request) as request_scope:
+                request.request_scope = request_scope
+                await self._respond(request, receive, send)
+        finally:
+            body_file.close()
 
+    async def _respond(self, request, receive, send) -> None:
         async def process_request():
             set_urlconf(settings.ROOT_URLCONF)
             response = await self._middleware_chain(request)
             if response.status_code == 405:
                 response = _method_not_allowed(request, response)
-            responses.append(response)
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass
-            return response
 
-        # As in Django: a client that disconnects cancels the view (and so its stream), which is
-        # what sends the cancel down the tunnel.
+        # As in Django: a client that disconnects cancels the view (and so its stream); the
+        # request scope then cancels the call, which sends the cancel down the tunnel.
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         worker = asyncio.create_task(process_request())
-        await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
-        for task in (listener, worker):
-            if task.done():
-                try:
-                    task.result()
-                except (RequestAborted, asyncio.CancelledError):
-                    pass
-            else:
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, RequestAborted):
-                    pass
-        # Closed even when the client left mid-send: closers record usage and release the tunnel.
-        for response in responses:
-            _close(response)
-        body_file.close()
-
-
-def _close(response) -> None:
-    """HttpResponse.close() without the request_finished signal (see the module docstring)."""
-    for closer in response._resource_closers:
         try:
-            closer()
-        except Exception:
-            pass
-    response._resource_closers.clear()
-    response.closed = True
+            await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this task itself is cancelled (a server shutting down): the view must be
+            # over before the request scope closes, or it would go on changing a submitted record.
+            for task in (listener, worker):
+                if task.done():
+                    try:
+                        task.result()
+                    except (RequestAborted, asyncio.CancelledError):
+                        pass
+                else:
+                    task.cancel()
+                    try:
+                        await task
+                    except (asyncio.CancelledError, RequestAborted):
+                        pass
 
 
 def _method_not_allowed(request, response):
     """Django's bare 405, in the caller's error shape (the SDKs read the body)."""
-    from .errors import anthropic_error_body, json_response, openai_error_body
-    from .gateway import new_request_id
-
-    request_id = new_request_id()
+    request_id = request.request_scope.request_id
     message = f"Method {request.method} is not allowed on {request.path}."
     if "anthropic-version" in request.headers or request.path.startswith("/v1/messages"):
         body = anthropic_error_body(405, message, "invalid_request_error", request_id)

@@ -1,23 +1,26 @@
 """Limits and budgets as a /v1 client sees them: statuses, bodies, headers, query budget.
 
-No connector runs here, so an admitted request ends in 503 ("Connector offline") — after the limits
-were applied, which is what these tests look at. Usage through a real tunnel is in tests/e2e.
+Requests go through the real /v1 ASGI app (proxy.handler.GatewayHandler), in process. No connector
+runs here, so an admitted request ends in 503 ("Connector offline") — after the limits were applied,
+which is what these tests look at. Usage through a real tunnel is in tests/e2e.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
 from django.db.backends import utils as db_utils
-from django.test import AsyncClient
 
+from accounts.access import authenticate_key
 from accounts.actions import create_api_key
-from billing import limits
+from billing import limits, metering
 from billing.models import UsageEvent
-from proxy import usage
+from tests.v1_client import Response, call_v1
 
 from .conftest import make_event, utc
 
@@ -28,14 +31,9 @@ def chat(model: str, max_tokens: int = 50) -> dict:
     return {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hello there"}]}
 
 
-async def post(path: str, secret: str, body: dict, **headers):
-    client = AsyncClient()
-    return await client.post(
-        path,
-        orjson.dumps(body),
-        content_type="application/json",
-        headers={"authorization": f"Bearer {secret}", **headers},
-    )
+async def post(path: str, secret: str, body: dict, **headers: str) -> Response:
+    """One request through the /v1 app; returns once the request is over (its usage is queued)."""
+    return await call_v1("POST", path, body, authorization=f"Bearer {secret}", **headers)
 
 
 async def new_key(org, **fields):
@@ -46,7 +44,7 @@ async def settle_everything():
     limiter = limits.get_limiter()
     if isinstance(limiter, limits.RedisLimiter):
         await limiter.drain()
-    await usage.flush()
+    await metering.flush()
 
 
 async def test_an_admitted_request_carries_the_openai_rate_limit_headers(org, deployment):
@@ -232,20 +230,14 @@ async def test_a_warm_request_makes_no_database_query_before_the_upstream(org, d
 
 
 async def _record(secret: str):
-    from accounts.access import authenticate_key
-
     return await authenticate_key(secret)
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
 async def test_with_redis_unreachable_requests_pass_unlimited_and_are_still_metered(org, deployment, settings):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens here once the socket is closed
@@ -253,7 +245,7 @@ async def test_with_redis_unreachable_requests_pass_unlimited_and_are_still_mete
     key, secret = await new_key(org, rpm_limit=1)
 
     responses = [await post("/v1/chat/completions", secret, chat(deployment.name)) for _ in range(3)]
-    await usage.flush()
+    await metering.flush()
 
     # Admitted (503: no connector runs in these tests), neither refused by a limit nobody can
     # check nor failed because the shared caches are down.

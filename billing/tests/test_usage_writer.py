@@ -1,28 +1,37 @@
-"""proxy/usage.py: one UsageEvent per request, whatever happened to the request or its key."""
+"""billing/metering.py: one UsageEvent per request, whatever happened to the request or its key.
+
+Submitting a record twice is no longer guarded here: the gateway's RequestScope submits once, and
+the tests at the end hold it to that.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError, connection
 from django.http import StreamingHttpResponse
 from django.test import RequestFactory
 
 from accounts.actions import create_api_key
-from billing.models import UsageEvent
-from proxy import gateway, usage
+from billing import limits, metering
+from billing.models import UsageEvent, UsageRollup
+from billing.rollups import roll_up
+from proxy import gateway
+from proxy.calls import Started
+from proxy.gateway import RequestScope
 
 
-def record(**fields) -> usage.RequestRecord:
+def record(**fields) -> metering.UsageRecord:
     defaults = dict(request_id="req_default", surface="chat")
     defaults.update(fields)
-    return usage.RequestRecord(**defaults)
+    return metering.UsageRecord(**defaults)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clears_the_dangling_id(org, key, deployment):
-    from billing.models import UsageRollup
-    from billing.rollups import roll_up
-
     gone = create_api_key(org=org, name="short-lived")[0]
     gone_id = gone.pk
     gone.delete()
@@ -31,7 +40,7 @@ def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clear
         record(request_id="req_gone", org_id=org.pk, key_id=gone_id, deployment_id=deployment.pk, status_code=200),
     ]
 
-    usage.write_batch(batch)  # nothing refuses it: the usage table has no foreign-key constraints
+    metering.write_batch(batch)  # nothing refuses it: the usage table has no foreign-key constraints
     roll_up()
 
     assert UsageEvent.objects.get(request_id="req_ok").api_key_id == key.pk
@@ -46,25 +55,15 @@ def test_an_event_naming_a_key_deleted_while_it_ran_is_kept_and_the_rollup_clear
 def test_writing_the_same_batch_twice_stores_each_event_once(org, key):
     batch = [record(request_id=f"req_{i}", org_id=org.pk, key_id=key.pk, status_code=200) for i in range(3)]
 
-    usage.write_batch(batch)
-    usage.write_batch(batch)
+    metering.write_batch(batch)
+    metering.write_batch(batch)
 
     assert UsageEvent.objects.count() == 3
 
 
 @pytest.mark.django_db
-def test_submitting_a_record_twice_queues_it_once(org):
-    item = record(request_id="req_twice", org_id=org.pk, status_code=200)
-
-    usage.submit(item)
-    usage.submit(item)
-
-    assert UsageEvent.objects.filter(request_id="req_twice").count() == 1
-
-
-@pytest.mark.django_db
 def test_a_request_whose_client_left_before_any_response_is_recorded_as_cancelled_499(org):
-    usage.submit(record(request_id="req_gone_early", org_id=org.pk))
+    metering.submit(record(request_id="req_gone_early", org_id=org.pk))
 
     event = UsageEvent.objects.get(request_id="req_gone_early")
     assert (event.status_code, event.cancelled) == (499, True)
@@ -72,7 +71,7 @@ def test_a_request_whose_client_left_before_any_response_is_recorded_as_cancelle
 
 @pytest.mark.django_db
 def test_a_bogus_token_count_from_an_upstream_cannot_poison_a_batch(org):
-    usage.write_batch(
+    metering.write_batch(
         [record(request_id="req_bogus", org_id=org.pk, status_code=200, input_tokens=-5, output_tokens=10**12)]
     )
 
@@ -80,31 +79,90 @@ def test_a_bogus_token_count_from_an_upstream_cannot_poison_a_batch(org):
     assert (event.input_tokens, event.output_tokens) == (0, 2_147_483_647)
 
 
+class RunningCall:
+    """An UpstreamCall (proxy/calls.py) whose model has started answering and is still at it."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.cancels = 0
+
+    async def start(self, timeout: float) -> Started:
+        return Started(200, {})
+
+    async def next_item(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
+        return None
+
+    async def cancel(self) -> None:
+        self.cancels += 1
+        await asyncio.sleep(0)  # a real cancel goes out over a socket: another task may run meanwhile
+        self.finished = True
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_a_stream_the_server_never_started_is_recorded_when_the_response_closes(org, deployment):
+async def test_a_stream_the_server_never_started_is_recorded_when_the_request_scope_closes(org, deployment):
     _, secret = await sync_to_async(create_api_key)(org=org, name="streamer")
     request = RequestFactory().post(
         "/v1/chat/completions", b"{}", content_type="application/json", headers={"authorization": f"Bearer {secret}"}
     )
+    scope = request.request_scope = RequestScope(request)  # as proxy/handler.py opens it
+    call = RunningCall()
 
     async def never_iterated():
         yield b"data: {}\n\n"
 
-    async def handler(ctx):
-        await gateway.resolve_model(ctx, deployment.name)
-        ctx.record.streamed = True
+    async def handler(scope):
+        await scope.resolve_model(deployment.name)
+        scope.call = call
+        scope.record.streamed = True
         return StreamingHttpResponse(never_iterated(), content_type="text/event-stream")
 
     response = await gateway.handle(request, "chat", handler)
-    assert await sync_to_async(UsageEvent.objects.count)() == 0  # the stream would record it at its end
+    await metering.flush()
+    assert response.status_code == 200
+    assert await sync_to_async(UsageEvent.objects.count)() == 0  # recorded when the request ends, not before
 
-    await sync_to_async(response.close)()  # what the ASGI handler does when the client is gone
-    await usage.flush()
+    await scope.close()  # what the handler does when the client is gone before the first byte
+    await metering.flush()
 
     event = await sync_to_async(UsageEvent.objects.get)()
     assert (event.status_code, event.streamed, event.cancelled) == (200, True, True)
-    assert event.deployment_id == deployment.pk
+    assert (event.org_id, event.deployment_id, event.request_id) == (org.pk, deployment.pk, scope.request_id)
+    assert call.cancels == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_closing_a_request_scope_again_cancels_settles_and_records_nothing_more(org, monkeypatch):
+    submitted, settled = [], []
+    submit, settle = metering.submit, limits.settle
+
+    def watched_submit(record):
+        submitted.append(record)
+        submit(record)
+
+    def watched_settle(reservation, record):
+        settled.append((reservation, record))
+        settle(reservation, record)
+
+    monkeypatch.setattr(metering, "submit", watched_submit)
+    monkeypatch.setattr(limits, "settle", watched_settle)
+    scope = RequestScope(RequestFactory().post("/v1/chat/completions"))
+    scope.metered = True  # a surface took it
+    scope.record.org_id, scope.record.status_code = org.pk, 200
+    scope.reservation = limits.Reservation(buckets=[], budgets=[])
+    scope.call = call = RunningCall()
+
+    await asyncio.gather(scope.close(), scope.close())  # two exits at once: the second finds it closing
+    await scope.close()  # and one after
+    await metering.flush()
+
+    assert submitted == [scope.record]
+    assert settled == [(scope.reservation, scope.record)] and scope.reservation.settled
+    assert call.cancels == 1
+    event = await sync_to_async(UsageEvent.objects.get)()
+    assert (event.request_id, event.status_code, event.cancelled) == (scope.request_id, 200, True)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -128,7 +186,7 @@ def test_every_field_of_a_record_arrives_as_written(org, key, deployment):
         error_code="rate_limit_exceeded",
     )
 
-    usage.write_batch([written, record(request_id="req_plain", status_code=200)])
+    metering.write_batch([written, record(request_id="req_plain", status_code=200)])
 
     event = UsageEvent.objects.get(request_id="req_fields")
     assert abs(event.created_at.timestamp() - written.created_at) < 1e-5
@@ -142,7 +200,7 @@ def test_every_field_of_a_record_arrives_as_written(org, key, deployment):
 
 @pytest.mark.django_db(transaction=True)
 def test_numbers_beyond_any_column_are_clamped_outside_a_transaction_too(org):
-    usage.write_batch(
+    metering.write_batch(
         [
             record(request_id="req_huge", org_id=org.pk, status_code=200, input_tokens=10**30, cost_micros=-4),
             record(request_id="req_long", org_id=org.pk, status_code=502, output_tokens=-1, error_code="e" * 200),
@@ -158,24 +216,21 @@ def test_numbers_beyond_any_column_are_clamped_outside_a_transaction_too(org):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_connection_the_database_dropped_is_replaced_on_the_next_batch(org):
-    from django.db import DatabaseError, connection
-
-    usage.write_batch([record(request_id="req_before", org_id=org.pk, status_code=200)])
+    metering.write_batch([record(request_id="req_before", org_id=org.pk, status_code=200)])
     own_pid = connection.connection.info.backend_pid
     with psycopg_admin() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [own_pid])
 
     with pytest.raises(DatabaseError):
-        usage.write_batch([record(request_id="req_lost_try", org_id=org.pk, status_code=200)])
-    usage.write_batch([record(request_id="req_lost_try", org_id=org.pk, status_code=200)])  # what the flusher retries
+        metering.write_batch([record(request_id="req_lost_try", org_id=org.pk, status_code=200)])
+    metering.write_batch(
+        [record(request_id="req_lost_try", org_id=org.pk, status_code=200)]
+    )  # what the flusher retries
 
     assert set(UsageEvent.objects.values_list("request_id", flat=True)) == {"req_before", "req_lost_try"}
 
 
 def psycopg_admin():
-    import psycopg
-    from django.db import connection
-
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
@@ -186,16 +241,16 @@ def psycopg_admin():
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_on_postgresql_the_event_loop_writes_batches_and_survives_a_dropped_connection(org):
-    usage.submit(record(request_id="req_async_1", org_id=org.pk, status_code=200, output_tokens=5))
-    await usage.flush()
-    connection = await usage._pg_connection()
+    metering.submit(record(request_id="req_async_1", org_id=org.pk, status_code=200, output_tokens=5))
+    await metering.flush()
+    connection = await metering._pg_connection()
     with psycopg_admin() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [connection.info.backend_pid])
 
     with pytest.raises(Exception):  # noqa: B017 — whatever psycopg raises for a killed backend
-        await usage._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])
-    await usage._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])  # the flusher's retry
+        await metering._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])
+    await metering._write([record(request_id="req_async_2", org_id=org.pk, status_code=200)])  # the flusher's retry
 
     written = await sync_to_async(lambda: dict(UsageEvent.objects.values_list("request_id", "output_tokens")))()
     assert written == {"req_async_1": 5, "req_async_2": 0}
-    assert (await usage._pg_connection()) is not connection
+    assert (await metering._pg_connection()) is not connection

@@ -1,18 +1,20 @@
-"""POST /v1/chat/completions: validated, passed through the tunnel, streamed back."""
+"""POST /v1/chat/completions: validated, passed through to the model, streamed back.
+
+The model speaks this surface already, so its translators pass the model's answer through: the
+streamed one rewrites each event's id and model name and hides the usage chunk from a client
+that did not ask for it; the non-streamed one holds the body and rewrites the same fields.
+"""
 
 from __future__ import annotations
 
-import time
-
 import orjson
-from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from ..errors import GatewayError, json_response
-from ..gateway import STREAM_HEADERS, Context, check_limits, finish_record, resolve_model
-from ..translate.sse import SSEParser
-from ..tunnel.router import TunnelError
-from .upstream import open_call, read_error, upstream_error, upstream_model
+from ..gateway import STREAM_HEADERS, RequestScope
+from ..stream import relay
+from ..translate.sse import DONE, SSEParser
+from ..upstream import open_call, read_body, upstream_error, upstream_model
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
@@ -60,8 +62,10 @@ def validate(body: dict) -> None:
         if not body.get("stream"):
             raise _bad("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (
-        isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
         raise _bad("'stop' must be a string or an array of strings.", "stop")
     for name in ("tools", "tool_choice", "response_format"):
@@ -90,9 +94,9 @@ def estimate_prompt_tokens(messages: list) -> int:
     return max(1, -(-prompt_chars(messages) // 4) + 4 * len(messages))
 
 
-def upstream_body(ctx: Context, body: dict, *, stream: bool) -> dict:
+def upstream_body(scope: RequestScope, body: dict, *, stream: bool) -> dict:
     payload = dict(body)
-    payload["model"] = upstream_model(ctx)
+    payload["model"] = upstream_model(scope)
     # Ollama reads only max_tokens; reasoning models upstream read max_completion_tokens.
     if payload.get("max_completion_tokens") is not None and payload.get("max_tokens") is None:
         payload["max_tokens"] = payload["max_completion_tokens"]
@@ -107,102 +111,111 @@ def upstream_body(ctx: Context, body: dict, *, stream: bool) -> dict:
     return payload
 
 
-def apply_usage(ctx: Context, usage: dict | None, fallback_output: int) -> None:
-    record = ctx.record
+def reported_usage(usage: object) -> tuple[int, int] | None:
+    """(prompt, completion) tokens as the model reported them, if it did."""
     if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        record.input_tokens = int(usage.get("prompt_tokens") or 0)
-        record.output_tokens = int(usage["completion_tokens"])
-    else:
-        record.input_tokens = estimate_prompt_tokens(ctx.body.get("messages") or [])
-        record.output_tokens = fallback_output
-        record.usage_estimated = True
-    record.cost_micros = ctx.deployment.cost_micros(record.input_tokens, record.output_tokens)
+        prompt = usage.get("prompt_tokens")
+        return (prompt if isinstance(prompt, int) else 0), usage["completion_tokens"]
+    return None
 
 
-async def chat_completions(ctx: Context) -> HttpResponse:
-    body = ctx.body
-    await resolve_model(ctx, body.get("model"))
+async def chat_completions(scope: RequestScope) -> HttpResponse:
+    body = scope.body
+    await scope.resolve_model(body.get("model"))
     validate(body)
     stream = body.get("stream") is True
     max_out = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_OUTPUT_RESERVATION
-    await check_limits(ctx, estimate_prompt_tokens(body["messages"]) + max_out * (body.get("n") or 1))
-    call, status = await open_call(ctx, "/chat/completions", upstream_body(ctx, body, stream=stream))
+    await scope.check_limits(estimate_prompt_tokens(body["messages"]) + max_out * (body.get("n") or 1))
+    call, status = await open_call(scope, "/chat/completions", upstream_body(scope, body, stream=stream))
     if status != 200:
-        raise upstream_error(ctx, status, await read_error(call))
-    if not stream:
-        return await _complete(ctx, call)
-    ctx.record.streamed = True
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    response = StreamingHttpResponse(
-        _stream(ctx, call, include_usage), content_type="text/event-stream", headers=STREAM_HEADERS
-    )
-    return response
+        raise upstream_error(scope, status, await read_body(scope, call))
+    if stream:
+        scope.record.streamed = True
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        translator = ChatStream(scope, include_usage)
+        scope.usage_source = translator
+        return StreamingHttpResponse(
+            relay(scope, call, translator, emit=True), content_type="text/event-stream", headers=STREAM_HEADERS
+        )
+    translator = ChatBody(scope)
+    scope.usage_source = translator
+    async for _ in relay(scope, call, translator, emit=False):
+        pass
+    if translator.failed:
+        raise GatewayError(502, translator.error_message, code="upstream_error", headers={"x-should-retry": "false"})
+    return json_response(translator.result)
 
 
-async def _complete(ctx: Context, call) -> HttpResponse:
-    try:
-        raw = await call.read_all()
-    except TunnelError as exc:
-        from .upstream import tunnel_error
+class _ChatTranslator:
+    """What both chat translators share: the ids and name the client sees, and usage."""
 
-        raise tunnel_error(exc) from None
-    finally:
-        await call.cancel()
-    ctx.record.first_token()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise GatewayError(502, "The model server sent a response that is not JSON.", code="upstream_error") from None
-    if not isinstance(data, dict):
-        raise GatewayError(502, "The model server sent an unexpected response.", code="upstream_error")
-    data["model"] = ctx.deployment.name
-    data["id"] = "chatcmpl-" + ctx.request_id[4:]
-    data.setdefault("object", "chat.completion")
-    usage = data.get("usage")
-    apply_usage(ctx, usage, fallback_output=0)
-    if not isinstance(usage, dict):
-        data["usage"] = {
-            "prompt_tokens": ctx.record.input_tokens,
-            "completion_tokens": ctx.record.output_tokens,
-            "total_tokens": ctx.record.input_tokens + ctx.record.output_tokens,
-        }
-    return json_response(data)
+    stopped = False
 
-
-class _Relay:
-    """Rewrites upstream chunks for the client: our id and model name, usage only if asked."""
-
-    def __init__(self, ctx: Context, include_usage: bool):
-        self.ctx = ctx
-        self.include_usage = include_usage
-        self.completion_id = "chatcmpl-" + ctx.request_id[4:]
-        self.model = ctx.deployment.name
-        self.usage: dict | None = None
+    def __init__(self, scope: RequestScope):
+        self.record = scope.record
+        self.completion_id = "chatcmpl-" + scope.request_id[4:]
+        self.model = scope.deployment.name
+        self.messages = scope.body.get("messages") or []
+        self.reported: tuple[int, int] | None = None
         self.deltas = 0
+        self.failed = False
+        self.has_output = False
+
+    def usage(self) -> tuple[int, int, bool]:
+        if self.reported is not None:
+            return self.reported[0], self.reported[1], False
+        # Chunks that carried a delta approximate generated tokens when no usage arrived.
+        return estimate_prompt_tokens(self.messages), max(0, self.deltas - 1), True
+
+    def keepalive(self) -> bytes:
+        return b": keep-alive\n\n"
+
+    def start(self) -> bytes:
+        return b""
+
+
+class ChatStream(_ChatTranslator):
+    def __init__(self, scope: RequestScope, include_usage: bool):
+        super().__init__(scope)
+        self.include_usage = include_usage
+        self.parser = SSEParser()
         self.done = False
 
-    def relay(self, events: list) -> bytes:
+    def feed(self, data: bytes) -> bytes:
+        return self._relay(self.parser.feed(data))
+
+    async def end(self) -> bytes:
+        # The last event may come without a blank line after it.
+        out = self._relay(self.parser.flush())
+        return out if self.done else out + b"data: [DONE]\n\n"
+
+    def fail(self, message: str, code: str) -> bytes:
+        return _error_event(message, code)
+
+    def buffered(self) -> int:
+        return self.parser.buffered()
+
+    def _relay(self, events: list) -> bytes:
         out = []
         for event in events:
-            if event == "[DONE]":
+            if event == DONE:
                 self.done = True
                 out.append(b"data: [DONE]\n\n")
                 continue
             if "error" in event:
-                self.ctx.record.error_code = "upstream_error"
+                self.record.error_code = "upstream_error"
                 out.append(b"data: " + orjson.dumps(_normalise_stream_error(event)) + b"\n\n")
                 continue
             choices = event.get("choices")
             if event.get("usage"):
                 # Older llama.cpp put usage on the finish chunk; the SDK wants it on the last only.
-                self.usage = event["usage"]
+                self.reported = reported_usage(event["usage"]) or self.reported
                 if not choices and not self.include_usage:
                     continue
             if not self.include_usage:
                 event.pop("usage", None)
             if choices:
-                if self.deltas == 0:
-                    self.ctx.record.first_token()
+                self.has_output = True
                 self.deltas += 1
             event["id"] = self.completion_id
             event["model"] = self.model
@@ -210,56 +223,56 @@ class _Relay:
         return b"".join(out)
 
 
-async def _stream(ctx: Context, call, include_usage: bool):
-    record = ctx.record
-    parser = SSEParser()
-    relay = _Relay(ctx, include_usage)
-    deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
-    try:
-        while True:
-            item = await call.next_item(settings.KEEPALIVE_INTERVAL)
-            if item is None:
-                if time.monotonic() > deadline:
-                    await call.cancel()
-                    yield _error_event("The model stopped sending tokens (timeout).", "upstream_timeout")
-                    record.status_code = 504
-                    record.error_code = "upstream_timeout"
-                    return
-                yield b": keep-alive\n\n"
-                continue
-            kind = item[0]
-            if kind == "chunk":
-                deadline = time.monotonic() + settings.UPSTREAM_TIMEOUT
-                data = item[1]
-                more = call.ready_chunks()
-                out = relay.relay(parser.feed(b"".join([data, *more]) if more else data))
-                if out:
-                    yield out
-            elif kind == "end":
-                # The last event may come without a blank line after it.
-                out = relay.relay(parser.flush())
-                if not relay.done:
-                    out += b"data: [DONE]\n\n"
-                yield out
-                return
-            elif kind == "error":
-                record.error_code = item[1]
-                yield _error_event(f"The tunnel failed mid-stream: {item[2] or item[1]}", item[1])
-                return
-    finally:
+class ChatBody(_ChatTranslator):
+    """A non-streamed answer: the model's JSON object, held until it is complete."""
+
+    def __init__(self, scope: RequestScope):
+        super().__init__(scope)
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.result: dict = {}
+        self.error_message = ""
+
+    def feed(self, data: bytes) -> bytes:
+        self.parts.append(data)
+        self.size += len(data)
+        return b""
+
+    def buffered(self) -> int:
+        return 0  # the loop counts what a non-streamed response holds
+
+    async def end(self) -> bytes:
+        self.has_output = True
         try:
-            if not call.finished:
-                record.cancelled = True
-                await call.cancel()
-        finally:
-            # Chunks that carried a delta approximate generated tokens when no usage arrived.
-            apply_usage(ctx, relay.usage, fallback_output=max(0, relay.deltas - 1))
-            record.finish()
-            finish_record(ctx)
+            data = orjson.loads(b"".join(self.parts))
+        except orjson.JSONDecodeError:
+            data = None
+        self.parts = []
+        if not isinstance(data, dict):
+            self.failed = True
+            self.error_message = "The model server sent a response that is not a JSON object."
+            return b""
+        data["model"] = self.model
+        data["id"] = self.completion_id
+        data.setdefault("object", "chat.completion")
+        self.reported = reported_usage(data.get("usage"))
+        if self.reported is None:
+            prompt, completion, _ = self.usage()
+            data["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+        self.result = data
+        return b""
+
+    def fail(self, message: str, code: str) -> bytes:
+        return b""
 
 
 def _error_event(message: str, code: str) -> bytes:
-    return b"data: " + orjson.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": code}}) + b"\n\n"
+    error = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+    return b"data: " + orjson.dumps(error) + b"\n\n"
 
 
 def _normalise_stream_error(event: dict) -> dict:
@@ -268,9 +281,9 @@ def _normalise_stream_error(event: dict) -> dict:
         err = {"message": str(err)}
     return {
         "error": {
-            "message": str(err.get("message") or "the model server failed"),
+            "message": str(err.get("message") or "the model server failed")[:2000],
             "type": "server_error",
             "param": None,
-            "code": str(err.get("code")) if err.get("code") is not None else None,
+            "code": str(err.get("code"))[:64] if err.get("code") is not None else None,
         }
     }

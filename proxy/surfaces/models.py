@@ -8,15 +8,14 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 
 from accounts.access import DeploymentRecord, KeyRecord, get_deployment, key_allows
+from deployments.models import Deployment
 
 from ..errors import GatewayError, json_response
-from ..gateway import Context
+from ..gateway import RequestScope
 from ..tunnel import presence
 
 
 def _visible_names(key: KeyRecord) -> list[str]:
-    from deployments.models import Deployment
-
     qs = Deployment.objects.usable_by(key.org_id)
     if not key.all_models:
         qs = qs.filter(id__in=key.allowed)
@@ -30,9 +29,9 @@ async def _records(key: KeyRecord) -> list[DeploymentRecord]:
     return [r for r in records if r is not None and key_allows(key, r)]
 
 
-async def _entry(ctx: Context, record: DeploymentRecord) -> dict:
+async def _entry(scope: RequestScope, record: DeploymentRecord) -> dict:
     online = bool(await presence.live_connectors(record.id))
-    if ctx.anthropic:
+    if scope.anthropic:
         return {
             "type": "model",
             "id": record.name,
@@ -40,12 +39,18 @@ async def _entry(ctx: Context, record: DeploymentRecord) -> dict:
             "created_at": datetime.fromtimestamp(record.created_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "online": online,
         }
-    return {"id": record.name, "object": "model", "created": int(record.created_at), "owned_by": "tokios", "online": online}
+    return {
+        "id": record.name,
+        "object": "model",
+        "created": int(record.created_at),
+        "owned_by": "tokios",
+        "online": online,
+    }
 
 
-async def list_models(ctx: Context) -> HttpResponse:
-    entries = [await _entry(ctx, r) for r in await _records(ctx.key)]
-    if ctx.anthropic:
+async def list_models(scope: RequestScope) -> HttpResponse:
+    entries = [await _entry(scope, r) for r in await _records(scope.key)]
+    if scope.anthropic:
         return json_response(
             {
                 "data": entries,
@@ -57,10 +62,13 @@ async def list_models(ctx: Context) -> HttpResponse:
     return json_response({"object": "list", "data": entries})
 
 
-async def get_model(ctx: Context, model_id: str) -> HttpResponse:
+async def get_model(scope: RequestScope, model_id: str) -> HttpResponse:
     record = await get_deployment(model_id)
-    if record is None or not key_allows(ctx.key, record):
+    if record is None or not key_allows(scope.key, record):
         raise GatewayError(
-            404, f"The model `{model_id}` does not exist or you do not have access to it.", code="model_not_found", param="model"
+            404,
+            f"The model `{model_id}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
         )
-    return json_response(await _entry(ctx, record))
+    return json_response(await _entry(scope, record))

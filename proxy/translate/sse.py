@@ -90,6 +90,11 @@ class SSEParser:
             self._line(line, out)
         return out
 
+    def buffered(self) -> int:
+        """Bytes held for an event not yet complete: a stream that never ends its lines must not
+        grow this without bound, so the caller checks it against its own limit."""
+        return len(self._buf) + sum(map(len, self._data)) + sum(map(len, self._raw))
+
     def flush(self) -> list[dict | str]:
         """Call at EOF: parse a final line and event that had no terminating newline."""
         out: list[dict | str] = []

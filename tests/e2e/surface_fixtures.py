@@ -1,7 +1,7 @@
 """Fixtures shared by the surface e2e modules (messages, responses, models); import them by name.
 
 `settle_usage_writes` (autouse where imported): the server writes each request's usage event
-up to ~50 ms after the response (proxy/usage.py). A test that ends right after its last response
+up to ~50 ms after the response (billing/metering.py). A test that ends right after its last response
 would have pytest-django's teardown TRUNCATE the tables while that INSERT runs, and the event could
 land in the next test. Waiting until the row count stops moving avoids it.
 

@@ -1,0 +1,199 @@
+"""The one loop that reads a model's response and turns it into what the client asked for.
+
+Every surface runs through `relay()`: Chat Completions with a translator that passes the model's
+events through (rewriting ids and names), Messages and Responses with translators from
+`proxy/translate/`. Keep-alives, the idle timeout, the request's overall deadline, the size cap
+on what is held in memory, cancellation and in-band errors live here and nowhere else.
+
+A streamed request (`emit=True`) yields bytes for the client; a failure after the response began
+becomes an in-band error event. A non-streamed one (`emit=False`) yields nothing: the surface
+builds its answer from the translator afterwards, and a failure raises GatewayError.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+from django.conf import settings
+
+from .calls import Data, Ended, Failed, UpstreamCall
+from .errors import GatewayError
+from .gateway import RequestScope
+from .translate.sse import DONE, SSEParser
+from .tunnel.router import call_error
+from .upstream import gateway_error, request_deadline, response_too_large
+
+
+class Translator(Protocol):
+    stopped: bool  # the answer is complete before the model finished (a stop sequence matched)
+    failed: bool  # the model's output carried an error; the translator has answered it
+    has_output: bool  # the first token has been seen (time to first token)
+
+    def start(self) -> bytes: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    async def end(self) -> bytes: ...
+
+    def fail(self, message: str, code: str) -> bytes: ...
+
+    def keepalive(self) -> bytes: ...
+
+    def buffered(self) -> int: ...
+
+    def usage(self) -> tuple[int, int, bool]: ...
+
+
+async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator, *, emit: bool) -> AsyncIterator[bytes]:
+    record = scope.record
+    limit = settings.MAX_RESPONSE_BYTES
+    held = 0  # bytes a non-streamed response holds in memory so far
+    idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
+    out = translator.start()
+    if emit and out:
+        yield out
+    while True:
+        now = time.monotonic()
+        wait = min(settings.KEEPALIVE_INTERVAL, idle_until - now, scope.deadline - now)
+        item = await call.next_item(wait) if wait > 0 else None
+        match item:
+            case Data(data=data):
+                idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
+                held += len(data) if not emit else 0
+                out = translator.feed(data)
+                item = data = None  # held no longer than needed while the client is written to
+                if record.ttft_ms is None and translator.has_output:
+                    record.first_token()
+                if emit and out:
+                    yield out
+                if translator.failed:
+                    record.error_code = record.error_code or "upstream_error"
+                    await call.cancel()
+                    return
+                if held > limit or translator.buffered() > limit:
+                    await call.cancel()
+                    if not emit:
+                        raise response_too_large(limit)
+                    yield _failure(
+                        translator,
+                        record,
+                        "response_too_large",
+                        "The model sent an event larger than this server accepts.",
+                    )
+                    return
+                if translator.stopped:
+                    await call.cancel()  # a stop sequence matched: the model can stop working
+                    out = await translator.end()
+                    if emit and out:
+                        yield out
+                    return
+            case Ended():
+                out = await translator.end()
+                if record.ttft_ms is None and translator.has_output:
+                    record.first_token()
+                if translator.failed:
+                    record.error_code = record.error_code or "upstream_error"
+                if emit and out:
+                    yield out
+                return
+            case Failed(code=code, message=message):
+                if not emit:
+                    raise gateway_error(call_error(item))
+                yield _failure(translator, record, code, f"The tunnel failed mid-stream: {message or code}")
+                return
+            case None:
+                now = time.monotonic()
+                if now >= scope.deadline or now >= idle_until:
+                    await call.cancel()
+                    if now >= scope.deadline:
+                        error = request_deadline()
+                    else:
+                        error = GatewayError(
+                            504,
+                            "The model stopped sending tokens (timeout).",
+                            code="upstream_timeout",
+                            headers={"x-should-retry": "true"},
+                        )
+                    if not emit:
+                        raise error
+                    yield _failure(translator, record, error.code, error.message)
+                    return
+                if emit:
+                    yield translator.keepalive()
+
+
+def _failure(translator: Translator, record, code: str, message: str) -> bytes:
+    record.error_code = code
+    if code in ("upstream_timeout", "request_deadline"):
+        record.status_code = 504
+    return translator.fail(message, code)
+
+
+class EventTranslator:
+    """Adapts a `proxy.translate` stream translator (Chat Completions events in, the surface's
+    bytes out) to the loop: it parses the model's SSE and hands the events over."""
+
+    def __init__(
+        self,
+        inner,
+        *,
+        keepalive: Callable[[], bytes],
+        error_kind: Callable[[str], str],
+        on_complete: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.inner = inner
+        self.parser = SSEParser()
+        self.keepalive = keepalive
+        self.error_kind = error_kind
+        self.on_complete = on_complete
+        self.has_output = False
+
+    @property
+    def stopped(self) -> bool:
+        return self.inner.stopped
+
+    @property
+    def failed(self) -> bool:
+        return self.inner.failed
+
+    def start(self) -> bytes:
+        return self.inner.start()
+
+    def feed(self, data: bytes) -> bytes:
+        return self._events(self.parser.feed(data))
+
+    def _events(self, events: list) -> bytes:
+        inner = self.inner
+        out = []
+        for event in events:
+            if event == DONE:
+                continue
+            if not self.has_output and event.get("choices"):
+                self.has_output = True
+            out.append(inner.feed(event))
+            if inner.stopped or inner.failed:
+                break
+        return b"".join(out)
+
+    async def end(self) -> bytes:
+        # The upstream's last event may have had no blank line after it (Ollama writes a
+        # mid-stream error as bare JSON): what it produces goes to the client like the rest.
+        out = self._events(self.parser.flush()) if not self.inner.stopped else b""
+        if self.inner.failed:
+            return out
+        done = self.inner.finish()
+        if self.on_complete is not None:
+            await self.on_complete()  # e.g. store the response before the client hears it is done
+        return out + done
+
+    def fail(self, message: str, code: str) -> bytes:
+        return self.inner.error(message, self.error_kind(code))
+
+    def buffered(self) -> int:
+        return self.parser.buffered()
+
+    def usage(self) -> tuple[int, int, bool]:
+        inner = self.inner
+        return inner.input_tokens, inner.output_tokens, inner.usage_estimated

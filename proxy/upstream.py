@@ -1,0 +1,134 @@
+"""Calling the model for a surface: opening the call, reading a whole body, mapping its errors."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from django.conf import settings
+
+from .calls import CallError, Data, Ended, Failed, UpstreamCall
+from .errors import GatewayError
+from .gateway import RequestScope
+from .tunnel.router import TunnelCall, call_error
+
+
+def gateway_error(exc: CallError) -> GatewayError:
+    headers = {"retry-after": "1"} if exc.status == 503 else {}
+    if exc.status >= 500:
+        # A 502/504 from the model is not the client's fault, but repeating it thrice won't help.
+        headers["x-should-retry"] = "true" if exc.status in (503, 504) else "false"
+    return GatewayError(exc.status, exc.message, code=exc.code, headers=headers)
+
+
+def upstream_error(scope: RequestScope, status: int, raw: bytes) -> GatewayError:
+    """Normalise an upstream's error answer (llama.cpp numeric codes, flat vLLM, Ollama)."""
+    message, kind = "the model server returned an error", ""
+    try:
+        data = orjson.loads(raw)
+        err = data.get("error", data) if isinstance(data, dict) else {}
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)[:2000]
+            kind = str(err.get("type") or "")
+        elif isinstance(err, str):
+            message = err[:2000]
+    except orjson.JSONDecodeError:
+        if raw:
+            message = raw[:300].decode("utf-8", "replace")
+    if kind == "exceed_context_size_error":
+        return GatewayError(400, message, code="context_length_exceeded")
+    if status in (400, 413, 422):
+        return GatewayError(400, f"The model rejected the request: {message}", code="upstream_bad_request")
+    if status == 429:
+        return GatewayError(
+            429, f"The model is busy: {message}", code="upstream_rate_limited", headers={"retry-after": "1"}
+        )
+    if status == 503:
+        # Anthropic's word for "busy or loading, retry" is 529 overloaded_error (wire-formats §6.7).
+        return GatewayError(
+            529 if scope.anthropic else 503,
+            f"The model is not ready: {message}",
+            code="server_is_overloaded",
+            headers={"retry-after": "1"},
+        )
+    return GatewayError(
+        502,
+        f"The model server failed (HTTP {status}): {message}",
+        code="upstream_error",
+        headers={"x-should-retry": "false"},
+    )
+
+
+async def open_call(
+    scope: RequestScope, path: str, payload: dict | None, method: str = "POST"
+) -> tuple[UpstreamCall, int]:
+    """Send the request to the model and wait for its status; GatewayError on failure. The call is
+    the scope's from here on: whatever happens, the scope's close() ends it."""
+    body = orjson.dumps(payload) if payload is not None else b""
+    call = TunnelCall(
+        deployment_id=scope.deployment.id, request_id=scope.request_id, method=method, path=path, body=body
+    )
+    scope.call = call
+    try:
+        started = await call.start(min(settings.FIRST_BYTE_TIMEOUT, max(0.0, scope.seconds_left())))
+    except CallError as exc:
+        scope.call = None  # a call that failed to start has ended: nothing to cancel, nothing cancelled
+        if exc.status == 504 and scope.seconds_left() <= 0:
+            raise request_deadline() from None
+        raise gateway_error(exc) from None
+    return call, started.status
+
+
+async def read_body(scope: RequestScope, call: UpstreamCall, limit: int | None = None) -> bytes:
+    """The whole response body (an error answer, a small helper call); GatewayError on failure."""
+    limit = settings.MAX_RESPONSE_BYTES if limit is None else limit
+    parts: list[bytes] = []
+    size = 0
+    idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
+    while True:
+        wait = min(idle_until - time.monotonic(), scope.seconds_left())
+        item = await call.next_item(max(0.0, wait)) if wait > 0 else None
+        match item:
+            case Data(data=data):
+                size += len(data)
+                if size > limit:
+                    await call.cancel()
+                    raise response_too_large(limit)
+                parts.append(data)
+                idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
+            case Ended():
+                return b"".join(parts)
+            case Failed():
+                raise gateway_error(call_error(item))
+            case None:
+                await call.cancel()
+                if scope.seconds_left() <= 0:
+                    raise request_deadline()
+                raise GatewayError(
+                    504,
+                    "The model did not finish in time.",
+                    code="upstream_timeout",
+                    headers={"x-should-retry": "true"},
+                )
+
+
+def response_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        502,
+        f"The model's response is larger than this server accepts ({limit} bytes); ask for a streamed response.",
+        code="response_too_large",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def request_deadline() -> GatewayError:
+    return GatewayError(
+        504,
+        f"The request took longer than this server allows ({settings.REQUEST_DEADLINE:g} s).",
+        code="request_deadline",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def upstream_model(scope: RequestScope) -> str:
+    return scope.deployment.upstream_model or scope.deployment.name
