@@ -144,9 +144,11 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
-                # Streams put many frames on one reply channel; the default capacity of 100 would
-                # drop chunks of a fast stream whose reader is a moment behind.
-                "capacity": env_int("CHANNEL_CAPACITY", 5000),
+                # All of a process's reply channels share one list in Redis. What a stream may have
+                # in flight is bounded by the tunnel's credit window (TUNNEL_WINDOW frames), so the
+                # capacity is a backstop sized for 1,000+ streams a process, not the flow control;
+                # a sender that finds it full waits and tries again (proxy/tunnel/layer.py).
+                "capacity": env_int("CHANNEL_CAPACITY", 100_000),
                 "expiry": 60,
                 "prefix": "tokios-asgi",
             },
@@ -253,6 +255,15 @@ FIRST_BYTE_TIMEOUT = env_float("TOKIOS_FIRST_BYTE_TIMEOUT", 300.0)
 KEEPALIVE_INTERVAL = env_float("TOKIOS_KEEPALIVE_INTERVAL", 10.0)
 HEARTBEAT_INTERVAL = env_float("TOKIOS_HEARTBEAT_INTERVAL", 15.0)
 HEARTBEAT_TIMEOUT = env_float("TOKIOS_HEARTBEAT_TIMEOUT", 45.0)
+# A non-streamed response is held in memory before it is answered: above this size, 502.
+MAX_RESPONSE_BYTES = env_int("TOKIOS_MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+# However it is going, a /v1 request ends after this many seconds (the idle timeouts above are
+# for silence; this is for a model, or a connector, that drips forever).
+REQUEST_DEADLINE = env_float("TOKIOS_REQUEST_DEADLINE", 1200.0)
+# Chunk frames a connector may send per request before the server hands credit back (16 KiB each).
+TUNNEL_WINDOW = min(max(env_int("TOKIOS_TUNNEL_WINDOW", 64), 2), 1024)  # the protocol allows 1..1024
+# Seconds between a process republishing its own connectors' presence in Redis.
+PRESENCE_REFRESH = env_float("TOKIOS_PRESENCE_REFRESH", 1.0)
 METERING_ENABLED = env_bool("TOKIOS_METERING", True)
 LIMITS_ENABLED = env_bool("TOKIOS_LIMITS", True)
 USAGE_RETENTION_DAYS = env_int("TOKIOS_USAGE_RETENTION_DAYS", 90)

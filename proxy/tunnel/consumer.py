@@ -1,8 +1,11 @@
-"""The WebSocket consumer a connector talks to. It authorises, then relays frames.
+"""The WebSocket endpoint a connector dials (`/v1/connector`): it authorises, shakes hands, and hands
+every frame to the connector's `ConnectorSession`.
 
-Requests reach it two ways: directly (`submit`) when the HTTP request is handled by this same
-process, or through the channel layer (`tunnel.request` messages) from other processes. Responses
-go back the same way: into the waiting request's local queue, or to its reply channel.
+Requests reach the session two ways: directly, when the HTTP request is handled by this same
+process (the router finds the session in `session.LOCAL`), or through the channel layer
+(`tunnel.request` messages) from other processes. A connector that breaks the protocol is closed
+with 4002; whatever way it goes, every request it held fails at once and it is withdrawn from
+presence before anything else happens.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import logging
 import secrets
 import time
 
-import orjson
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -22,18 +24,20 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.secrets import hash_secret
+from deployments.models import ConnectorToken
+from tokios_connector import protocol
+from tokios_connector.protocol import ProtocolError
+from tokios_site.redis import report_outage
 
-from . import frames, presence
+from . import layer as layer_messages
+from . import presence
+from .session import LOCAL, ConnectorSession
 
 log = logging.getLogger("tokios.tunnel")
-
-# channel name → consumer, for the in-process fast path
-LOCAL: dict[str, ConnectorConsumer] = {}
+LAYER_RETRY = 0.5  # seconds between tries to read the channel layer while it fails
 
 
-def _lookup_token(secret: str):
-    from deployments.models import ConnectorToken
-
+def _lookup_token(secret: str) -> tuple[int, int, str] | None:
     row = (
         ConnectorToken.objects.filter(token_hash=hash_secret(secret), revoked_at__isnull=True)
         .values_list("id", "deployment_id", "deployment__name")
@@ -45,15 +49,11 @@ def _lookup_token(secret: str):
 
 
 def _token_still_valid(token_id: int) -> bool:
-    from deployments.models import ConnectorToken
-
-    return ConnectorToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(
-        last_seen_at=timezone.now()
-    ) == 1
+    return ConnectorToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(last_seen_at=timezone.now()) == 1
 
 
 class ConnectorConsumer(AsyncWebsocketConsumer):
-    info: presence.ConnectorInfo | None = None
+    session: ConnectorSession | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         # Channels' await_many_dispatch re-arms a task and an asyncio.wait for every frame; with one
@@ -73,10 +73,16 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         finally:
             if layer_task is not None:
                 layer_task.cancel()
+            await self._end(None, "", "connector_disconnected", "the connector disconnected")
 
     async def _layer_loop(self) -> None:
         while True:
-            message = await self.channel_layer.receive(self.channel_name)
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except Exception as exc:  # Redis down or restarting: keep listening once it is back
+                report_outage(log, "the channel layer failed; requests from other processes cannot arrive", exc)
+                await asyncio.sleep(LAYER_RETRY)
+                continue
             try:
                 await self.dispatch(message)
             except Exception:
@@ -91,11 +97,13 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    # --- the connection ---------------------------------------------------------------------------
+
     async def connect(self) -> None:
-        self.pending: dict[str, asyncio.Queue | str] = {}  # request id → local queue or reply channel
         self.last_seen = time.monotonic()
         self.heartbeat_task: asyncio.Task | None = None
-        self.token_row = None
+        self.token_row: tuple[int, int, str] | None = None
+        self.ended = False
         headers = dict(self.scope.get("headers") or [])
         auth = headers.get(b"authorization", b"").decode("latin-1")
         secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
@@ -104,185 +112,157 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             self.token_row = await sync_to_async(_lookup_token)(secret)
         if self.token_row is None:
             log.warning("connector rejected: unknown or revoked token from %s", self._remote())
-            await self.close(code=frames.CLOSE_AUTH_REJECTED, reason="connector token rejected")
-            return
+            await self._end(protocol.CLOSE_AUTH_REJECTED, "connector token rejected", "", "")
 
     def _remote(self) -> str:
         client = self.scope.get("client") or ("?", 0)
         return f"{client[0]}:{client[1]}"
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.ended:  # closed by us: frames still on their way must not act (a `draining` would republish it)
+            return
         self.last_seen = time.monotonic()
-        if bytes_data is not None:
-            if len(bytes_data) < 2:
-                return
-            rid, payload = frames.unpack_chunk(bytes_data)
-            await self._deliver(rid, ("chunk", payload), final=False)
-            return
+        session = self.session
         try:
-            frame = orjson.loads(text_data)
-            kind = frame["type"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            await self._protocol_error("frame is not a JSON object with a type")
-            return
-        if self.info is None:
-            if kind != "hello" or self.token_row is None:
-                await self._protocol_error("the first frame must be hello")
+            if bytes_data is not None:
+                if session is None:
+                    raise ProtocolError("a body chunk before hello")
+                await session.on_chunk(bytes_data)
                 return
-            await self._hello(frame)
-            return
-        if kind == "response.start":
-            await self._deliver(frame["id"], ("start", frame["status"], frame.get("headers") or {}), final=False)
-        elif kind == "response.end":
-            await self._deliver(frame["id"], ("end", frame.get("timing") or {}), final=True)
-        elif kind == "response.error":
-            await self._deliver(frame["id"], ("error", frame.get("code", "upstream_error"), frame.get("message", "")), final=True)
-        elif kind == "pong":
-            pass
-        elif kind == "draining":
-            self.info.draining = True
-            await presence.publish(self.info)
-            log.info("connector %s draining", self.info.connector_id)
-        else:
-            await self._protocol_error(f"unexpected frame type {kind!r}")
+            frame = protocol.decode_from_connector(text_data or "")
+            if session is None:
+                await self._hello(frame)
+                return
+            await session.on_frame(frame)
+            if isinstance(frame, protocol.Draining):
+                await presence.publish(session.info)
+                log.info("connector %s draining", session.info.connector_id)
+        except ProtocolError as exc:
+            who = session.info.connector_id if session is not None else self._remote()
+            log.warning("connector %s broke the protocol: %s", who, exc.message)
+            reason = exc.message.encode()[:123].decode(errors="ignore")  # a close frame holds 123 bytes of reason
+            await self._end(protocol.CLOSE_PROTOCOL_ERROR, reason, "connector_protocol_error", exc.message)
 
-    async def _hello(self, frame: dict) -> None:
+    async def _hello(self, frame: protocol.ConnectorFrame) -> None:
+        if self.token_row is None or self.ended:
+            return  # being closed (4001)
+        if not isinstance(frame, protocol.Hello):
+            raise ProtocolError("the first frame must be hello")
+        if frame.protocol != protocol.PROTOCOL_VERSION:
+            reason = (
+                f"connector protocol {frame.protocol} is not supported; this server speaks {protocol.PROTOCOL_VERSION}"
+            )
+            log.warning("connector from %s refused: %s", self._remote(), reason)
+            await self._end(protocol.CLOSE_VERSION_MISMATCH, reason[:120], "", "")
+            return
         token_id, deployment_id, deployment_name = self.token_row
         now = time.time()
-        self.info = presence.ConnectorInfo(
+        info = presence.ConnectorInfo(
             channel=self.channel_name,
             deployment_id=deployment_id,
             token_id=token_id,
             connector_id="conn_" + secrets.token_hex(6),
-            version=str(frame.get("version", "?"))[:40],
+            version=frame.version[:40],
             remote=self._remote(),
             connected_since=now,
             last_heartbeat=now,
-            max_concurrency=int(frame.get("max_concurrency") or 0),
-            upstream_model=frame.get("model"),
+            max_concurrency=frame.max_concurrency,
+            upstream_model=frame.model,
         )
-        LOCAL[self.channel_name] = self
+        window = max(1, min(settings.TUNNEL_WINDOW, protocol.MAX_WINDOW))
+        self.session = ConnectorSession(info=info, send_text=self._send_text, layer=self.channel_layer, window=window)
+        LOCAL[self.channel_name] = self.session
         await self.channel_layer.group_add(presence.token_group(token_id), self.channel_name)
-        await self.send(
-            text_data=orjson.dumps(
-                {
-                    "type": "welcome",
-                    "deployment": deployment_name,
-                    "connector_id": self.info.connector_id,
-                    "heartbeat_interval": settings.HEARTBEAT_INTERVAL,
-                    "heartbeat_timeout": settings.HEARTBEAT_TIMEOUT,
-                }
-            ).decode()
+        welcome = protocol.Welcome(
+            deployment=deployment_name,
+            connector_id=info.connector_id,
+            heartbeat_interval=settings.HEARTBEAT_INTERVAL,
+            heartbeat_timeout=settings.HEARTBEAT_TIMEOUT,
+            window=window,
         )
-        await presence.publish(self.info)
+        await self._send_text(protocol.encode(welcome))
+        await presence.publish(info)
         self.heartbeat_task = asyncio.create_task(self._heartbeat())
         log.info(
             "connector %s online for %s (version %s, from %s)",
-            self.info.connector_id,
+            info.connector_id,
             deployment_name,
-            self.info.version,
-            self.info.remote,
+            info.version,
+            info.remote,
         )
 
-    async def _heartbeat(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(settings.HEARTBEAT_INTERVAL)
-                if time.monotonic() - self.last_seen > settings.HEARTBEAT_TIMEOUT:
-                    log.warning("connector %s silent, dropping it", self.info.connector_id)
-                    await self.close(code=frames.CLOSE_HEARTBEAT_TIMEOUT)
-                    await self._cleanup()
-                    return
-                if not await sync_to_async(_token_still_valid)(self.info.token_id):
-                    await self.tunnel_revoked({})
-                    return
-                await self.send(text_data=orjson.dumps({"type": "ping", "t": time.time()}).decode())
-                self.info.last_heartbeat = time.time()
-                await presence.publish(self.info)
-        except asyncio.CancelledError:
-            pass
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
-    async def _protocol_error(self, message: str) -> None:
-        log.warning("connector protocol error: %s", message)
-        await self.close(code=frames.CLOSE_PROTOCOL_ERROR, reason=message[:100])
-        await self._cleanup()
+    async def _heartbeat(self) -> None:
+        session = self.session
+        while True:
+            await asyncio.sleep(settings.HEARTBEAT_INTERVAL)
+            if time.monotonic() - self.last_seen > settings.HEARTBEAT_TIMEOUT:
+                log.warning("connector %s silent, dropping it", session.info.connector_id)
+                await self._end(
+                    protocol.CLOSE_HEARTBEAT_TIMEOUT,
+                    "heartbeat timeout",
+                    "connector_disconnected",
+                    "the connector stopped answering",
+                )
+                return
+            if not await sync_to_async(_token_still_valid)(session.info.token_id):
+                await self.tunnel_revoked({})
+                return
+            await self._send_text(protocol.encode(protocol.Ping(time.time())))
+            session.info.last_heartbeat = time.time()
 
     async def disconnect(self, code) -> None:
-        await self._cleanup()
-        if self.info is not None:
-            log.info("connector %s offline (close %s)", self.info.connector_id, code)
+        if self.session is not None and not self.ended:
+            log.info("connector %s offline (close %s)", self.session.info.connector_id, code)
+        await self._end(None, "", "connector_disconnected", "the connector disconnected")
 
-    async def _cleanup(self) -> None:
-        if self.heartbeat_task is not None and self.heartbeat_task is not asyncio.current_task():
-            self.heartbeat_task.cancel()
-        LOCAL.pop(self.channel_name, None)
-        if self.info is not None:
-            await presence.withdraw(self.info)
-            await self.channel_layer.group_discard(presence.token_group(self.info.token_id), self.channel_name)
-        pending, self.pending = self.pending, {}
-        for target in pending.values():
-            await self._send_to(target, ("error", "connector_disconnected", "the connector disconnected"))
-
-    # --- delivery to the waiting HTTP request ---------------------------------------------------
-
-    async def _deliver(self, rid: str, item: tuple, *, final: bool) -> None:
-        target = self.pending.pop(rid, None) if final else self.pending.get(rid)
-        if target is None:
-            return  # cancelled or unknown: drop
-        if final and self.info is not None:
-            self.info.inflight = max(0, self.info.inflight - 1)
-        await self._send_to(target, item)
-
-    async def _send_to(self, target, item: tuple) -> None:
-        if isinstance(target, asyncio.Queue):
-            target.put_nowait(item)
-        else:
-            await self.channel_layer.send(target, {"type": "tunnel.frame", "item": list(item)})
-
-    # --- requests from this process (fast path) and from others (channel layer) -----------------
-
-    async def submit(self, frame: dict, body: bytes, target: asyncio.Queue | str) -> None:
-        rid = frame["id"]
-        self.pending[rid] = target
-        if self.info is not None:
-            self.info.inflight += 1
-        if len(body) <= frames.MAX_PART:
-            frame["body"] = body.decode() if body else None
-            frame["body_parts"] = 0
-            await self.send(text_data=orjson.dumps(frame).decode())
+    async def _end(self, close_code: int | None, reason: str, failure: str, message: str) -> None:
+        """Take the connector out of service (once): out of presence first, so that nothing new is
+        routed to it, then fail what it holds, then close the socket if it is still open."""
+        if getattr(self, "ended", False):
             return
-        # Bodies are JSON, so UTF-8 text: split on characters, never inside a multi-byte sequence.
-        # At most 4 bytes per character keeps every part under MAX_PART bytes.
-        text = body.decode()
-        step = frames.MAX_PART // 4
-        parts = [text[i : i + step] for i in range(0, len(text), step)]
-        frame["body"] = None
-        frame["body_parts"] = len(parts)
-        await self.send(text_data=orjson.dumps(frame).decode())
-        for part in parts:
-            await self.send(text_data=orjson.dumps({"type": "request.body", "id": rid, "data": part}).decode())
-
-    async def cancel(self, rid: str) -> None:
-        if self.pending.pop(rid, None) is not None:
-            if self.info is not None:
-                self.info.inflight = max(0, self.info.inflight - 1)
+        self.ended = True
+        task = getattr(self, "heartbeat_task", None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        session = self.session
+        if session is not None:
+            LOCAL.pop(self.channel_name, None)
+            await presence.withdraw(session.info)
+            await session.fail_all(failure, message)
+            await self.channel_layer.group_discard(presence.token_group(session.info.token_id), self.channel_name)
+        if close_code is not None:
             try:
-                await self.send(text_data=orjson.dumps({"type": "cancel", "id": rid}).decode())
-            except OSError:  # the connector's socket closed (uvicorn's ClientDisconnected): nothing left to stop
-                log.debug("cancel %s: the connector is already gone", rid)
+                await self.close(code=close_code, reason=reason)
+            except OSError:
+                pass
+
+    # --- messages from other processes --------------------------------------------------------------
 
     async def tunnel_request(self, event: dict) -> None:
         reply = event["reply"]
-        if self.info is None or self.info.draining:
-            await self.channel_layer.send(reply, {"type": "tunnel.frame", "item": ["reject", "draining"]})
-            return
-        await self.channel_layer.send(reply, {"type": "tunnel.frame", "item": ["accepted"]})
-        await self.submit(event["frame"], event["body"], reply)
+        session = self.session
+        accepted = session is not None and not session.closed and not session.info.draining
+        ack = {"type": "tunnel.ack", "accepted": accepted, "window": session.window if accepted else 0}
+        await layer_messages.send(self.channel_layer, reply, ack)
+        if accepted:
+            await session.submit(event["id"], event["method"], event["path"], event["body"], reply=reply)
 
     async def tunnel_cancel(self, event: dict) -> None:
-        await self.cancel(event["id"])
+        if self.session is not None:
+            await self.session.cancel(event["id"])
+
+    async def tunnel_credit(self, event: dict) -> None:
+        if self.session is not None:
+            await self.session.grant(event["id"], event["frames"])
 
     async def tunnel_revoked(self, event: dict) -> None:
-        log.info("connector token revoked, closing %s", self.info.connector_id if self.info else "?")
-        await self.close(code=frames.CLOSE_TOKEN_REVOKED, reason="connector token revoked")
-        await self._cleanup()
+        log.info("connector token revoked, closing %s", self.session.info.connector_id if self.session else "?")
+        await self._end(
+            protocol.CLOSE_TOKEN_REVOKED,
+            "connector token revoked",
+            "connector_disconnected",
+            "the connector's token was revoked",
+        )

@@ -1,17 +1,21 @@
 """Which connectors are live for which deployment.
 
-In the embedded default presence is this process's memory. With Redis it is one hash per
-deployment (`tokios:presence:<deployment id>`, field = the consumer's channel name) so that any
-process can route to a connector held by any other. Entries carry the last heartbeat; readers
-ignore (and delete) entries older than the heartbeat timeout, so a process that died without
-cleaning up leaves no ghost for longer than that.
+Every process knows the connectors it holds itself and always routes to them, whatever Redis
+says. With Redis, presence is also one hash per deployment (`tokios:presence:<deployment id>`,
+field = the consumer's channel name) so that any process can route to a connector held by any
+other. Each process republishes its own connectors every `PRESENCE_REFRESH` seconds: Redis keeps
+nothing on disk, and after a restart it knows every connector again within that time; the
+republished entry also carries the connector's current load. Readers ignore (and delete) entries
+whose connector missed its heartbeats, or whose process stopped republishing them (a process that
+died), so a ghost lasts no longer than `stale_after()`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import orjson
 from asgiref.sync import async_to_sync
@@ -28,6 +32,12 @@ log = logging.getLogger("tokios.tunnel")
 READ_TTL = 0.5
 
 
+def stale_after() -> float:
+    """Seconds after which an entry its process stopped republishing is dead. Generous, so that a
+    process whose event loop is busy for a few seconds is not taken for dead."""
+    return max(10.0, 10 * settings.PRESENCE_REFRESH)
+
+
 @dataclass(slots=True)
 class ConnectorInfo:
     channel: str
@@ -42,14 +52,26 @@ class ConnectorInfo:
     max_concurrency: int = 0
     draining: bool = False
     upstream_model: str | None = None
-    extra: dict = field(default_factory=dict)
+    refreshed: float = 0.0  # when its process last republished it (0: never, i.e. a local entry)
 
     @property
     def alive(self) -> bool:
-        return time.time() - self.last_heartbeat < settings.HEARTBEAT_TIMEOUT
+        now = time.time()
+        if now - self.last_heartbeat >= settings.HEARTBEAT_TIMEOUT:
+            return False
+        return not self.refreshed or now - self.refreshed < stale_after()
 
 
-_local: dict[int, dict[str, ConnectorInfo]] = {}
+def _parse(raw: bytes) -> ConnectorInfo | None:
+    try:
+        return ConnectorInfo(**orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError):  # written by another version, or damaged
+        return None
+
+
+_local: dict[int, dict[str, ConnectorInfo]] = {}  # this process's connectors, by deployment
+_read_cache: dict[int, tuple[float, list[ConnectorInfo]]] = {}
+_keeper: asyncio.Task | None = None
 
 
 def _redis_failed(exc: Exception) -> None:
@@ -57,27 +79,26 @@ def _redis_failed(exc: Exception) -> None:
     report_outage(log, "connector presence in Redis failed; routing to this process's connectors only", exc)
 
 
-_read_cache: dict[int, tuple[float, list[ConnectorInfo]]] = {}
-
-
 def _key(deployment_id: int) -> str:
     return f"tokios:presence:{deployment_id}"
 
 
 async def publish(info: ConnectorInfo) -> None:
-    """Announce or refresh a connector (on connect and on every heartbeat)."""
+    """Announce a connector (on connect, and when it starts draining)."""
     _local.setdefault(info.deployment_id, {})[info.channel] = info
-    if redis_enabled():
-        redis = get_async_redis()
-        try:
-            await redis.hset(_key(info.deployment_id), info.channel, orjson.dumps(asdict(info)))
-            await redis.expire(_key(info.deployment_id), int(settings.HEARTBEAT_TIMEOUT * 4))
-        except (RedisError, OSError) as exc:
-            _redis_failed(exc)
+    _read_cache.pop(info.deployment_id, None)
+    if not redis_enabled():
+        return
+    _ensure_keeper()
+    await _republish([info])
 
 
 async def withdraw(info: ConnectorInfo) -> None:
-    _local.get(info.deployment_id, {}).pop(info.channel, None)
+    """Forget a connector at once, here and (through Redis) in every other process."""
+    local = _local.get(info.deployment_id, {})
+    local.pop(info.channel, None)
+    if not local:
+        _local.pop(info.deployment_id, None)
     _read_cache.pop(info.deployment_id, None)
     if redis_enabled():
         try:
@@ -86,44 +107,99 @@ async def withdraw(info: ConnectorInfo) -> None:
             _redis_failed(exc)
 
 
+async def _republish(infos: list[ConnectorInfo]) -> None:
+    now = time.time()
+    expire = int(max(settings.HEARTBEAT_TIMEOUT, stale_after()) * 4)
+    try:
+        async with get_async_redis().pipeline(transaction=False) as pipe:
+            for info in infos:
+                info.refreshed = now
+                pipe.hset(_key(info.deployment_id), info.channel, orjson.dumps(asdict(info)))
+                pipe.expire(_key(info.deployment_id), expire)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
+
+
+def _ensure_keeper() -> None:
+    global _keeper
+    loop = asyncio.get_running_loop()
+    if _keeper is None or _keeper.done() or _keeper.get_loop() is not loop:
+        _keeper = loop.create_task(_keep_published())
+
+
+async def _keep_published() -> None:
+    """Republish this process's connectors until it holds none."""
+    while _local:
+        await asyncio.sleep(settings.PRESENCE_REFRESH)
+        infos = [info for connectors in _local.values() for info in connectors.values()]
+        if infos and redis_enabled():
+            await _republish(infos)
+            # A connector withdrawn while that write was on its way must not stay written.
+            gone = [info for info in infos if info.channel not in _local.get(info.deployment_id, {})]
+            for info in gone:
+                await withdraw(info)
+
+
 def local_connectors(deployment_id: int) -> list[ConnectorInfo]:
     return [info for info in _local.get(deployment_id, {}).values() if info.alive]
 
 
 async def live_connectors(deployment_id: int, *, fresh: bool = False) -> list[ConnectorInfo]:
+    """Every live connector of a deployment: this process's own, and those Redis knows of."""
     if not redis_enabled():
         return local_connectors(deployment_id)
     now = time.monotonic()
     cached = _read_cache.get(deployment_id)
     if cached and not fresh and cached[0] > now:
         return cached[1]
+    redis = get_async_redis()
     try:
-        raw = await get_async_redis().hgetall(_key(deployment_id))
+        raw = await redis.hgetall(_key(deployment_id))
     except (RedisError, OSError) as exc:
         _redis_failed(exc)
         return local_connectors(deployment_id)
-    infos, dead = [], []
-    for value in raw.values():
-        info = ConnectorInfo(**orjson.loads(value))
-        # The local copy has the exact in-flight count; Redis has the one from the last heartbeat.
-        local = _local.get(deployment_id, {}).get(info.channel)
-        if local is not None:
-            info = local
-        (infos if info.alive else dead).append(info)
+    local = _local.get(deployment_id, {})
+    infos = local_connectors(deployment_id)
+    dead = []
+    for channel, value in raw.items():
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if channel in local:
+            continue  # the local copy is exact, and counted above
+        info = _parse(value)
+        if info is None or not info.alive:
+            dead.append(channel)
+        else:
+            infos.append(info)
     if dead:
         try:
-            await get_async_redis().hdel(_key(deployment_id), *[info.channel for info in dead])
+            await redis.hdel(_key(deployment_id), *dead)
         except (RedisError, OSError) as exc:
             _redis_failed(exc)
     _read_cache[deployment_id] = (now + READ_TTL, infos)
     return infos
 
 
-def forget(deployment_id: int, channel: str) -> None:
+async def is_alive(deployment_id: int, channel: str) -> bool:
+    """Whether a connector (held by another process) is still live. True when Redis cannot say:
+    a waiting request then falls back on its timeouts."""
+    try:
+        raw = await get_async_redis().hget(_key(deployment_id), channel)
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
+        return True
+    info = _parse(raw) if raw is not None else None
+    return info is not None and info.alive
+
+
+async def forget(deployment_id: int, channel: str) -> None:
     """Drop a connector that failed to acknowledge a dispatch."""
     _read_cache.pop(deployment_id, None)
     if redis_enabled():
-        get_sync_redis().hdel(_key(deployment_id), channel)
+        try:
+            await get_async_redis().hdel(_key(deployment_id), channel)
+        except (RedisError, OSError) as exc:
+            _redis_failed(exc)
 
 
 def live_connectors_sync(deployment_id: int) -> list[ConnectorInfo]:
@@ -131,8 +207,8 @@ def live_connectors_sync(deployment_id: int) -> list[ConnectorInfo]:
     if not redis_enabled():
         return local_connectors(deployment_id)
     raw = get_sync_redis().hgetall(_key(deployment_id))
-    infos = [ConnectorInfo(**orjson.loads(value)) for value in raw.values()]
-    return sorted((i for i in infos if i.alive), key=lambda i: i.connected_since)
+    infos = [info for info in map(_parse, raw.values()) if info is not None and info.alive]
+    return sorted(infos, key=lambda i: i.connected_since)
 
 
 def online_deployment_ids(deployment_ids: list[int]) -> set[int]:

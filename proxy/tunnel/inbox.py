@@ -1,0 +1,49 @@
+"""A waiting request's inbox: the items its connector delivered, in order, read by one reader.
+
+Not an `asyncio.Queue`: the reader takes consecutive body pieces in one go (a stream that fell
+behind writes them to its client as one write), which needs a look at the next item that a Queue
+does not offer. Its size is bounded by the tunnel's credit window (see `session.py`), not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..calls import Data, Item
+
+
+class Inbox:
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Item] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Item) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self, timeout: float | None) -> Item | None:
+        """The next item (body pieces waiting together merged into one), or None after `timeout`."""
+        items = self.items
+        if not items:
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                self.waiter = None
+        item = items.popleft()
+        if isinstance(item, Data) and items and isinstance(items[0], Data):
+            parts, frames = [item.data], item.frames
+            while items and isinstance(items[0], Data):
+                more = items.popleft()
+                parts.append(more.data)
+                frames += more.frames
+            item = Data(b"".join(parts), frames)
+        return item
