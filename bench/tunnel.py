@@ -116,8 +116,9 @@ async def first_chunk_ms(url: str, key: str | None, body: bytes, n: int) -> floa
 
 
 class Stack:
-    def __init__(self, mode: str, metering: bool, upstream: str, slot: int = 0, **extra_env: str):
-        """`slot` keeps stacks that run side by side apart (own database and Redis database)."""
+    def __init__(self, mode: str, metering: bool, upstream: str, slot: int = 0, root: Path = ROOT, **extra_env: str):
+        """`slot` keeps stacks that run side by side apart (own database and Redis database);
+        `root` is the source tree the stack runs (another checkout, for --baseline)."""
         self.mode, self.metering = mode, metering
         self.data = Path(tempfile.mkdtemp(prefix=f"tokios-bench-{mode}-"))
         self.env = {**os.environ, "TOKIOS_DATA_DIR": str(self.data), "TOKIOS_HTTPS": "0",
@@ -136,7 +137,7 @@ class Stack:
             subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"], capture_output=True)
             subprocess.run([*psql, f"CREATE DATABASE {db_name}"], check=True, capture_output=True)
             subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], capture_output=True)
-        manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731
+        manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=root, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731
         manage("migrate")
         manage("create_org", "bench")
         self.token = manage("create_deployment", "bench-model", "--org", "bench", "--price-input", "1", "--price-output", "2")
@@ -145,11 +146,11 @@ class Stack:
         self.port = free_port()
         self.server = subprocess.Popen(
             [PY, "-m", "uvicorn", "tokios_site.asgi:application", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log", "--http", "httptools", "--loop", "uvloop"], cwd=ROOT, env=self.env)
+             "--no-access-log", "--http", "httptools", "--loop", "uvloop"], cwd=root, env=self.env)
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
         self.connector = subprocess.Popen(
             [PY, "-m", "tokios_connector", "--server", f"http://127.0.0.1:{self.port}", "--token", self.token,
-             "--upstream", upstream, "--max-concurrency", "512", "--log-level", "warning"], cwd=ROOT, env=self.env)
+             "--upstream", upstream, "--max-concurrency", "512", "--log-level", "warning"], cwd=root, env=self.env)
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -231,10 +232,11 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
 
 
 def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
-    """Metering+limits off vs on, side by side: the stacks run at once and c=32 / c=1 runs rotate
-    between them, so that drifts in this shared machine's speed hit all alike. Medians per side,
-    and per-round throughput losses against "off" with the median and its 95 % interval. A second
-    "off" stack ("control"), if given, measures the method's own noise: its loss should be ~0."""
+    """Metering+limits off vs on (or, with --baseline, the baseline tree vs this one), side by side:
+    the stacks run at once and c=32 / c=1 runs rotate between them, so that drifts in this shared
+    machine's speed hit all alike. Medians per side, and per-round throughput losses against "off"
+    with the median and its 95 % interval. A second "off" stack ("control"), if given, measures the
+    method's own noise: its loss should be ~0."""
     names = list(stacks)
     runs: dict[str, dict[str, list]] = {side: {"rps": [], "p50": [], "cpu": []} for side in names}
     losses: dict[str, list[float]] = {side: [] for side in names if side != "off"}
@@ -276,6 +278,13 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=int, default=0, help="c=32 seconds per stack and round (default: duration/2)")
     parser.add_argument("--control", action="store_true", help="with --metering both: a second 'off' stack, an A/A check of the method")
     parser.add_argument("--skip-table", action="store_true", help="with --metering both: only the paired rounds")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/before <commit>`): with --metering both, its stacks "
+        "take the places of 'off' (and 'control') and this tree's the place of 'on', all with metering on, "
+        "so the rounds compare the two trees side by side",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -294,10 +303,13 @@ def main() -> None:
             stacks: dict[str, Stack] = {}
             try:
                 for slot, (side, metering) in enumerate(sides.items()):
-                    stacks[side] = Stack(mode, metering, f"http://127.0.0.1:{up_port}/v1", slot=slot)
+                    root = args.baseline if args.baseline and side != "on" else ROOT
+                    stacks[side] = Stack(mode, metering or bool(args.baseline), f"http://127.0.0.1:{up_port}/v1", slot=slot, root=root)
                 for side, stack in stacks.items():
                     if table and side != "control":
                         name = mode if args.metering != "both" else f"{mode} {'+' if stack.metering else '-'}meter"
+                        if args.baseline:
+                            name = f"{mode} {'this tree' if side == 'on' else 'baseline'}"
                         results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
                 if args.metering == "both" and args.rounds:
                     costs[mode] = paired(stacks, args.rounds, args.round_seconds or max(3, args.duration // 2))
@@ -312,6 +324,9 @@ def main() -> None:
         for side in cost["loss"]:
             what = {"on": "metering+limits cost", "control": "control (off vs off: the method's noise)",
                     "on vs both off": "metering+limits cost against the mean of both off stacks"}[side]
+            if args.baseline:
+                what = {"on": "this tree against the baseline", "control": "control (baseline vs baseline)",
+                        "on vs both off": "this tree against the mean of both baseline stacks"}[side]
             low, high = cost["ci"][side]
             print(f"  {what} ({mode}), {args.rounds} rotating rounds side by side: throughput "
                   f"{100 * cost['loss'][side]:+.1f}% lost (median of per-round losses; 95% interval "
