@@ -21,7 +21,7 @@ class Started:
 @dataclass(slots=True)
 class Data:  # not frozen: one is made per body chunk, and frozen dataclasses cost ~3x to build
     data: bytes
-    frames: int = 1  # tunnel frames this item carries (several when they were merged)
+    blocks: int = 1  # the tunnel credit this item used (see tokios_connector/protocol.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """The connector's event loop: one outbound WebSocket carrying many concurrent upstream requests.
 
 Protocol: docs/connector-protocol.md (version 2; frames from `protocol.py`, shared with the
-server). One asyncio task per request streams the upstream body back chunk by chunk, one chunk
-frame per credit the server granted; the WebSocket reader never awaits a send, so a slow server
-cannot stop it from seeing `credit`, `cancel` and `ping` frames.
+server). One asyncio task per request streams the upstream body back chunk by chunk, sending only
+what the credit the server granted pays for; the WebSocket reader never awaits a send, so a slow
+server cannot stop it from seeing `credit`, `cancel` and `ping` frames.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from .protocol import (
     CLOSE_AUTH_REJECTED,
     CLOSE_TOKEN_REVOKED,
     CLOSE_VERSION_MISMATCH,
+    CREDIT_BLOCK,
+    MAX_CHUNK_PAYLOAD,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Cancel,
@@ -40,8 +42,8 @@ from .protocol import (
     ResponseError,
     ResponseStart,
     Welcome,
-    chunk_frames,
     chunk_prefix,
+    credit_cost,
     decode_from_server,
     encode,
     loads,
@@ -320,7 +322,7 @@ class Connector:
         if welcome is None:
             return
         log.info(
-            "connected to %s as connector %s for deployment %s (window %d frames)",
+            "connected to %s as connector %s for deployment %s (window %d credit blocks)",
             public_url(cfg.server_url),
             welcome.connector_id,
             welcome.deployment,
@@ -407,11 +409,11 @@ class Connector:
             self._on_bad_frame(session, raw, exc)
             return
         match frame:
-            case Credit(id=rid, frames=frames):
+            case Credit(id=rid, blocks=blocks):
                 entry = session.inflight.get(rid)
                 # Credit for a finished or cancelled request (it crossed our response.end) is moot.
                 if isinstance(entry, Stream):
-                    entry.add_credit(frames)
+                    entry.add_credit(blocks)
             case Request():
                 self._on_request(session, frame)
             case RequestBody():
@@ -558,12 +560,16 @@ class Connector:
                     if first_byte is None:
                         first_byte = loop.time()
                     sent += len(chunk)
-                    for piece in chunk_frames(prefix, chunk):
+                    view, size, at = memoryview(chunk), len(chunk), 0
+                    while at < size:
                         if stream.credit <= 0:  # the common case (credit left) costs no await
                             waits += 1
                             await stream.wait_for_credit()
-                        stream.credit -= 1
-                        await ws.send(piece)
+                        # As much as the credit held pays for, at most MAX_CHUNK_PAYLOAD.
+                        piece = min(size - at, MAX_CHUNK_PAYLOAD, stream.credit * CREDIT_BLOCK)
+                        stream.credit -= credit_cost(piece)
+                        await ws.send(prefix + view[at : at + piece])
+                        at += piece
             done = loop.time()
             await ws.send(
                 encode(

@@ -9,16 +9,18 @@ so every field is type-checked and bounded, and anything else raises `ProtocolEr
 then closes the connection with `CLOSE_PROTOCOL_ERROR`). The connector reads the server with the
 same parser but may choose to log and ignore what it cannot read.
 
-Flow control: the server grants each request a window of `Welcome.window` chunk frames. The
-connector sends a chunk frame only while it holds credit for that request, one frame per credit,
-and each `Credit` frame adds to it. The server hands credit back as its client consumes what
-arrived, so a slow client slows the connector's read of the upstream instead of filling memory;
-a connector that sends beyond its credit has broken the protocol.
+Flow control: the server grants each request a window of `Welcome.window` credit blocks. A
+chunk frame costs one block per started 4 KiB of its payload (`credit_cost`), so a window bounds
+both the bytes and the frames a request may have in flight. The connector sends a chunk frame
+only while it holds the credit for it, and each `Credit` frame adds to it. The server hands
+credit back as its client consumes what arrived, so a slow client slows the connector's read of
+the upstream instead of filling memory; a connector that sends beyond its credit has broken the
+protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +45,11 @@ PROTOCOL_VERSION = 2
 
 MAX_ID_LENGTH = 64
 MAX_CHUNK_PAYLOAD = 16 * 1024  # bytes of response body per binary frame
+CREDIT_BLOCK = 4096  # a chunk frame costs one credit per started block of its payload
 MAX_BODY_PART = 256 * 1024  # bytes of request body per `request` / `request.body` frame
 MAX_FRAME_SIZE = 4 * 1024 * 1024  # both ends refuse larger WebSocket messages
-DEFAULT_WINDOW = 64  # chunk frames in flight per request: at most 1 MiB of body
-MAX_WINDOW = 1024
+DEFAULT_WINDOW = 256  # credit blocks in flight per request: at most 1 MiB of body, or 256 frames
+MAX_WINDOW = 4096
 MAX_BODY_PARTS = 4096  # 1 GiB of request body: refuse nonsense before buffering it
 MAX_CONCURRENCY = 100_000
 MAX_HEADERS = 64
@@ -184,7 +187,7 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class Credit:
     id: str
-    frames: int
+    blocks: int
     type: str = field(default="credit", init=False)
 
 
@@ -214,21 +217,15 @@ def encode(frame: ConnectorFrame | ServerFrame) -> str:
     return dumps(data).decode()
 
 
+def credit_cost(payload_size: int) -> int:
+    """Credit blocks a chunk frame with this much payload costs (at least one)."""
+    return max(1, -(-payload_size // CREDIT_BLOCK))
+
+
 def chunk_prefix(request_id: str) -> bytes:
     """The binary-frame header for one request, computed once per request rather than per chunk."""
     raw = request_id.encode("ascii")
     return bytes((len(raw),)) + raw
-
-
-def chunk_frames(prefix: bytes, payload: bytes) -> Iterator[bytes]:
-    """Binary frames for one payload, split so that none carries more than MAX_CHUNK_PAYLOAD."""
-    size = len(payload)
-    if size <= MAX_CHUNK_PAYLOAD:
-        yield prefix + payload
-        return
-    view = memoryview(payload)
-    for start in range(0, size, MAX_CHUNK_PAYLOAD):
-        yield prefix + view[start : start + MAX_CHUNK_PAYLOAD]
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -384,7 +381,7 @@ def decode_from_server(raw: str | bytes) -> ServerFrame:
         return Cancel(_id(data))
     if kind == "credit":
         rid = _id(data)
-        return Credit(rid, _int(data, "frames", 1, MAX_CREDIT, rid=rid))
+        return Credit(rid, _int(data, "blocks", 1, MAX_CREDIT, rid=rid))
     if kind == "ping":
         return Ping(_number(data, "t"))
     if kind == "welcome":

@@ -26,7 +26,7 @@ class PendingBody:
 
 
 class Stream:
-    """A request being relayed, and the chunk frames it may still send (docs: "Flow control")."""
+    """A request being relayed, and the credit blocks it may still spend (docs: "Flow control")."""
 
     __slots__ = ("task", "credit", "granted")
 
@@ -36,9 +36,9 @@ class Stream:
         self.credit = window
         self.granted = asyncio.Event()
 
-    def add_credit(self, frames: int) -> None:
+    def add_credit(self, blocks: int) -> None:
         # Bounded: a confused server must not make this grow without limit.
-        self.credit = min(self.credit + frames, MAX_CREDIT)
+        self.credit = min(self.credit + blocks, MAX_CREDIT)
         self.granted.set()
 
     async def wait_for_credit(self) -> None:
@@ -57,7 +57,7 @@ class Session:
 
     def __init__(self, ws: ClientConnection, window: int, now: float) -> None:
         self.ws = ws
-        self.window = window  # chunk frames each request may send before its first credit
+        self.window = window  # credit blocks each request holds before the server hands any back
         self.inflight: dict[str, Stream | PendingBody] = {}
         self.idle = asyncio.Event()
         self.idle.set()

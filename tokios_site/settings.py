@@ -145,7 +145,7 @@ if REDIS_URL:
             "CONFIG": {
                 "hosts": [REDIS_URL],
                 # All of a process's reply channels share one list in Redis. What a stream may have
-                # in flight is bounded by the tunnel's credit window (TUNNEL_WINDOW frames), so the
+                # in flight is bounded by the tunnel's credit window (TUNNEL_WINDOW blocks of 4 KiB), so the
                 # capacity is a backstop sized for 1,000+ streams a process, not the flow control;
                 # a sender that finds it full waits and tries again (proxy/tunnel/layer.py).
                 "capacity": env_int("CHANNEL_CAPACITY", 100_000),
@@ -260,8 +260,9 @@ MAX_RESPONSE_BYTES = env_int("TOKIOS_MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
 # However it is going, a /v1 request ends after this many seconds (the idle timeouts above are
 # for silence; this is for a model, or a connector, that drips forever).
 REQUEST_DEADLINE = env_float("TOKIOS_REQUEST_DEADLINE", 1200.0)
-# Chunk frames a connector may send per request before the server hands credit back (16 KiB each).
-TUNNEL_WINDOW = min(max(env_int("TOKIOS_TUNNEL_WINDOW", 64), 2), 1024)  # the protocol allows 1..1024
+# Credit a connector holds per request before the server hands some back, in 4 KiB blocks (a chunk
+# frame costs one block per started 4 KiB): 256 = at most 1 MiB, or 256 frames, in flight.
+TUNNEL_WINDOW = min(max(env_int("TOKIOS_TUNNEL_WINDOW", 256), 2), 4096)  # the protocol allows 1..4096
 # Seconds between a process republishing its own connectors' presence in Redis.
 PRESENCE_REFRESH = env_float("TOKIOS_PRESENCE_REFRESH", 1.0)
 METERING_ENABLED = env_bool("TOKIOS_METERING", True)

@@ -398,14 +398,19 @@ async def test_response_start_twice_for_a_held_request_is_closed_with_4002(onlin
     assert (await call.next_item(1)).code == "connector_protocol_error"
 
 
-async def test_a_chunk_beyond_the_credit_window_is_closed_with_4002(online, credentials, settings):
+@pytest.mark.parametrize("payload", [b"x", b"x" * protocol.MAX_CHUNK_PAYLOAD], ids=["1 block", "4 blocks"])
+async def test_a_chunk_beyond_the_credit_window_is_closed_with_4002(online, credentials, settings, payload):
     call = await started_call(online, credentials)
+    window = online.welcome.window
+    cost = protocol.credit_cost(len(payload))
+    fits = window // cost
+    assert fits * cost == window
 
-    await online.chunks("req_1", online.welcome.window + 1)  # nobody read: no credit came back
+    await online.chunks("req_1", fits + 1, payload)  # nobody read: no credit came back
 
     assert (await online.closed())[0] == protocol.CLOSE_PROTOCOL_ERROR
     item = await call.next_item(1)
-    assert item == Data(b"x" * online.welcome.window, frames=online.welcome.window)  # what it was allowed
+    assert item == Data(payload * fits, blocks=window)  # what it was allowed
     assert (await call.next_item(1)).code == "connector_protocol_error"
 
 
@@ -418,7 +423,7 @@ async def test_a_request_streams_through_and_credit_comes_back_after_half_the_wi
     assert (await link.hello()).window == 4
     call = await started_call(link, credentials)
 
-    # An item's frames count as consumed when the reader asks for the next one (it has written
+    # An item's blocks count as consumed when the reader asks for the next one (it has written
     # them to its client by then); credit goes back once half the window is consumed.
     await link.chunks("req_1", 1, b"a")
     assert await call.next_item(TIMEOUT) == Data(b"a")
@@ -426,14 +431,14 @@ async def test_a_request_streams_through_and_credit_comes_back_after_half_the_wi
 
     await link.chunks("req_1", 1, b"b")
     assert await call.next_item(TIMEOUT) == Data(b"b")
-    assert await link.quiet()  # 1 of 4 frames consumed: no credit yet
+    assert await link.quiet()  # 1 of 4 blocks consumed: no credit yet
 
     await link.chunks("req_1", 2, b"c")  # all it holds: the window is used up
-    assert await call.next_item(TIMEOUT) == Data(b"cc", frames=2)
+    assert await call.next_item(TIMEOUT) == Data(b"cc", blocks=2)
     assert await link.frame() == Credit("req_1", 2)  # a and b consumed
 
     await link.chunks("req_1", 2, b"d")  # what was handed back
-    assert await call.next_item(TIMEOUT) == Data(b"dd", frames=2)
+    assert await call.next_item(TIMEOUT) == Data(b"dd", blocks=2)
     assert await link.frame() == Credit("req_1", 2)
 
     await link.send_frame(ResponseEnd("req_1", 120, 30))
@@ -445,28 +450,29 @@ async def test_a_request_streams_through_and_credit_comes_back_after_half_the_wi
 
 
 async def test_a_window_setting_above_the_protocol_maximum_still_hands_credit_back(links, credentials, settings):
-    """The consumer announces min(TUNNEL_WINDOW, 1024); a call that waits for half of the unclamped
-    setting before handing credit back waits for frames the connector may never send: the stream
-    stalls until its timeouts end it."""
-    settings.TUNNEL_WINDOW = 3000
+    """The consumer announces min(TUNNEL_WINDOW, MAX_WINDOW); a call that waits for half of the
+    unclamped setting before handing credit back waits for blocks the connector may never send:
+    the stream stalls until its timeouts end it."""
+    settings.TUNNEL_WINDOW = protocol.MAX_WINDOW + 2000  # set directly: the env variable is clamped
     link = await links(credentials.secret)
     window = (await link.hello()).window
     assert window == protocol.MAX_WINDOW
     call = await started_call(link, credentials)
 
-    await link.chunks("req_1", window)  # all the credit it has
+    full = b"x" * protocol.MAX_CHUNK_PAYLOAD
+    await link.chunks("req_1", window // protocol.credit_cost(len(full)), full)  # all the credit it has
     read = 0
     while read < window:
         item = await call.next_item(TIMEOUT)
         assert isinstance(item, Data)
-        read += item.frames
+        read += item.blocks
     assert await call.next_item(0.05) is None  # asking for more consumes what was read
 
     credited = 0
     while await link.ws.receive_nothing(timeout=0.2) is False:
         frame = await link.frame()
         assert isinstance(frame, Credit)
-        credited += frame.frames
+        credited += frame.blocks
     assert credited >= window // 2  # the connector may go on
 
 
@@ -483,11 +489,12 @@ async def test_a_request_from_another_process_streams_through_the_channel_layer(
     await online.send_frame(ResponseStart("req_1", 200, {}))
     assert await start == Started(200, {})
     half = online.welcome.window // 2
-    await online.chunks("req_1", half)
+    # 4 KiB + 1 byte: 2 blocks a frame, which the other process must hand back as 2 each.
+    await online.chunks("req_1", half // 2, b"x" * (protocol.CREDIT_BLOCK + 1))
     read = 0
     while read < half:
         item = await call.next_item(TIMEOUT)
-        read += item.frames
+        read += item.blocks
     assert await call.next_item(0.05) is None  # asking for more consumes what was read
     assert await online.frame() == Credit("req_1", half)  # sent back over the channel layer
     await online.send_frame(ResponseEnd("req_1"))

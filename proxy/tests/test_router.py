@@ -17,7 +17,17 @@ from proxy.tunnel.presence import ConnectorInfo
 from proxy.tunnel.router import TunnelCall
 from proxy.tunnel.session import LOCAL, ConnectorSession
 from tokios_connector import protocol
-from tokios_connector.protocol import Cancel, Credit, Request, ResponseEnd, ResponseError, ResponseStart, chunk_prefix
+from tokios_connector.protocol import (
+    CREDIT_BLOCK,
+    MAX_CHUNK_PAYLOAD,
+    Cancel,
+    Credit,
+    Request,
+    ResponseEnd,
+    ResponseError,
+    ResponseStart,
+    chunk_prefix,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,25 +110,45 @@ async def test_a_call_streams_started_data_ended_and_hands_credit_back_after_hal
         "req_1", "POST", "/v1/chat/completions", {"content-type": "application/json", "x-request-id": "req_1"}, "{}"
     )
 
-    # Frames count as consumed when the reader asks for the next item (it has written them by then).
+    # Blocks count as consumed when the reader asks for the next item (it has written them by then).
     await connector.chunks("req_1", 1)
     assert await call.next_item(5) == Data(b"x")
     await connector.chunks("req_1", 1)
     assert await call.next_item(5) == Data(b"x")
-    assert len(connector.texts) == 1  # 1 of 4 frames consumed: no credit yet
+    assert len(connector.texts) == 1  # 1 of 4 blocks consumed: no credit yet
 
     await connector.chunks("req_1", 2)  # the window is used up
-    assert await call.next_item(5) == Data(b"xx", frames=2)
+    assert await call.next_item(5) == Data(b"xx", blocks=2)
     assert connector.frames[-1] == Credit("req_1", 2)
 
     await connector.chunks("req_1", 2)  # what was handed back
-    assert await call.next_item(5) == Data(b"xx", frames=2)
+    assert await call.next_item(5) == Data(b"xx", blocks=2)
     assert connector.frames[-1] == Credit("req_1", 2)
 
     await connector.session.on_frame(ResponseEnd("req_1", 9, 4))
     assert await call.next_item(5) == Ended(9, 4)
     assert call.finished
     assert connector.session.pending == {} and router._dispatched == {}
+
+
+async def test_credit_goes_back_in_blocks_not_frames(connect):
+    connector = await connect(window=8)
+    call = await started_call(connector)
+    full = b"x" * MAX_CHUNK_PAYLOAD
+
+    await connector.chunks("req_1", 1, full)  # one frame, 4 blocks: half the window
+    assert await call.next_item(5) == Data(full, blocks=4)
+    assert len(connector.texts) == 1  # nothing consumed until the reader asks again
+    await connector.chunks("req_1", 1, b"x" * (CREDIT_BLOCK + 1))  # one frame, 2 blocks
+    assert await call.next_item(5) == Data(b"x" * (CREDIT_BLOCK + 1), blocks=2)
+    assert connector.frames[-1] == Credit("req_1", 4)  # the 16 KiB frame's blocks, not 1 frame
+
+    await connector.chunks("req_1", 1, full)  # 2 + 4 unconsumed blocks: within the 12 granted in all
+    assert await call.next_item(5) == Data(full, blocks=4)
+    assert len(connector.texts) == 2  # only the 2 blocks consumed since the credit: under half
+    assert await call.next_item(0.05) is None  # consumes the 16 KiB frame too
+    assert connector.frames[-1] == Credit("req_1", 6)
+    await call.cancel()
 
 
 async def test_a_call_with_no_live_connector_is_503_connector_offline(connect):

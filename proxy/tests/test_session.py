@@ -16,6 +16,8 @@ from proxy.tunnel.presence import ConnectorInfo
 from proxy.tunnel.session import ConnectorSession
 from tokios_connector import protocol
 from tokios_connector.protocol import (
+    CREDIT_BLOCK,
+    MAX_CHUNK_PAYLOAD,
     Cancel,
     Credit,
     ProtocolError,
@@ -227,13 +229,49 @@ async def test_response_end_before_response_start_is_a_protocol_error(session):
 
 async def test_a_chunk_beyond_the_credit_window_is_a_protocol_error(session):
     inbox = await started(session)
-    for _ in range(WINDOW):
+    for _ in range(WINDOW):  # small chunks: one block each
         await session.on_chunk(chunk("r1", b"x"))
 
-    with pytest.raises(ProtocolError, match="credit window") as caught:
+    with pytest.raises(ProtocolError, match="beyond its credit") as caught:
         await session.on_chunk(chunk("r1", b"x"))
     assert caught.value.request_id == "r1"
     assert sum(isinstance(item, Data) for item in drain(inbox)) == WINDOW  # memory stays bounded
+
+
+@pytest.mark.parametrize(
+    "size, blocks",
+    [
+        (0, 1),
+        (1, 1),
+        (CREDIT_BLOCK, 1),
+        (CREDIT_BLOCK + 1, 2),
+        (3 * CREDIT_BLOCK, 3),
+        (MAX_CHUNK_PAYLOAD - 1, 4),
+        (MAX_CHUNK_PAYLOAD, 4),
+    ],
+)
+async def test_a_chunk_costs_one_block_per_started_4_kib_of_payload(session, size, blocks):
+    inbox = await started(session)
+
+    await session.on_chunk(chunk("r1", b"x" * size))
+
+    assert drain(inbox)[-1] == Data(b"x" * size, blocks)
+    assert session.pending["r1"].received == blocks
+
+
+async def test_a_16_kib_chunk_costs_4_blocks_so_a_window_of_8_admits_two(socket):
+    session = ConnectorSession(info=connector_info(), send_text=socket.send_text, layer=None, window=8)
+    inbox = await started(session)
+    full = b"x" * MAX_CHUNK_PAYLOAD
+
+    await session.on_chunk(chunk("r1", full))
+    await session.on_chunk(chunk("r1", full))
+    assert session.pending["r1"].received == 8 == session.pending["r1"].allowed
+
+    with pytest.raises(ProtocolError, match=r"beyond its credit \(8 blocks\)") as caught:
+        await session.on_chunk(chunk("r1", full))  # 8 frames of one byte would have fitted
+    assert caught.value.request_id == "r1"
+    assert [item for item in drain(inbox) if isinstance(item, Data)] == [Data(full, 4), Data(full, 4)]
 
 
 async def test_hello_after_the_handshake_is_a_protocol_error(session):
@@ -267,13 +305,23 @@ async def test_a_body_chunk_after_its_request_ended_breaks_the_protocol(session)
 
 async def test_after_a_cancel_what_was_in_flight_is_dropped_and_more_breaks_the_protocol(session):
     await started(session)
-    await session.on_chunk(chunk("r1", b"a"))  # 1 of the window's frames used
+    await session.on_chunk(chunk("r1", b"a"))  # 1 of the window's blocks used
     await session.cancel("r1")
 
     for _ in range(session.window - 1):  # the rest of its credit may still be on the way
         await session.on_chunk(chunk("r1", b"late"))
     with pytest.raises(ProtocolError):
         await session.on_chunk(chunk("r1", b"beyond"))
+
+
+async def test_after_a_cancel_what_may_still_arrive_is_counted_in_blocks(session):
+    await started(session)
+    await session.on_chunk(chunk("r1", b"a"))  # 1 of the window's 4 blocks used
+    await session.cancel("r1")
+
+    await session.on_chunk(chunk("r1", b"x" * (2 * CREDIT_BLOCK)))  # 2 blocks in flight: dropped
+    with pytest.raises(ProtocolError):  # 2 more blocks, where only 1 was left
+        await session.on_chunk(chunk("r1", b"x" * (CREDIT_BLOCK + 1)))
 
 
 async def test_draining_marks_the_connector_and_pong_changes_nothing(session):
@@ -296,13 +344,12 @@ async def test_grant_raises_the_allowance_and_sends_a_credit_frame(session, sock
     await session.grant("r1", 3)
 
     assert socket.frames[-1] == Credit("r1", 3)
-    for _ in range(3):
-        await session.on_chunk(chunk("r1", b"x"))
+    await session.on_chunk(chunk("r1", b"x" * (3 * CREDIT_BLOCK)))  # 3 blocks: what was granted
     with pytest.raises(ProtocolError):
         await session.on_chunk(chunk("r1", b"x"))
 
 
-async def test_grant_for_an_unknown_request_or_of_no_frames_sends_nothing(session, socket):
+async def test_grant_for_an_unknown_request_or_of_no_blocks_sends_nothing(session, socket):
     await started(session)
 
     await session.grant("other", 3)
@@ -362,10 +409,12 @@ async def test_items_for_another_process_go_to_its_reply_channel():
 
     await session.on_frame(ResponseStart("r1", 201, {"x": "y"}))
     await session.on_chunk(chunk("r1", b"abc"))
+    await session.on_chunk(chunk("r1", b"d" * (CREDIT_BLOCK + 1)))
     await session.on_frame(ResponseEnd("r1", 7, 3))
 
-    received = [layer_messages.message_item(await layer.receive(reply)) for _ in range(3)]
-    assert received == [Started(201, {"x": "y"}), Data(b"abc"), Ended(7, 3)]
+    received = [layer_messages.message_item(await layer.receive(reply)) for _ in range(4)]
+    # The blocks each piece cost travel with it: the other process hands back that much credit.
+    assert received == [Started(201, {"x": "y"}), Data(b"abc", 1), Data(b"d" * (CREDIT_BLOCK + 1), 2), Ended(7, 3)]
 
 
 # --- Inbox ---------------------------------------------------------------------------------------
@@ -373,12 +422,12 @@ async def test_items_for_another_process_go_to_its_reply_channel():
 
 async def test_an_inbox_merges_waiting_body_pieces_but_not_across_other_items():
     inbox = Inbox()
-    for item in (Started(200, {}), Data(b"a"), Data(b"b", frames=2), Data(b"c"), Ended()):
+    for item in (Started(200, {}), Data(b"a"), Data(b"b", blocks=2), Data(b"c"), Ended()):
         inbox.put(item)
 
     got = [await inbox.get(0) for _ in range(3)]
 
-    assert got == [Started(200, {}), Data(b"abc", frames=4), Ended()]
+    assert got == [Started(200, {}), Data(b"abc", blocks=4), Ended()]
 
 
 async def test_an_inbox_get_returns_none_after_its_timeout_and_wakes_on_put():

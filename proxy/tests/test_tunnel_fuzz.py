@@ -107,12 +107,13 @@ frame_objects = st.fixed_dictionaries(
         "body": junk,
         "body_parts": maybe(st.integers(0, 5)),
         "data": junk,
-        "frames": maybe(st.integers(1, 8)),
+        "blocks": maybe(st.integers(1, 8)),
+        "frames": junk,  # the field's name before credit was counted in blocks
         "deployment": junk,
         "connector_id": junk,
         "heartbeat_interval": maybe(st.floats(1, 60)),
         "heartbeat_timeout": maybe(st.floats(1, 60)),
-        "window": maybe(st.integers(1, 1024)),
+        "window": maybe(st.integers(1, protocol.MAX_WINDOW)),
     },
 )
 
@@ -137,9 +138,9 @@ wellformed_text = st.one_of(
     st.just(encode(Draining())),
 )
 
-wellformed_chunk = st.builds(
-    lambda rid, size: chunk_prefix(rid) + b"x" * size, ids, st.sampled_from([0, 1, 100, protocol.MAX_CHUNK_PAYLOAD])
-)
+# Sizes on either side of a credit block: 1, 1, 1, 2 and 4 blocks.
+CHUNK_SIZES = [0, 1, 100, protocol.CREDIT_BLOCK, protocol.CREDIT_BLOCK + 1, protocol.MAX_CHUNK_PAYLOAD]
+wellformed_chunk = st.builds(lambda rid, size: chunk_prefix(rid) + b"x" * size, ids, st.sampled_from(CHUNK_SIZES))
 junk_binary = st.one_of(
     st.binary(max_size=80),
     st.builds(
@@ -161,16 +162,19 @@ noise = st.one_of(
     junk_text.map(lambda raw: ("text", raw)),
     junk_binary.map(lambda raw: ("binary", raw)),
 )
-# Each pending request's own response, as a connector would send it: start, some chunks (more than
-# the window sometimes), then end, error or nothing yet. "next" sends the next frame of one of them,
-# so responses interleave as they do on a busy connector.
+# Each pending request's own response, as a connector would send it: start, some chunks of 1 or 2
+# credit blocks each (more than the window sometimes), then end, error or nothing yet. "next" sends
+# the next frame of one of them, so responses interleave as they do on a busy connector.
 flows = st.fixed_dictionaries(
-    {rid: st.tuples(st.integers(0, WINDOW + 2), st.sampled_from(["end", "error", "open"])) for rid in PENDING}
+    {
+        rid: st.tuples(st.integers(0, WINDOW + 2), st.sampled_from(["end", "error", "open"]), st.sampled_from([1, 2]))
+        for rid in PENDING
+    }
 )
 next_frame = st.tuples(st.just("next"), st.sampled_from(PENDING))
 
 
-def script(responses: dict[str, tuple[int, str]], steps: list[tuple]) -> list[tuple]:
+def script(responses: dict[str, tuple[int, str, int]], steps: list[tuple]) -> list[tuple]:
     """The steps with each "next" replaced by the frame it stands for."""
     sent: Counter[str] = Counter()
     out = []
@@ -179,13 +183,13 @@ def script(responses: dict[str, tuple[int, str]], steps: list[tuple]) -> list[tu
             out.append(step)
             continue
         rid = step[1]
-        chunks, ending = responses[rid]
+        chunks, ending, blocks = responses[rid]
         index = sent[rid]
         sent[rid] += 1
         if index == 0:
             out.append(("text", encode(ResponseStart(rid, 200, {"content-type": "text/event-stream"}))))
         elif index <= chunks:
-            out.append(("binary", chunk_prefix(rid) + b"%d;" % index))
+            out.append(("binary", chunk_prefix(rid) + b"%d;" % index + b"x" * (blocks - 1) * protocol.CREDIT_BLOCK))
         elif index == chunks + 1 and ending == "end":
             out.append(("text", encode(ResponseEnd(rid, 3, 1))))
         elif index == chunks + 1 and ending == "error":
@@ -199,7 +203,7 @@ def connector_runs(draw, *, readers: bool) -> list[tuple]:
     credit back, cancel). Every response is sent in full, interleaved with the others, unless the
     run is cut short; half the runs have noise in them, and any may send beyond the window."""
     responses = draw(flows)
-    steps = draw(st.permutations([("next", rid) for rid, (chunks, _) in responses.items() for _ in range(chunks + 2)]))
+    steps = draw(st.permutations([("next", rid) for rid, (chunks, *_) in responses.items() for _ in range(chunks + 2)]))
     steps = steps[: draw(st.one_of(st.just(len(steps)), st.integers(0, len(steps))))]
     extras = []
     if readers:
@@ -245,8 +249,8 @@ def assert_bounded(frame: object) -> None:
             assert isinstance(version, int) and 1 <= concurrency <= protocol.MAX_CONCURRENCY
         case Pong(t=t) | protocol.Ping(t=t):
             assert t is None or (isinstance(t, float) and math.isfinite(t))
-        case Credit(frames=frames):
-            assert 1 <= frames <= protocol.MAX_CREDIT
+        case Credit(blocks=blocks):
+            assert 1 <= blocks <= protocol.MAX_CREDIT
         case protocol.Welcome(window=window, heartbeat_interval=interval):
             assert 1 <= window <= protocol.MAX_WINDOW and math.isfinite(interval)
         case Request(body_parts=parts, body=body):
@@ -346,11 +350,11 @@ class Fuzzed:
             self.cancels_sent += 1
         await self.session.cancel(rid)
 
-    async def grant(self, rid: str, frames: int) -> None:
-        if rid in self.session.pending and frames > 0:
-            self.granted[rid] += frames
-            self.credit_sent[rid] += frames
-        await self.session.grant(rid, frames)
+    async def grant(self, rid: str, blocks: int) -> None:
+        if rid in self.session.pending and blocks > 0:
+            self.granted[rid] += blocks
+            self.credit_sent[rid] += blocks
+        await self.session.grant(rid, blocks)
 
     def check(self) -> None:
         session = self.session
@@ -364,8 +368,11 @@ class Fuzzed:
                 assert entry is None and len(items) == self.cancelled[rid]  # nothing after a cancel
             elif entry is not None:
                 assert not is_terminal(items)
-                held = sum(isinstance(item, Data) for item in items)
+                pieces = [item for item in items if isinstance(item, Data)]
+                assert all(item.blocks == protocol.credit_cost(len(item.data)) for item in pieces)
+                held = sum(item.blocks for item in pieces)
                 assert held == entry.received <= entry.allowed == WINDOW + self.granted[rid]
+                assert sum(len(item.data) for item in pieces) <= held * protocol.CREDIT_BLOCK
                 assert entry.started == bool(items)
             else:
                 assert is_terminal(items)
@@ -378,7 +385,7 @@ class Fuzzed:
         credit: Counter[str] = Counter()
         for frame in frames:
             if isinstance(frame, Credit):
-                credit[frame.id] += frame.frames
+                credit[frame.id] += frame.blocks
         assert credit == self.credit_sent
 
 
@@ -397,8 +404,8 @@ async def test_a_session_survives_any_sequence_of_frames_and_keeps_its_bounds(st
                     await session.on_frame(decode_from_connector(raw))
                 case ("binary", raw):
                     await session.on_chunk(raw)
-                case ("grant", rid, frames):
-                    await fuzzed.grant(rid, frames)
+                case ("grant", rid, blocks):
+                    await fuzzed.grant(rid, blocks)
                 case ("cancel", rid):
                     await fuzzed.cancel(rid)
         except ProtocolError as exc:  # anything else fails the test
@@ -414,6 +421,8 @@ async def test_a_session_survives_any_sequence_of_frames_and_keeps_its_bounds(st
     event(
         f"body frames delivered: {min(8, sum(isinstance(x, Data) for i in fuzzed.inboxes.values() for x in i.items))}"
     )
+    delivered = [x for inbox in fuzzed.inboxes.values() for x in inbox.items if isinstance(x, Data)]
+    event(f"a frame of several blocks delivered: {any(x.blocks > 1 for x in delivered)}")
     if broken:
         assert session.pending == {} and session.closed
     await session.fail_all("connector_disconnected", "the connector disconnected")
@@ -432,7 +441,7 @@ async def test_a_session_survives_any_sequence_of_frames_and_keeps_its_bounds(st
 @fuzz(40, HealthCheck.function_scoped_fixture)
 @given(steps=connector_runs(readers=False))
 async def test_the_consumer_survives_any_frames_and_leaves_nothing_behind(consumer_db, settings, steps):
-    settings.TUNNEL_WINDOW = WINDOW  # the flows send up to two frames beyond it
+    settings.TUNNEL_WINDOW = WINDOW  # the flows send up to two blocks beyond it
     credentials = consumer_db
     link = Link(credentials.secret)
     await link.open()
@@ -467,7 +476,9 @@ async def test_the_consumer_survives_any_frames_and_leaves_nothing_behind(consum
                 assert call.request_id in link.session.pending and not call.inbox.items
             elif start.exception() is None:  # started: what it holds is bounded by the window
                 items = list(call.inbox.items)
-                assert sum(item.frames for item in items if isinstance(item, Data)) <= window
+                pieces = [item for item in items if isinstance(item, Data)]
+                assert sum(item.blocks for item in pieces) <= window
+                assert sum(len(item.data) for item in pieces) <= window * protocol.CREDIT_BLOCK
                 assert is_terminal(items) or not broken
     finally:
         await link.disconnect()

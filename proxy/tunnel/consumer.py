@@ -256,7 +256,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
 
     async def tunnel_credit(self, event: dict) -> None:
         if self.session is not None:
-            await self.session.grant(event["id"], event["frames"])
+            await self.session.grant(event["id"], event["blocks"])
 
     async def tunnel_revoked(self, event: dict) -> None:
         log.info("connector token revoked, closing %s", self.session.info.connector_id if self.session else "?")

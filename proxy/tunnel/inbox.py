@@ -40,10 +40,10 @@ class Inbox:
                 self.waiter = None
         item = items.popleft()
         if isinstance(item, Data) and items and isinstance(items[0], Data):
-            parts, frames = [item.data], item.frames
+            parts, blocks = [item.data], item.blocks
             while items and isinstance(items[0], Data):
                 more = items.popleft()
                 parts.append(more.data)
-                frames += more.frames
-            item = Data(b"".join(parts), frames)
+                blocks += more.blocks
+            item = Data(b"".join(parts), blocks)
         return item

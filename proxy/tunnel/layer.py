@@ -38,8 +38,8 @@ async def send(layer, channel: str, message: dict, *, patience: float = 30.0) ->
 
 def item_message(item: Item) -> dict:
     match item:
-        case Data(data, frames):
-            body: list = ["data", data, frames]
+        case Data(data, blocks):
+            body: list = ["data", data, blocks]
         case Started(status, headers):
             body = ["start", status, headers]
         case Ended(upstream_ms, ttfb_ms):
@@ -53,8 +53,8 @@ def message_item(message: dict) -> Item | None:
     """The item in a `tunnel.item` message; None for anything else (acknowledgements)."""
     body = message.get("item")
     match body:
-        case ["data", bytes(data), int(frames)]:
-            return Data(data, frames)
+        case ["data", bytes(data), int(blocks)]:
+            return Data(data, blocks)
         case ["start", int(status), dict(headers)]:
             return Started(status, headers)
         case ["end", int(upstream_ms), int(ttfb_ms)]:

@@ -76,8 +76,8 @@ class TunnelCall:
         self.receiver: asyncio.Task | None = None
         self.acknowledged: asyncio.Future[bool] | None = None
         self.window = settings.TUNNEL_WINDOW  # replaced by the chosen connector's own window
-        self.reading = 0  # frames of the last item returned, consumed when the next is asked for
-        self.consumed = 0  # frames consumed since credit was last handed back
+        self.reading = 0  # credit of the last item returned, consumed when the next is asked for
+        self.consumed = 0  # credit consumed since it was last handed back
         self.finished = False
         self.counted: str | None = None  # the connector this call is counted against in _dispatched
 
@@ -202,8 +202,8 @@ class TunnelCall:
                 await self._hand_back_credit()
         item = await self._wait(timeout)
         match item:
-            case Data(frames=frames):
-                self.reading = frames
+            case Data(blocks=blocks):
+                self.reading = blocks
             case Ended() | Failed():
                 self._finish()
         return item  # type: ignore[return-value]
@@ -223,11 +223,11 @@ class TunnelCall:
                 return Failed("connector_disconnected", "the connector's process is gone")
 
     async def _hand_back_credit(self) -> None:
-        frames, self.consumed = self.consumed, 0
+        blocks, self.consumed = self.consumed, 0
         if self.session is not None:
-            await self.session.grant(self.request_id, frames)
+            await self.session.grant(self.request_id, blocks)
         elif self.reply is not None:
-            message = {"type": "tunnel.credit", "id": self.request_id, "frames": frames}
+            message = {"type": "tunnel.credit", "id": self.request_id, "blocks": blocks}
             with contextlib.suppress(ChannelFull):  # the call's own timeouts cover a stuck process
                 await layer_messages.send(get_channel_layer(), self.channel, message)
 

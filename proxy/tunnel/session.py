@@ -28,7 +28,7 @@ log = logging.getLogger("tokios.tunnel")
 
 # channel name → session, for requests handled by the process that holds the connector
 LOCAL: dict[str, ConnectorSession] = {}
-# Requests a session remembers after they ended or were cancelled, with the chunk frames the
+# Requests a session remembers after they ended or were cancelled, with the credit blocks the
 # connector may still send for each (0 once it ended): what was in flight when we cancelled is
 # dropped quietly, anything beyond it breaks the protocol. Older ids are forgotten (and their
 # frames dropped), which bounds the memory.
@@ -42,8 +42,8 @@ class Pending:
     rid: str
     inbox: Inbox | None  # this process's waiting request, or
     reply: str | None  # another process's reply channel
-    allowed: int  # chunk frames the connector may send in all (window + credit handed back)
-    received: int = 0
+    allowed: int  # credit blocks the connector may spend in all (window + credit handed back)
+    received: int = 0  # credit blocks it spent
     started: bool = False
 
 
@@ -97,14 +97,14 @@ class ConnectorSession:
         except OSError:  # the connector's socket closed: nothing left to stop
             log.debug("cancel %s: the connector is already gone", rid)
 
-    async def grant(self, rid: str, frames: int) -> None:
-        """Credit handed back by the request's reader: the connector may send `frames` more."""
+    async def grant(self, rid: str, blocks: int) -> None:
+        """Credit handed back by the request's reader: the connector may spend `blocks` more."""
         entry = self.pending.get(rid)
-        if entry is None or frames <= 0:
+        if entry is None or blocks <= 0:
             return
-        entry.allowed += frames
+        entry.allowed += blocks
         try:
-            await self.send_text(protocol.encode(protocol.Credit(rid, frames)))
+            await self.send_text(protocol.encode(protocol.Credit(rid, blocks)))
         except OSError:
             log.debug("credit %s: the connector is already gone", rid)
 
@@ -113,19 +113,20 @@ class ConnectorSession:
     async def on_chunk(self, data: bytes) -> None:
         chunk = protocol.decode_chunk(data)
         entry = self.pending.get(chunk.id)
+        cost = protocol.credit_cost(len(chunk.payload))
         if entry is None:
             left = self.recent.get(chunk.id)
             if left is not None:
-                if left <= 0:
+                if left < cost:
                     raise ProtocolError("body chunk after the request ended, or beyond its credit", chunk.id)
-                self.recent[chunk.id] = left - 1  # in flight when we cancelled: dropped
+                self.recent[chunk.id] = left - cost  # in flight when we cancelled: dropped
             return
         if not entry.started:
             raise ProtocolError("body chunk before response.start", chunk.id)
-        entry.received += 1
+        entry.received += cost
         if entry.received > entry.allowed:
-            raise ProtocolError(f"body chunk beyond the credit window ({entry.allowed} frames)", chunk.id)
-        await self._deliver(entry, Data(chunk.payload))
+            raise ProtocolError(f"body chunk beyond its credit ({entry.allowed} blocks)", chunk.id)
+        await self._deliver(entry, Data(chunk.payload, cost))
 
     async def on_frame(self, frame: protocol.ConnectorFrame) -> None:
         match frame:

@@ -13,7 +13,16 @@ from tests.connector.conftest import TOKEN, StartConnector, Upstream
 from tests.connector.tunnel import FakeTokios, Peer, ReceivedChunk
 from tests.fakes.process import free_port
 from tokios_connector import __version__
-from tokios_connector.protocol import MAX_CHUNK_PAYLOAD, Draining, Hello, Ping, Pong, Welcome
+from tokios_connector.protocol import (
+    CREDIT_BLOCK,
+    DEFAULT_WINDOW,
+    MAX_CHUNK_PAYLOAD,
+    Draining,
+    Hello,
+    Ping,
+    Pong,
+    Welcome,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -143,15 +152,16 @@ async def test_it_splits_a_large_response_into_frames_of_at_most_16_kib(
 ) -> None:
     await start_connector()
     peer = await tunnel.accept()
-    await peer.handshake()  # window 64, credit handed back as the double reads
+    await peer.handshake()  # the default window, credit handed back as the double reads
 
-    text = "abcdefghij_" * 120_000  # a 1.3 MB answer: more frames than one window
+    text = "abcdefghij_" * 120_000  # a 1.3 MB answer: more than one window of credit (1 MiB)
     await peer.request("big", chat(f"[[text={text}]]"))
     response = await peer.collect("big")
 
     assert response.status == 200
     assert MAX_CHUNK_PAYLOAD == 16 * 1024
-    assert len(response.chunks) >= len(response.body) / (16 * 1024) > 64
+    assert len(response.body) > DEFAULT_WINDOW * CREDIT_BLOCK  # so credit had to come back mid-answer
+    assert len(response.chunks) >= len(response.body) / (16 * 1024)
     assert all(len(chunk.payload) <= 16 * 1024 for chunk in response.chunks)
     assert all(chunk.frame_size <= 1 + len("big") + 16 * 1024 for chunk in response.chunks)
     assert response.json()["choices"][0]["message"]["content"] == text.replace("_", " ").strip()
@@ -211,27 +221,43 @@ async def chunks_then_silence(peer: Peer, rid: str, count: int, quiet: float = 0
     return [chunk for _, chunk, _ in events]
 
 
-async def test_it_sends_no_more_chunk_frames_than_its_credit(
+async def blocks_then_silence(peer: Peer, rid: str, blocks: int, quiet: float = 0.3) -> list[ReceivedChunk]:
+    """Take chunk frames of `rid` until they have cost exactly `blocks` of credit, then check that
+    nothing more comes for `quiet` seconds."""
+    chunks: list[ReceivedChunk] = []
+    while sum(chunk.blocks for chunk in chunks) < blocks:
+        kind, chunk, _ = await peer.next_event(rid)
+        assert kind == "chunk", kind
+        chunks.append(chunk)
+    assert sum(chunk.blocks for chunk in chunks) == blocks, [len(chunk.payload) for chunk in chunks]
+    await asyncio.sleep(quiet)
+    assert peer.pending_events(rid) == [], "more than the credit allowed"
+    return chunks
+
+
+async def test_it_spends_no_more_than_its_credit(
     tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
 ) -> None:
     await start_connector()
     peer = await tunnel.accept()
     await peer.handshake(window=4, auto_credit=False)
 
-    words = big_words(30, 9000)  # 30 streamed events of 9 KB: about 17 frames of 16 KiB
+    words = big_words(30, 9000)  # 30 streamed events of 9 KB: about 66 blocks, 17 frames of 16 KiB
     await peer.request("s1", chat(f"[[text={'_'.join(words)}]]", stream=True))
     kind, start, _ = await peer.next_event("s1")
     assert kind == "response.start"
     assert (await upstream.wait_for("completed", 1))["completed"] == 1  # only credit holds the answer back
-    first = await chunks_then_silence(peer, "s1", 4)
+    first = await blocks_then_silence(peer, "s1", 4)
+    assert sum(len(chunk.payload) for chunk in first) <= 4 * CREDIT_BLOCK
 
     # A stalled request holds up nobody else: credit is per request.
     await peer.request("quick", chat())
     assert (await peer.collect("quick")).status == 200
     assert peer.pending_events("s1") == []
 
-    await peer.send_credit("s1", 3)
-    second = await chunks_then_silence(peer, "s1", 3)
+    await peer.send_credit("s1", 2)  # less than one 9 KB event costs: it goes out cut to 8 KiB
+    second = await blocks_then_silence(peer, "s1", 2)
+    assert sum(len(chunk.payload) for chunk in second) <= 2 * CREDIT_BLOCK
 
     await peer.send_credit("s1", 1000)
     rest = await peer.collect("s1", start=start)
@@ -241,6 +267,70 @@ async def test_it_sends_no_more_chunk_frames_than_its_credit(
     assert events[-1] == "[DONE]"
     streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert streamed == " ".join(words)
+
+
+async def test_a_large_upstream_read_is_split_to_fit_the_credit_held(
+    tunnel: FakeTokios, start_connector: StartConnector
+) -> None:
+    """One 40 KiB read from the upstream, 6 blocks (24 KiB) of credit: a full 16 KiB frame, then
+    the 8 KiB the 2 blocks left pay for, then nothing until credit arrives."""
+    body = bytes(range(256)) * (40 * 1024 // 256)
+    served: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        served.append(head + await reader.readexactly(length))
+        # The whole answer in one write, so that the connector reads the body in one piece.
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        await reader.read()  # until the connector closes its side
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    try:
+        await start_connector(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        peer = await tunnel.accept()
+        await peer.handshake(window=6, auto_credit=False)
+
+        await peer.request("big", chat())
+        kind, start, _ = await peer.next_event("big")
+        assert kind == "response.start"
+        first = await blocks_then_silence(peer, "big", 6)
+        assert [len(chunk.payload) for chunk in first] == [MAX_CHUNK_PAYLOAD, 2 * CREDIT_BLOCK]
+        assert [chunk.blocks for chunk in first] == [4, 2]
+
+        await peer.send_credit("big", 4)
+        rest = await peer.collect("big", start=start)
+        assert [len(chunk.payload) for chunk in rest.chunks] == [MAX_CHUNK_PAYLOAD]  # the 16 KiB left
+        assert rest.end is not None
+        assert b"".join(chunk.payload for chunk in first) + rest.body == body
+        assert len(served) == 1
+    finally:
+        server.close()
+
+
+async def test_credit_of_less_than_a_full_frame_still_moves_the_body(
+    tunnel: FakeTokios, start_connector: StartConnector, upstream: Upstream
+) -> None:
+    """A window of 1 block: every frame carries at most 4 KiB, and the answer still gets through."""
+    await start_connector()
+    peer = await tunnel.accept()
+    await peer.handshake(window=1)  # credit handed back after every block
+
+    text = "abcdefghij_" * 6_000  # a 66 KB answer
+    await peer.request("r1", chat(f"[[text={text}]]"))
+    response = await peer.collect("r1")
+
+    assert response.status == 200
+    assert all(len(chunk.payload) <= CREDIT_BLOCK for chunk in response.chunks)
+    assert len(response.chunks) >= len(response.body) / CREDIT_BLOCK
+    assert response.json()["choices"][0]["message"]["content"] == text.replace("_", " ").strip()
 
 
 async def test_cancel_while_waiting_for_credit_closes_the_upstream_request(
@@ -532,8 +622,9 @@ async def test_it_rejects_malformed_requests_and_survives_garbage(
     await peer.ws.send("not json")
     await peer.ws.send(b"\x01xbinary")
     await peer.send({"type": "something.new"})
-    await peer.send({"type": "credit", "id": "nobody", "frames": 5})  # not in flight: ignored
-    await peer.send({"type": "credit", "id": "crd", "frames": 0})  # malformed, but not a request
+    await peer.send({"type": "credit", "id": "nobody", "blocks": 5})  # not in flight: ignored
+    await peer.send({"type": "credit", "id": "crd", "blocks": 0})  # malformed, but not a request
+    await peer.send({"type": "credit", "id": "crd", "frames": 5})  # the field's old name: malformed
     await peer.send({"type": "cancel", "id": 7})
     await peer.send(
         {

@@ -11,15 +11,16 @@ import pytest
 from tokios_connector.config import public_url, upstream_base, websocket_url
 from tokios_connector.connector import BACKOFF_CAP, MAX_HEARTBEAT_TIMEOUT, backoff_delay, heartbeat_timeout
 from tokios_connector.protocol import (
-    MAX_CHUNK_PAYLOAD,
+    CREDIT_BLOCK,
+    DEFAULT_WINDOW,
+    MAX_WINDOW,
     Credit,
     ProtocolError,
     Request,
     Welcome,
-    chunk_frames,
-    chunk_prefix,
-    decode_chunk,
+    credit_cost,
     decode_from_server,
+    encode,
     loads,
     valid_request_id,
 )
@@ -65,17 +66,6 @@ def test_routes_send_llama_cpp_extensions_to_the_origin() -> None:
     assert routes["/models"].method == "GET"
 
 
-def test_chunk_frames_split_payloads_over_16_kib() -> None:
-    assert MAX_CHUNK_PAYLOAD == 16 * 1024
-    prefix = chunk_prefix("req-1")
-    payload = bytes(range(256)) * (40 * 1024 // 256)
-    chunks = [decode_chunk(f) for f in chunk_frames(prefix, payload)]
-    assert [len(c.payload) for c in chunks] == [16 * 1024, 16 * 1024, 8 * 1024]
-    assert {c.id for c in chunks} == {"req-1"}
-    assert b"".join(c.payload for c in chunks) == payload
-    assert list(chunk_frames(prefix, b"data: x\n\n")) == [b"\x05req-1data: x\n\n"]
-
-
 def test_request_ids_must_fit_the_frame_header() -> None:
     assert valid_request_id("a" * 64)
     assert not valid_request_id("a" * 65)
@@ -98,14 +88,38 @@ def test_a_welcome_without_protocol_is_version_1_with_the_default_window() -> No
         '{"type":"welcome","deployment":"d","connector_id":"c","heartbeat_interval":15,"heartbeat_timeout":45}'
     )
     assert isinstance(welcome, Welcome)
-    assert (welcome.protocol, welcome.window) == (1, 64)
+    assert (welcome.protocol, welcome.window) == (1, 256)
+    assert DEFAULT_WINDOW * CREDIT_BLOCK == 1024 * 1024  # 1 MiB in flight, or 256 frames
 
 
-@pytest.mark.parametrize("frames", [0, -1, 10**9, 1.5, True, "3"])
-def test_credit_must_be_a_bounded_positive_integer(frames: object) -> None:
-    assert decode_from_server('{"type":"credit","id":"r1","frames":3}') == Credit("r1", 3)
+@pytest.mark.parametrize("window", [0, MAX_WINDOW + 1])
+def test_a_welcome_window_is_1_to_4096_blocks(window: int) -> None:
+    fields = {"type": "welcome", "heartbeat_interval": 15, "heartbeat_timeout": 45, "protocol": 2}
+    assert decode_from_server(json.dumps({**fields, "window": 4096})).window == MAX_WINDOW == 4096
     with pytest.raises(ProtocolError):
-        decode_from_server(json.dumps({"type": "credit", "id": "r1", "frames": frames}))
+        decode_from_server(json.dumps({**fields, "window": window}))
+
+
+@pytest.mark.parametrize("blocks", [0, -1, 10**9, 1.5, True, "3"])
+def test_credit_must_be_a_bounded_positive_integer(blocks: object) -> None:
+    assert decode_from_server('{"type":"credit","id":"r1","blocks":3}') == Credit("r1", 3)
+    assert json.loads(encode(Credit("r1", 3))) == {"type": "credit", "id": "r1", "blocks": 3}
+    with pytest.raises(ProtocolError):
+        decode_from_server(json.dumps({"type": "credit", "id": "r1", "blocks": blocks}))
+
+
+def test_credit_counted_in_frames_is_not_credit() -> None:
+    with pytest.raises(ProtocolError):
+        decode_from_server('{"type":"credit","id":"r1","frames":3}')
+
+
+@pytest.mark.parametrize(
+    ("size", "blocks"),
+    [(0, 1), (1, 1), (4095, 1), (4096, 1), (4097, 2), (8192, 2), (12289, 4), (16384, 4)],
+)
+def test_a_chunk_frame_costs_one_credit_block_per_started_4_kib(size: int, blocks: int) -> None:
+    assert CREDIT_BLOCK == 4096
+    assert credit_cost(size) == blocks
 
 
 def test_heartbeat_timeout_is_bounded() -> None:

@@ -5,9 +5,10 @@ It accepts connector WebSockets, reads what arrives with the shared parser
 lets a test send welcome/request/credit/cancel/ping frames like the real consumer will
 (docs/connector-protocol.md).
 
-Flow control: like the server, it grants each request `window` chunk frames and, by default,
-hands credit back as soon as half the window has arrived (a client that reads everything at
-once). `handshake(auto_credit=False)` turns that off, so a test decides when credit is returned.
+Flow control: like the server, it grants each request `window` credit blocks, charges each chunk
+frame `credit_cost(len(payload))` of them (one per started 4 KiB), and, by default, hands credit
+back as soon as half the window has arrived (a client that reads everything at once).
+`handshake(auto_credit=False)` turns that off, so a test decides when credit is returned.
 A connector that breaks the protocol (bad frame, chunk beyond its credit, chunk before
 response.start, response.start twice) is recorded in `Peer.violation` and closed with 4002; the
 `tunnel` fixture fails the test if any peer saw one.
@@ -41,6 +42,7 @@ from tokios_connector.protocol import (
     ResponseStart,
     ServerFrame,
     Welcome,
+    credit_cost,
     decode_chunk,
     decode_from_connector,
     encode,
@@ -52,6 +54,11 @@ class ReceivedChunk:
     payload: bytes
     at: float  # time.monotonic() on arrival
     frame_size: int
+
+    @property
+    def blocks(self) -> int:
+        """The credit this frame cost."""
+        return credit_cost(len(self.payload))
 
 
 @dataclass
@@ -81,8 +88,8 @@ class Response:
 class _Flow:
     """What the double knows about one request it sent."""
 
-    credit: int  # chunk frames the connector may still send
-    unreturned: int = 0  # chunk frames received since credit was last handed back
+    credit: int  # credit blocks the connector may still spend
+    unreturned: int = 0  # credit blocks spent since credit was last handed back
     started: bool = False
 
 
@@ -130,13 +137,14 @@ class Peer:
             return  # a request the double never sent or already finished: dropped, as the server does
         if not flow.started:
             raise ProtocolError("chunk before response.start", chunk.id)
-        if flow.credit <= 0:
-            raise ProtocolError("chunk beyond credit", chunk.id)
-        flow.credit -= 1
-        flow.unreturned += 1
+        cost = credit_cost(len(chunk.payload))
+        if cost > flow.credit:
+            raise ProtocolError(f"chunk of {cost} blocks beyond credit ({flow.credit} blocks left)", chunk.id)
+        flow.credit -= cost
+        flow.unreturned += cost
         if self.auto_credit and flow.unreturned * 2 >= self.window:  # the server's rule
-            frames, flow.unreturned = flow.unreturned, 0
-            await self.send_credit(chunk.id, frames)
+            blocks, flow.unreturned = flow.unreturned, 0
+            await self.send_credit(chunk.id, blocks)
 
     def _on_text(self, message: str, now: float) -> None:
         frame = decode_from_connector(message)
@@ -166,11 +174,11 @@ class Peer:
         """Send a frame; a dict is sent as it is (for frames the protocol does not allow)."""
         await self.ws.send(json.dumps(frame) if isinstance(frame, dict) else encode(frame))
 
-    async def send_credit(self, rid: str, frames: int) -> None:
+    async def send_credit(self, rid: str, blocks: int) -> None:
         flow = self._flows.get(rid)
         if flow is not None:
-            flow.credit += frames
-        await self.send(Credit(rid, frames))
+            flow.credit += blocks
+        await self.send(Credit(rid, blocks))
 
     async def cancel(self, rid: str) -> None:
         self._flows.pop(rid, None)

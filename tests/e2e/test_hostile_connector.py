@@ -9,15 +9,15 @@ from a thread while the attack runs; growth is the highest sample minus the leve
 request took every code path once. Bounds, and why:
 
 - a non-streamed response is held in memory up to TOKIOS_MAX_RESPONSE_BYTES (8 MiB here), plus the
-  tunnel window (64 frames x 16 KiB = 1 MiB) and the copies Python makes joining them: growth must
-  stay under 64 MiB while the connector tries to send 300 MiB (the tunnel before protocol 2 held
-  all of it);
-- a slow streamed reader costs the server at most the tunnel window of body (64 frames x 16 KiB =
-  1 MiB) plus an allowance. The clients advertise a small receive window and internet-sized
+  tunnel window (256 credit blocks x 4 KiB = 1 MiB) and the copies Python makes joining them:
+  growth must stay under 64 MiB while the connector tries to send 300 MiB (the tunnel before
+  protocol 2 held all of it);
+- a slow streamed reader costs the server at most the tunnel window of body (256 blocks x 4 KiB =
+  1 MiB, however the body is cut into frames) plus an allowance. The clients advertise a small receive window and internet-sized
   segments, so that the server's kernel send buffer (not in the RSS) stays small and the server
   process has to hold what the connector sends. With a model's answer (many small events) 20
-  slow readers must stay under 20 x 1.5 MiB. With full 16 KiB frames, the window's worst case,
-  the allowance is 0.75 MiB a stream: the request's own objects (about 0.13 MiB, as the first case
+  slow readers must stay under 20 x 1.5 MiB. With full 16 KiB frames (4 blocks each, so 64 of them
+  fill the window), the window's worst case in bytes, the allowance is 0.75 MiB a stream: the request's own objects (about 0.13 MiB, as the first case
   measures), the HTTP transport's write buffer (up to about 0.2 MiB) and allocator slack.
   Kernel socket buffers are not in the RSS.
 
@@ -40,7 +40,7 @@ import httpx
 import pytest
 
 from tests.fakes.hostile_connector import EVENT_HEAD, EVENT_TAIL
-from tokios_connector.protocol import MAX_CHUNK_PAYLOAD
+from tokios_connector.protocol import CREDIT_BLOCK, DEFAULT_WINDOW, MAX_CHUNK_PAYLOAD
 
 from .conftest import Proc, Server, base_env
 
@@ -53,7 +53,7 @@ WITHDRAWN = 1.0  # seconds from a protocol failure until the deployment answers 
 MALFORMED = ("start-without-status", "status-abc", "bad-binary-id")
 DEADLINE = 4.0  # TOKIOS_REQUEST_DEADLINE for the drip tests
 MAX_RESPONSE = 8 * MiB  # TOKIOS_MAX_RESPONSE_BYTES for the huge tests
-WINDOW_BYTES = 64 * MAX_CHUNK_PAYLOAD  # the default tunnel window, in bytes
+WINDOW_BYTES = DEFAULT_WINDOW * CREDIT_BLOCK  # the default tunnel window (256 blocks), in bytes: 1 MiB
 HUGE_GROWTH_BOUND = 64 * MiB
 SLOW_STREAMS = 20
 SLOW_STREAM_BOUND = int(1.5 * MiB)  # per slow stream of a model's answer: the window (1 MiB) + 0.5 MiB
@@ -469,12 +469,14 @@ def test_a_connector_that_outruns_its_credit_while_the_client_is_not_reading_is_
 
     with RssSampler(srv.proc.popen.pid) as memory:
         raw, closed_after = asyncio.run(stalled_client())
-    finished = wait_for_line(hostile, r"finished \S+ sent=(\d+) frames=(\d+)")
+    finished = wait_for_line(hostile, r"finished \S+ sent=(\d+) frames=(\d+) blocks=(\d+)")
     print(
         f"\nhuge-ignore-credit, client not reading: closed 4002 after {closed_after:.2f}s; the connector got "
-        f"{int(finished.group(2))} frames ({int(finished.group(1)) / MiB:.1f} MiB) out; "
-        f"server RSS growth {memory.growth() / MiB:.1f} MiB"
+        f"{int(finished.group(2))} frames ({int(finished.group(3))} blocks, {int(finished.group(1)) / MiB:.1f} MiB) "
+        f"out; server RSS growth {memory.growth() / MiB:.1f} MiB"
     )
+    # Nobody read, so no credit came back: the window was all it held, and it went past it.
+    assert int(finished.group(3)) > DEFAULT_WINDOW
     assert closed_after < FAST
     status, _, payload = _dechunk(raw)
     assert status == 200
@@ -554,8 +556,9 @@ def _report(what: str, size: int, growth: int, bound: int, took: float) -> None:
 def test_slow_readers_of_a_long_answer_cost_the_server_little_and_still_get_everything(
     start_server, tenant, start_connector
 ):
-    """The real connector and the fake upstream: a model's answer is many small events, so the
-    window of 64 frames is small too; and the connector stops reading the upstream meanwhile."""
+    """The real connector and the fake upstream: a model's answer is many small events, a block of
+    credit each, so the window's 256 blocks hold far less than 1 MiB of it; and the connector
+    stops reading the upstream meanwhile."""
     srv = start_server()
     connector = start_connector(tenant.token, srv=srv)
     # Warm-up: every code path once, with a short answer: a long one would leave megabytes of
@@ -580,7 +583,8 @@ def test_slow_readers_of_a_long_answer_cost_the_server_little_and_still_get_ever
 
 def test_slow_readers_of_full_frames_cost_the_server_at_most_a_window_each(start_server, tenant, start_hostile):
     """The worst case for the window: a connector (honouring its credit) whose every frame is a
-    full 16 KiB SSE event, so 64 frames in flight are 1 MiB per stream."""
+    full 16 KiB SSE event, 4 blocks each, so the 256 blocks in flight are 64 frames, 1 MiB, per
+    stream."""
     srv = _warmed_server(start_server, tenant, start_hostile)
     start_hostile(srv, tenant.token, "huge", "--total", str(SLOW_HUGE_TOTAL))
     events_per_stream = SLOW_HUGE_TOTAL // MAX_CHUNK_PAYLOAD

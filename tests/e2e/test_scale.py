@@ -74,7 +74,7 @@ def test_two_hundred_streams_across_two_processes_complete_beside_slow_readers(s
     assert failed == 0 and hung == 0 and ok == 200, f"{table}\nlogs: {stack.log_dir}"
     slow_ends = dict(report.slow)
     assert slow_ends == {"status 200": 2, "still open at the end": 2}, table
-    # The credit window bounds what a server holds per stream (64 frames of at most 16 KiB); the
+    # The credit window bounds what a server holds per stream (256 blocks of 4 KiB); the
     # kernel's socket buffers come on top and are not counted here.
     per_slow_reader_mib = report.per_slow_reader / MIB
     assert per_slow_reader_mib < 2, table

@@ -17,8 +17,15 @@ answers every `request` frame the way `--mode` says:
   frames, as fast as its credit allows: for a non-streamed request one JSON object with one huge
   string, for a streamed one SSE events of 16 KiB each, then ``[DONE]``. It ignores ``cancel``:
   credit alone must stop it;
-- ``huge-ignore-credit``: the same, sending without waiting for credit;
+- ``huge-ignore-credit``: the same, sending without waiting for credit, so it goes past its
+  credit within the first window (64 full frames are all 256 blocks of the default window);
 - ``endless-event``: like ``huge``, but the body is one SSE ``data:`` line that never ends.
+
+Credit is counted as the protocol says, in 4 KiB blocks: a frame costs ``credit_cost`` of its
+payload (one block per started 4 KiB, so 4 for a full 16 KiB frame), and a mode that honours
+credit sends a frame only once it holds that many blocks. Unlike the real connector it never
+splits a frame to fit the credit it holds, so it needs a window of at least 8 blocks (the server's
+default is 256): with less, a full frame may never be paid for.
 
 The other modes stop a request's sender when the server cancels it, and answer pings.
 
@@ -28,8 +35,9 @@ Run it from the repository root::
 
 It prints one line per event, flushed, for tests to wait on:
 ``welcome window=N``, ``request <id> stream=<bool>``, ``cancel <id> sent=<bytes> [ignored]``,
-``starved <id> sent=<bytes>`` (no credit for half a second), ``finished <id> sent=<bytes>
-frames=<n>`` (a request's sender stopped, whatever the reason), and ``closed code=<code>
+``starved <id> sent=<bytes>`` (not credit enough for its next frame for half a second),
+``finished <id> sent=<bytes> frames=<n> blocks=<n>`` (a request's sender stopped, whatever the
+reason; ``blocks`` is the credit its frames cost), and ``closed code=<code>
 reason=<reason>`` as soon as the server's close frame arrives (1006 if the connection just
 ended); then it drops the connection and exits 0. It exits 1 if it cannot connect at all.
 """
@@ -60,6 +68,7 @@ from tokios_connector.protocol import (
     ResponseStart,
     Welcome,
     chunk_prefix,
+    credit_cost,
     decode_from_server,
     dumps,
     encode,
@@ -98,7 +107,7 @@ def say(line: str) -> None:
 
 
 class Stream:
-    """One request being answered: its credit, and what was sent of it."""
+    """One request being answered: its credit (in blocks), and what was sent of it."""
 
     def __init__(self, rid: str, window: int) -> None:
         self.rid = rid
@@ -106,25 +115,28 @@ class Stream:
         self.more = asyncio.Event()
         self.sent = 0
         self.frames = 0
+        self.blocks = 0  # the credit the frames sent cost, whether it was held or not
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, frames: int) -> None:
-        self.credit += frames
+    def add(self, blocks: int) -> None:
+        self.credit += blocks
         self.more.set()
 
-    async def spend(self) -> None:
-        """One credit, waiting for it if need be; a wait over half a second is reported once as
-        `starved`, so that a test can see how far the server let this request go."""
-        if self.credit <= 0:
-            self.more.clear()
+    async def spend(self, cost: int) -> None:
+        """`cost` blocks of credit, waiting for them if need be; a wait over half a second is
+        reported once as `starved`, so that a test can see how far the server let this request go."""
+        if self.credit < cost:
             try:
-                await asyncio.wait_for(self.more.wait(), STARVED_AFTER)
+                await asyncio.wait_for(self._enough(cost), STARVED_AFTER)
             except TimeoutError:
                 say(f"starved {self.rid} sent={self.sent}")
-            while self.credit <= 0:
-                self.more.clear()
-                await self.more.wait()
-        self.credit -= 1
+            await self._enough(cost)
+        self.credit -= cost
+
+    async def _enough(self, cost: int) -> None:
+        while self.credit < cost:
+            self.more.clear()
+            await self.more.wait()
 
 
 class Hostile:
@@ -153,9 +165,9 @@ class Hostile:
                     self.streams[rid] = stream
                     say(f"request {rid} stream={_wants_stream(body)}")
                     stream.task = asyncio.create_task(self.answer(stream, _wants_stream(body)))
-                case Credit(id=rid, frames=frames):
+                case Credit(id=rid, blocks=blocks):
                     if rid in self.streams:
-                        self.streams[rid].add(frames)
+                        self.streams[rid].add(blocks)
                 case Cancel(id=rid):
                     stream = self.streams.get(rid)
                     if self.mode in ("huge", "huge-ignore-credit", "endless-event"):  # push on regardless
@@ -189,7 +201,7 @@ class Hostile:
         except ConnectionClosed:
             pass
         finally:
-            say(f"finished {rid} sent={stream.sent} frames={stream.frames}")
+            say(f"finished {rid} sent={stream.sent} frames={stream.frames} blocks={stream.blocks}")
 
     async def _answer(self, stream: Stream, streamed: bool) -> None:
         rid, ws = stream.rid, self.ws
@@ -230,11 +242,14 @@ class Hostile:
         await ws.send(encode(ResponseEnd(rid)))
 
     async def _chunk(self, stream: Stream, frame: bytes, *, honour_credit: bool) -> None:
+        size = len(frame) - 1 - frame[0]  # the payload, after the id
+        cost = credit_cost(size)
         if honour_credit:
-            await stream.spend()
+            await stream.spend(cost)
         await self.ws.send(frame)
-        stream.sent += len(frame) - 1 - frame[0]
+        stream.sent += size
         stream.frames += 1
+        stream.blocks += cost
 
 
 def _wants_stream(body: str | None) -> bool:
