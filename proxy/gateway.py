@@ -30,6 +30,8 @@ from .errors import GatewayError, anthropic_error_body, json_response, openai_er
 
 log = logging.getLogger("tokios.gateway")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_TOKENS = 2**31 - 1  # per request and direction, as the usage table stores them
+MAX_COST_MICROS = 2**63 - 1  # what a 64-bit column holds
 
 
 def new_request_id() -> str:
@@ -98,9 +100,13 @@ class RequestScope:
     def _record(self) -> None:
         record = self.record
         if self.usage_source is not None:
-            record.input_tokens, record.output_tokens, record.usage_estimated = self.usage_source.usage()
+            input_tokens, output_tokens, record.usage_estimated = self.usage_source.usage()
+            # The model's own figures: bounded before any arithmetic (a connector may report anything).
+            record.input_tokens = min(max(0, input_tokens), MAX_TOKENS)
+            record.output_tokens = min(max(0, output_tokens), MAX_TOKENS)
         if self.deployment is not None:
-            record.cost_micros = self.deployment.cost_micros(record.input_tokens, record.output_tokens)
+            cost = self.deployment.cost_micros(record.input_tokens, record.output_tokens)
+            record.cost_micros = min(max(0, cost), MAX_COST_MICROS)
         record.finish()
         limits.settle(self.reservation, record)
         metering.submit(record)

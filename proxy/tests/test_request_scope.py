@@ -395,6 +395,28 @@ async def test_a_request_that_succeeds_is_recorded_once_with_its_usage_and_cost(
     assert upstream.call.cancels == 0 and upstream.call.finished
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_absurd_token_counts_from_the_model_are_bounded_before_the_cost_is_worked_out(
+    tenant, upstream, ledger, stream
+):
+    most = 2**64 - 1  # the largest integer JSON parsing keeps an integer (beyond it comes a float)
+    huge = {"prompt_tokens": most, "completion_tokens": most}
+    if stream:
+        usage = chunk([], usage={**huge, "total_tokens": most})
+        upstream.answer(Started(200, {}), Data(delta("Hi") + FINISH + usage + DONE), Ended(1, 1))
+    else:
+        body = orjson.dumps({"id": "up-1", "object": "chat.completion", "choices": [ANSWER], "usage": huge})
+        upstream.answer(Started(200, {}), Data(body), Ended(1, 1))
+
+    response = await send(tenant, "chat", stream=stream)
+
+    assert response.status == 200
+    record = ledger.only(surface="chat", status_code=200)
+    assert record.input_tokens == record.output_tokens == 2**31 - 1
+    assert 0 < record.cost_micros <= 2**63 - 1
+    assert record.cost_micros == tenant.deployment.cost_micros(2**31 - 1, 2**31 - 1)
+
+
 async def test_the_reservation_is_settled_with_the_tokens_the_request_really_used(tenant, upstream, ledger):
     _, secret = await sync_to_async(create_api_key)(org=tenant.org, name="tpm", tpm_limit=10_000)
     upstream.answer(*STREAMED_ANSWER)
