@@ -205,15 +205,29 @@ ServerFrame = Welcome | Request | RequestBody | Cancel | Credit | Ping
 
 
 def encode(frame: ConnectorFrame | ServerFrame) -> str:
-    """The JSON text frame for `frame`."""
-    if isinstance(frame, ResponseEnd):
-        data: dict[str, Any] = {
-            "type": frame.type,
-            "id": frame.id,
-            "timing": {"upstream_ms": frame.upstream_ms, "ttfb_ms": frame.ttfb_ms},
-        }
-    else:
-        data = {name: getattr(frame, name) for name in frame.__dataclass_fields__}
+    """The JSON text frame for `frame`. The frames sent with every request are spelled out (a
+    third of the cost of walking the dataclass's fields); the rest are walked."""
+    data: dict[str, Any]
+    match frame:
+        case Request():
+            data = {
+                "type": "request",
+                "id": frame.id,
+                "method": frame.method,
+                "path": frame.path,
+                "headers": frame.headers,
+                "body": frame.body,
+                "body_parts": frame.body_parts,
+            }
+        case ResponseStart():
+            data = {"type": "response.start", "id": frame.id, "status": frame.status, "headers": frame.headers}
+        case ResponseEnd():
+            timing = {"upstream_ms": frame.upstream_ms, "ttfb_ms": frame.ttfb_ms}
+            data = {"type": "response.end", "id": frame.id, "timing": timing}
+        case Credit():
+            data = {"type": "credit", "id": frame.id, "blocks": frame.blocks}
+        case _:
+            data = {name: getattr(frame, name) for name in frame.__dataclass_fields__}
     return dumps(data).decode()
 
 

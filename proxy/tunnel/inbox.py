@@ -30,14 +30,19 @@ class Inbox:
         """The next item (body pieces waiting together merged into one), or None after `timeout`."""
         items = self.items
         if not items:
-            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            # A bare timer on the waiter rather than asyncio.timeout(): this wait happens several
+            # times per request, and the context manager's bookkeeping cost more than the rest.
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_later(timeout, _time_up, waiter) if timeout is not None else None
             try:
-                async with asyncio.timeout(timeout):
-                    await waiter
-            except TimeoutError:
-                return None
+                await waiter
             finally:
                 self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not items:
+                return None  # the time was up
         item = items.popleft()
         if isinstance(item, Data) and items and isinstance(items[0], Data):
             parts, blocks = [item.data], item.blocks
@@ -47,3 +52,8 @@ class Inbox:
                 blocks += more.blocks
             item = Data(b"".join(parts), blocks)
         return item
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
