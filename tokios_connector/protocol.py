@@ -270,6 +270,8 @@ def decode_chunk(data: bytes) -> Chunk:
 
 
 def _object(raw: str | bytes) -> dict[str, Any]:
+    if len(raw) > MAX_FRAME_SIZE:  # in characters for text: never fewer than the bytes / 4
+        raise ProtocolError(f"frame larger than {MAX_FRAME_SIZE} bytes")
     try:
         data = loads(raw)
     except (JSONDecodeError, ValueError, RecursionError):

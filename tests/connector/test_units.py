@@ -13,12 +13,14 @@ from tokios_connector.connector import BACKOFF_CAP, MAX_HEARTBEAT_TIMEOUT, backo
 from tokios_connector.protocol import (
     CREDIT_BLOCK,
     DEFAULT_WINDOW,
+    MAX_FRAME_SIZE,
     MAX_WINDOW,
     Credit,
     ProtocolError,
     Request,
     Welcome,
     credit_cost,
+    decode_from_connector,
     decode_from_server,
     encode,
     loads,
@@ -202,3 +204,10 @@ def test_backoff_has_full_jitter_and_a_cap() -> None:
 def test_https_upstreams_use_the_stock_transport() -> None:
     assert isinstance(make_transport("http://127.0.0.1:8080/v1", max_connections=4), LeanTransport)
     assert isinstance(make_transport("https://model.example/v1", max_connections=4), httpx.AsyncHTTPTransport)
+
+
+def test_a_control_frame_over_the_size_limit_is_refused_before_it_is_parsed() -> None:
+    big = '{"type":"pong","t":1,"pad":"' + "x" * MAX_FRAME_SIZE + '"}'
+    with pytest.raises(ProtocolError, match="larger than"):
+        decode_from_connector(big)
+    assert decode_from_connector('{"type":"pong","t":1,"pad":"x"}').t == 1.0
