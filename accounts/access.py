@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from redis.exceptions import RedisError
 
-from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
+from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
 from .secrets import API_KEY_PREFIX, hash_secret
 

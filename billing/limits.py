@@ -54,10 +54,10 @@ from django.dispatch import receiver
 from redis.exceptions import NoScriptError, RedisError
 
 from accounts.access import DeploymentRecord, KeyRecord
-from deployments.models import micros_to_usd
-from tokios_site.loops import for_this_loop
-from tokios_site.redis import get_sync_redis, report_outage
-from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
+from lib.loops import for_this_loop
+from lib.money import micros_to_usd
+from lib.redis import get_sync_redis, report_outage
+from lib.redis_pipe import RedisPipe, ReplyError, Script, get_pipe
 
 from .metering import UsageRecord
 from .periods import month_label, month_start, next_month_start
@@ -458,7 +458,7 @@ class _LoopState:
 
 
 class RedisLimiter:
-    """Scripts go through `tokios_site.redis_pipe`: commands issued in the same loop turn share
+    """Scripts go through `lib.redis_pipe`: commands issued in the same loop turn share
     one write and one read, and a command costs a few µs of loop time instead of redis-py's ~150 µs.
 
     Admissions are not sent one by one either: those of one org started in the same loop turn go

@@ -7,7 +7,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization
-from deployments.models import Deployment, micros_to_usd
+from deployments.models import Deployment
+from lib.money import micros_to_usd
 
 
 class Surface(models.TextChoices):

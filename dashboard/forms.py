@@ -8,7 +8,8 @@ from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 
 from accounts.models import ApiKey, AuditAction, Organization, Role
-from deployments.models import Deployment, micros_to_usd, usd_to_micros
+from deployments.models import Deployment
+from lib.money import micros_to_usd, usd_to_micros
 
 from .actions import INVITATION_REVOKED, MEMBER_INVITED
 

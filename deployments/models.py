@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,7 +11,6 @@ from accounts.models import Organization
 
 # The `model` string clients send. Dots allowed for names like `llama-3.1-8b`.
 DEPLOYMENT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
-MICROS_PER_USD = 1_000_000
 
 
 def validate_deployment_name(value: str) -> None:
@@ -21,21 +19,6 @@ def validate_deployment_name(value: str) -> None:
             f"{value!r} is not a valid deployment name: use 1-64 lower-case letters, digits, '.', '-' "
             "and '_', starting and ending with a letter or digit (e.g. gemma-tunnel)."
         )
-
-
-def usd_to_micros(value: str | Decimal) -> int:
-    """Parse a USD amount ("0.15") into integer micro-USD, refusing floats' rounding surprises."""
-    amount = Decimal(str(value))
-    if amount < 0:
-        raise ValueError("a price cannot be negative")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
-        raise ValueError(f"{value} has more precision than a micro-dollar")
-    return int(micros)
-
-
-def micros_to_usd(micros: int) -> Decimal:
-    return (Decimal(micros) / MICROS_PER_USD).quantize(Decimal("0.000001"))
 
 
 class DeploymentQuerySet(models.QuerySet["Deployment"]):
@@ -71,13 +54,7 @@ class Deployment(models.Model):
         total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
         return -(-total // 1_000_000)
 
-    @property
-    def price_input_usd(self) -> Decimal:
-        return micros_to_usd(self.price_input_micros)
 
-    @property
-    def price_output_usd(self) -> Decimal:
-        return micros_to_usd(self.price_output_micros)
 
 
 class ConnectorTokenQuerySet(models.QuerySet["ConnectorToken"]):

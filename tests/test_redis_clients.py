@@ -1,10 +1,10 @@
-"""tokios_site/redis.py: outage reports are rate-limited per kind of failure."""
+"""lib/redis.py: outage reports are rate-limited per kind of failure."""
 
 from __future__ import annotations
 
 import logging
 
-from tokios_site import redis as shared
+from lib import redis as shared
 
 
 def test_an_outage_is_logged_once_per_interval_and_per_kind(caplog, monkeypatch):

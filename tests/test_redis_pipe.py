@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tokios_site.redis_pipe import RedisPipe, ReplyError, Script, encode
+from lib.redis_pipe import RedisPipe, ReplyError, Script, encode
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -180,7 +180,7 @@ async def test_flush_writes_the_queued_commands_before_the_loop_turn_ends(key):
 
 @pytest.mark.asyncio
 async def test_after_a_failed_connect_commands_fail_at_once_for_a_moment_then_try_again(monkeypatch):
-    from tokios_site import redis_pipe
+    from lib import redis_pipe
 
     accepted = []
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from celery.schedules import crontab
 
-from .env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+from lib.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("TOKIOS_DATA_DIR", str(BASE_DIR / ".tokios")))

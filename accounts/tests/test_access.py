@@ -111,7 +111,7 @@ def test_revocation_reaches_other_processes_through_redis_within_a_second(key, d
     have forgotten the key, so the next resolution goes to the database and sees the revocation."""
     from accounts.access import _key_cache_id, clear_local_cache
     from accounts.secrets import hash_secret
-    from tokios_site.redis import get_sync_redis
+    from lib.redis import get_sync_redis
 
     assert status_of(key[1], "gemma-tunnel") == 200
     cache_id = _key_cache_id(hash_secret(key[1]))

@@ -219,7 +219,7 @@ async def test_an_admission_after_redis_forgot_the_scripts_loads_them_again(redi
 def script_runs(redis_limiter, monkeypatch):
     """The script runs sent to Redis on a live connection: (number of keys, of specs, of admissions)
     per admission run, and the number of keys per settlement run sent on its own."""
-    from tokios_site.redis_pipe import RedisPipe
+    from lib.redis_pipe import RedisPipe
 
     runs = {"acquire": [], "settle": []}
     send_nowait = RedisPipe.send_nowait

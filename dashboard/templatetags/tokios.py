@@ -6,7 +6,7 @@ from django import template
 from django.urls import reverse
 from django.utils.html import format_html
 
-from deployments.models import micros_to_usd
+from lib.money import micros_to_usd
 
 register = template.Library()
 

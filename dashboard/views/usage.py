@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from billing.queries import usage_series
-from deployments.models import micros_to_usd
+from lib.money import micros_to_usd
 
 from ..access import OrgRequest, org_view
 from ..charts import Series, bar_chart

@@ -26,12 +26,12 @@ from billing import limits, metering
 from billing.metering import UsageRecord
 from billing.models import UsageEvent
 from deployments.actions import create_deployment
+from lib.redis import get_sync_redis, redis_enabled
 from proxy import upstream as upstream_module
 from proxy.calls import CallError, Data, Ended, Failed, Started
 from proxy.handler import GatewayHandler
 from proxy.surfaces import chat as chat_surface
 from proxy.tunnel.router import OFFLINE_MESSAGE, call_error
-from tokios_site.redis import get_sync_redis, redis_enabled
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio, pytest.mark.timeout(60)]
 

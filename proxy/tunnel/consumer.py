@@ -25,9 +25,9 @@ from django.utils import timezone
 
 from accounts.secrets import hash_secret
 from deployments.models import ConnectorToken
+from lib.redis import report_outage
 from tokios_connector import protocol
 from tokios_connector.protocol import ProtocolError
-from tokios_site.redis import report_outage
 
 from . import layer as layer_messages
 from . import presence

@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from tokios_site.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
+from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
 log = logging.getLogger("tokios.tunnel")
 

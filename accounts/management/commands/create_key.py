@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from accounts.actions import create_api_key
-from deployments.models import usd_to_micros
+from lib.money import usd_to_micros
 
 from ._util import clear_errors, get_deployment, get_org, positive_int
 

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.management.commands._util import clear_errors, get_org
 from deployments.actions import create_connector_token, create_deployment
-from deployments.models import usd_to_micros
+from lib.money import usd_to_micros
 
 
 def price(value: str | None, flag: str) -> int:
