@@ -19,7 +19,6 @@ import asyncio
 import atexit
 import functools
 import logging
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -141,11 +140,14 @@ async def flush() -> None:
 
 
 async def _write(batch: list[UsageRecord]) -> None:
-    if connection.vendor == "postgresql":
-        await _write_postgres(batch)
-    elif not await _write_sqlite(batch, connection):
-        await _in_writer_thread(batch)  # which touches the keys itself
+    if connection.vendor != "postgresql":
+        # SQLite (the embedded default): the writer thread writes the batch and touches the keys.
+        # Writing from the event loop through a connection of its own, as sessions 7-8 did, saved
+        # no CPU measurable side by side; the thread costs ~1 futex call per request
+        # (docs/benchmarks.md, "Framework contract").
+        await _in_writer_thread(batch)
         return
+    await _write_postgres(batch)
     due = _keys_due({r.key_id for r in batch if r.key_id})
     if due:
         await asyncio.get_running_loop().run_in_executor(_writer, _touch_keys, due)
@@ -167,23 +169,40 @@ async def _pg_connection() -> psycopg.AsyncConnection:
         return entry[1]
     for stale in [k for k, (other, conn) in _pg_connections.items() if other.is_closed()]:
         _pg_connections.pop(stale)[1].pgconn.finish()  # tests run many loops; a server has one
-    params = connections["default"].get_connection_params()
-    for name in ("cursor_factory", "context", "prepare_threshold"):
-        params.pop(name, None)
     async with asyncio.timeout(WRITE_TIMEOUT):
-        conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(**pg_params(connections["default"].settings_dict), autocommit=True)
     _pg_connections[id(loop)] = (loop, conn)
     return conn
+
+
+# OPTIONS that Django reads itself (its PostgreSQL notes); every other one is a libpq parameter.
+DJANGO_ONLY_OPTIONS = ("assume_role", "isolation_level", "pool", "server_side_binding")
+
+
+def pg_params(settings_dict: dict) -> dict:
+    """psycopg's connection parameters for a database of settings.DATABASES, as Django would
+    connect (less its cursor and adapter classes, which the writer does not use)."""
+    params = {key: value for key, value in settings_dict["OPTIONS"].items() if key not in DJANGO_ONLY_OPTIONS}
+    # As Django: no server-side prepared statements unless OPTIONS asks (connection poolers).
+    params.setdefault("prepare_threshold", None)
+    params["client_encoding"] = "UTF8"
+    for key, name in (
+        ("NAME", "dbname"),
+        ("USER", "user"),
+        ("PASSWORD", "password"),
+        ("HOST", "host"),
+        ("PORT", "port"),
+    ):
+        if settings_dict.get(key):
+            params[name] = settings_dict[key]
+    return params
 
 
 def close_connections() -> None:
     """Close the writer's database connections (tests: each has its own event loop)."""
     while _pg_connections:
         _pg_connections.popitem()[1][1].pgconn.finish()
-    while _sqlite_connections:
-        _sqlite_connections.popitem()[1].close()
-    if _writer._threads:  # the writer thread's own Django connection
-        _writer.submit(_close_thread_connection).result()
+    _writer.submit(_close_thread_connection).result()  # the writer thread's own Django connection
 
 
 def _close_thread_connection() -> None:
@@ -200,87 +219,7 @@ async def _write_postgres(batch: list[UsageRecord]) -> None:
         raise
 
 
-# SQLite: the batch is written from the event loop too, through a connection of its own
-# (`_loop_sqlite`). Written from the writer thread, it fought the loop for the GIL: the sqlite3
-# module lets go of it around every row it steps, and each hand-over back and forth costs both
-# threads a wake-up (docs/benchmarks.md has the figures). The loop's share is the insert itself,
-# ~13 µs per event, in chunks of LOOP_CHUNK with a turn of the loop between them, so that a large
-# batch (after an outage) never holds the loop for long. That connection never waits for a lock:
-# if another connection is writing (an admin, the roll-up), the batch goes to the writer thread,
-# which can wait. Nor does it checkpoint the WAL (that means an fsync): the writer thread does, at
-# most once per CHECKPOINT_SECONDS.
-LOOP_CHUNK = 256
-CHECKPOINT_SECONDS = 1.0
-_sqlite_connections: dict[str, sqlite3.Connection] = {}
-_checkpoint = {"last": 0.0, "pending": False}
-
-
-def _loop_sqlite(name: str) -> sqlite3.Connection:
-    """The loop's connection to the database file `name`."""
-    db = _sqlite_connections.get(name)
-    if db is None:
-        # timeout=0: a locked database fails at once instead of holding the loop; autocommit
-        # (isolation_level=None) so that BEGIN IMMEDIATE is ours to issue.
-        db = sqlite3.connect(name, timeout=0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA synchronous=NORMAL")  # as Django's connections (settings.DATABASES)
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        _sqlite_connections[name] = db
-    return db
-
-
-async def _write_sqlite(batch: list[UsageRecord], connection) -> bool:
-    """Write the batch from the loop; False if it must go to the writer thread instead (an
-    in-memory database, or the write lock held elsewhere). Chunks already written when the lock is
-    found taken are written again by the thread, which their unique request ids make harmless."""
-    if connection.is_in_memory_db():  # another connection would see another database
-        return False
-    name = str(connection.settings_dict["NAME"])
-    db = _loop_sqlite(name)
-    sql = _insert_sql(connection).replace("%s", "?")  # the sqlite3 module's placeholders
-    for start in range(0, len(batch), LOOP_CHUNK):
-        if start:
-            await asyncio.sleep(0)  # let the requests in hand move between chunks
-        rows = _rows(batch[start : start + LOOP_CHUNK], connection)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and (exc.sqlite_errorcode & 0xFF) in _LOCKED:
-                return False
-            if isinstance(exc, sqlite3.Error):
-                _sqlite_connections.pop(name, None)
-                db.close()  # as the thread does with its own: the retry opens a fresh one
-            raise
-    now = time.monotonic()
-    if not _checkpoint["pending"] and now - _checkpoint["last"] >= CHECKPOINT_SECONDS:
-        _checkpoint["pending"], _checkpoint["last"] = True, now
-        asyncio.get_running_loop().run_in_executor(_writer, _checkpoint_wal, name).add_done_callback(_checkpointed)
-    return True
-
-
-_LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _checkpoint_wal(name: str) -> None:
-    """Copy what the WAL holds into the database file (in the writer thread: it waits for the disk).
-    PASSIVE: it takes what it can without waiting for anyone's lock."""
-    db = sqlite3.connect(name)
-    try:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        db.close()
-
-
-def _checkpointed(future: asyncio.Future) -> None:
-    _checkpoint["pending"] = False
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("could not checkpoint the SQLite WAL: %r", future.exception())
-
-
-# One thread writes (SQLite's fallback, and PostgreSQL's), so one database connection serves it.
+# One thread writes (SQLite's batches, PostgreSQL's key touches), so one database connection serves it.
 _writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokios-usage-writer")
 
 

@@ -8,7 +8,10 @@ none of it — no sessions, CSRF, messages or templates; their auth is the API k
 database connection on the event loop (cold-path queries go through `sync_to_async` themselves and
 close nothing that a request signal would have to). So this handler keeps what matters from
 `ASGIHandler.handle` — body reading, request creation, cancelling the view when the client
-disconnects, streaming responses — and leaves the rest out.
+disconnects, streaming responses — and leaves the rest out. The steps of Django's handler it calls
+are undocumented: lib/contract.py (`BareASGIHandler`) holds them, with the measurement that keeps
+them and a test that fails when a Django upgrade changes them. The view is found and called with
+Django's public `resolve`.
 
 It is also where a /v1 request begins and ends: it opens the request's `RequestScope` before the
 view runs and closes it once the response is sent, the client has gone, or anything failed — the
@@ -19,23 +22,35 @@ from __future__ import annotations
 
 import asyncio
 
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler
-from django.core.handlers.exception import convert_exception_to_response
-from django.urls import set_script_prefix, set_urlconf
+from django.core.handlers.exception import response_for_exception
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.urls import resolve, set_script_prefix, set_urlconf
+
+from lib.contract import BareASGIHandler
 
 from .errors import anthropic_error_body, json_response, openai_error_body
 from .gateway import RequestScope
 
 
-class GatewayHandler(ASGIHandler):
-    def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+async def _view(request: HttpRequest) -> HttpResponseBase:
+    """URL resolution and the view. The /v1 routes are coroutines (proxy/api.py); a sync view (such
+    as django-ninja's root, a 404) runs in a thread, as Django runs it. An exception the view lets
+    out becomes Django's response for it (404, 400, 500), as in Django."""
+    try:
+        match = resolve(request.path_info)
+        request.resolver_match = match
+        if iscoroutinefunction(match.func):
+            return await match.func(request, *match.args, **match.kwargs)
+        return await sync_to_async(match.func, thread_sensitive=True)(request, *match.args, **match.kwargs)
+    except Exception as exc:
+        return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
 
+
+class GatewayHandler(BareASGIHandler):
     async def __call__(self, scope, receive, send):
         await self.handle(scope, receive, send)
 
@@ -48,12 +63,13 @@ class GatewayHandler(ASGIHandler):
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
+            assert error_response is not None  # Django's refusal: the body was too large or not text
             await self.send_response(error_response, send)
             return
 
         try:
             async with RequestScope(request) as request_scope:
-                request.request_scope = request_scope
+                request.request_scope = request_scope  # type: ignore[attr-defined]  # a gateway.ScopedRequest now
                 await self._respond(request, receive, send)
         finally:
             body_file.close()
@@ -61,7 +77,7 @@ class GatewayHandler(ASGIHandler):
     async def _respond(self, request, receive, send) -> None:
         async def process_request():
             set_urlconf(settings.ROOT_URLCONF)
-            response = await self._middleware_chain(request)
+            response = await _view(request)
             if response.status_code == 405:
                 response = _method_not_allowed(request, response)
             try:

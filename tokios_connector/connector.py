@@ -79,42 +79,6 @@ MAX_HEARTBEAT_TIMEOUT = 600.0
 LOG_PROMPT_LIMIT = 4000
 
 
-class _CoalescingTransport:
-    """Wraps the WebSocket's transport so frames written in one event-loop iteration leave in one
-    syscall. With dozens of streams relaying chunks at once, a write() per frame was the largest
-    single CPU cost of the connector; this delays a frame by at most one loop iteration."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class FatalError(Exception):
     """Retrying cannot help (bad token, another protocol version); the message is for the operator."""
 
@@ -272,7 +236,6 @@ class Connector:
                     write_limit=256 * 1024,
                     logger=ws_log,
                 ) as ws:
-                    ws.transport = _CoalescingTransport(ws.transport)  # type: ignore[assignment]
                     await self._serve_connection(ws)
                 code, reason = ws.close_code, ws.close_reason or ""
             except FatalError:

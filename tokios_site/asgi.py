@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP to Django (static files served here, so Tokios works air-gapped),
-WebSocket `/v1/connector` to the connector consumer."""
+"""ASGI entry point: HTTP /v1 to the gateway's handler, /static/ to WhiteNoise (served here, so
+Tokios works air-gapped), the rest to Django; WebSocket `/v1/connector` to the connector consumer."""
 
 import gc
 import os
@@ -13,14 +13,14 @@ django_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from lib.contract import WhiteNoiseStaticFiles  # noqa: E402
 from proxy.handler import GatewayHandler  # noqa: E402
 from proxy.tunnel.consumer import ConnectorConsumer  # noqa: E402
 
 gateway_app = GatewayHandler()
-static_app = ASGIStaticFilesHandler(django_app)
+static_app = WhiteNoiseStaticFiles(django_app)
 static_prefix = "/" + settings.STATIC_URL.lstrip("/")
 
 

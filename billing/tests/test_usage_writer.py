@@ -7,11 +7,13 @@ the tests at the end hold it to that.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection
+from django.db.utils import ConnectionHandler
 from django.http import StreamingHttpResponse
 from django.test import RequestFactory
 
@@ -25,7 +27,7 @@ from proxy.gateway import RequestScope
 
 
 def record(**fields) -> metering.UsageRecord:
-    defaults = dict(request_id="req_default", surface="chat")
+    defaults: dict[str, Any] = {"request_id": "req_default", "surface": "chat"}
     defaults.update(fields)
     return metering.UsageRecord(**defaults)
 
@@ -231,10 +233,31 @@ def test_a_connection_the_database_dropped_is_replaced_on_the_next_batch(org):
 
 
 def psycopg_admin():
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    return psycopg.connect(**params, autocommit=True)
+    return psycopg.connect(**metering.pg_params(connection.settings_dict), autocommit=True)
+
+
+def test_the_writers_postgresql_connection_takes_what_django_would_from_the_settings():
+    """The event loop's connection is made from settings.DATABASES (public), not from the keys of
+    Django's own connect call; what libpq gets must still match Django's."""
+    settings_dict = ConnectionHandler(
+        {
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": "tokios",
+                "USER": "gateway",
+                "PASSWORD": "s3cret",
+                "HOST": "db.internal",
+                "PORT": "6432",
+                "OPTIONS": {"sslmode": "require", "application_name": "tokios", "isolation_level": 1, "pool": False},
+            }
+        }
+    )["default"].settings_dict
+    djangos = ConnectionHandler({"default": settings_dict})["default"].get_connection_params()
+    for used_by_django_only in ("cursor_factory", "context"):  # its cursor and adapter classes
+        djangos.pop(used_by_django_only)
+
+    assert metering.pg_params(settings_dict) == djangos
+    assert djangos["prepare_threshold"] is None and djangos["sslmode"] == "require"
 
 
 @pytest.mark.postgres

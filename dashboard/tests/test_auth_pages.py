@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.core import mail
 from django.test import Client
 from django.urls import reverse
 
 pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_root_redirects_anonymous_visitors_to_sign_in(client):
@@ -102,8 +110,46 @@ def test_pages_load_assets_only_from_this_server(as_owner, org):
     assert "/static/dashboard/dashboard.css" in sources
 
 
-def test_static_assets_are_served(as_owner, org):
-    from django.contrib.staticfiles import finders
+# Through tokios_site.asgi.application as uvicorn runs it, in a fresh interpreter: importing the app
+# changes the garbage collector for the whole process (see tests/test_process_gc.py).
+STATIC_PROBE = """
+import asyncio, json, httpx
+from tokios_site.asgi import application
 
-    for name in ("dashboard/dashboard.css", "dashboard/dashboard.js", "dashboard/favicon.svg"):
-        assert finders.find(name), name
+async def main(names):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://localhost") as browser:
+        found = {}
+        for name in names:
+            first = await browser.get("/static/" + name)
+            again = await browser.get("/static/" + name, headers={"if-none-match": first.headers.get("etag", "")})
+            found[name] = [first.status_code, dict(first.headers), first.content.hex(), again.status_code]
+        return found
+
+print(json.dumps(asyncio.run(main(%r))))
+"""
+ASSETS = {
+    "dashboard/dashboard.css": "text/css",
+    "dashboard/dashboard.js": "text/javascript",
+    "dashboard/favicon.svg": "image/svg+xml",
+}
+
+
+def test_static_assets_are_served_by_the_asgi_application_without_debug(settings, tmp_path):
+    env = {**os.environ, "TOKIOS_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "tokios_site.settings"}
+    for name in ("DATABASE_URL", "REDIS_URL", "DEBUG"):
+        env.pop(name, None)
+    probe = subprocess.run(
+        [sys.executable, "-c", STATIC_PROBE % list(ASSETS)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    served = json.loads(probe.stdout.strip().splitlines()[-1])
+
+    for name, content_type in ASSETS.items():
+        status, headers, body, revalidated = served[name]
+        assert status == 200, name
+        assert headers["content-type"].startswith(content_type), (name, headers)
+        # The apps' own file, or what collectstatic copied, if it ran on this checkout.
+        source = Path(finders.find(name)) if settings.WHITENOISE_USE_FINDERS else Path(settings.STATIC_ROOT) / name
+        assert bytes.fromhex(body) == source.read_bytes(), name
+        assert headers["cache-control"] == "max-age=60, public", name  # WhiteNoise's, not Django's serve
+        assert revalidated == 304, name
