@@ -1,19 +1,35 @@
 """Writes that span several models (and the audit log) go through these functions.
 
-The access cache is kept current by signals (accounts/signals.py, deployments/signals.py), which
+The gateway's access cache hears of every change through model signals (proxy/access.py), which
 also catch edits made in the Django admin."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from .models import ApiKey, AuditAction, AuditLog, Membership, Organization, Role, User, validate_org_slug
+from .models import (
+    PAT_PREFIX,
+    ApiKey,
+    AuditAction,
+    AuditLog,
+    Membership,
+    Organization,
+    PersonalAccessToken,
+    Role,
+    User,
+    validate_org_slug,
+)
 from .secrets import API_KEY_PREFIX, new_secret
+
+# `last_used_at` of a personal access token is written at most this often, so a busy script does
+# not write on every call.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def audit(
@@ -31,9 +47,7 @@ def audit(
 
 
 @transaction.atomic
-def create_org(
-    *, slug: str, name: str = "", owner: User | None = None, actor_label: str = ""
-) -> Organization:
+def create_org(*, slug: str, name: str = "", owner: User | None = None, actor_label: str = "") -> Organization:
     validate_org_slug(slug)
     if Organization.objects.filter(slug=slug).exists():
         raise ValidationError(f"An organisation with slug {slug!r} already exists.")
@@ -94,41 +108,38 @@ def create_api_key(
     name: str,
     created_by: User | None = None,
     actor_label: str = "",
-    deployments: Iterable | None = None,
+    models: Sequence[str] | None = None,
     rpm_limit: int | None = None,
     tpm_limit: int | None = None,
     monthly_budget_micros: int | None = None,
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the secret, which is never stored and cannot be shown again."""
+    """Create a key; returns it with the secret, which is never stored and cannot be shown again.
+
+    The key may call every model its org may use, unless `models` names the ones it is limited to:
+    deployments.actions.create_api_key checks and links those deployments (accounts knows none) and
+    passes their names here, for the key's flag and the audit entry.
+    """
     name = name.strip()
     if not name:
         raise ValidationError("A key needs a name.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError("The expiry must be in the future.")
-    deployments = list(deployments or [])
-    if deployments:
-        from deployments.models import Deployment
-
-        usable = set(Deployment.objects.usable_by(org).values_list("id", flat=True))
-        for deployment in deployments:
-            if deployment.id not in usable:
-                raise ValidationError(f"The organisation {org.slug} may not use the model {deployment.name}.")
     secret, prefix, key_hash = new_secret(API_KEY_PREFIX)
-    key = ApiKey.objects.create(
+    key = ApiKey(
         org=org,
         name=name,
         prefix=prefix,
         key_hash=key_hash,
         created_by=created_by,
-        all_models=not deployments,
+        all_models=not models,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
         monthly_budget_micros=monthly_budget_micros,
         expires_at=expires_at,
     )
-    if deployments:
-        key.allowed_deployments.set(deployments)
+    key.clean_limits()
+    key.save(force_insert=True)
     audit(
         org=org,
         action=AuditAction.KEY_CREATED,
@@ -136,7 +147,7 @@ def create_api_key(
         actor=created_by,
         actor_label=actor_label,
         name=name,
-        models=[d.name for d in deployments] or "all",
+        models=list(models or []) or "all",
     )
     return key, secret
 
@@ -147,35 +158,30 @@ def update_api_key(
     key: ApiKey,
     actor: User | None = None,
     actor_label: str = "",
-    **changes,
+    **changes: Any,
 ) -> ApiKey:
-    """Change a key's name, limits, budget or model access (`deployments=[…]`, empty for all)."""
-    deployments = changes.pop("deployments", None)
-    allowed = {"name", "rpm_limit", "tpm_limit", "monthly_budget_micros", "expires_at"}
-    unknown = set(changes) - allowed
+    """Change a key's name, limits, budget or expiry.
+
+    `models=[names]` (None for every model) changes its model access flag; the list itself is
+    deployments.actions.update_api_key's to link, as at creation.
+    """
+    unknown = set(changes) - {"name", "rpm_limit", "tpm_limit", "monthly_budget_micros", "expires_at", "models"}
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} on a key.")
     for field, value in changes.items():
-        setattr(key, field, value)
-    key.full_clean(exclude=["allowed_deployments"])
+        if field == "models":
+            key.all_models = not value
+        else:
+            setattr(key, field, value)
+    key.full_clean()
     key.save()
-    if deployments is not None:
-        from deployments.models import Deployment
-
-        usable = set(Deployment.objects.usable_by(key.org).values_list("id", flat=True))
-        for deployment in deployments:
-            if deployment.id not in usable:
-                raise ValidationError(f"The organisation {key.org.slug} may not use the model {deployment.name}.")
-        key.all_models = not deployments
-        key.save(update_fields=["all_models"])
-        key.allowed_deployments.set(deployments)
     audit(
         org=key.org,
         action=AuditAction.KEY_UPDATED,
         target=key.prefix,
         actor=actor,
         actor_label=actor_label,
-        changes=sorted(set(changes) | ({"models"} if deployments is not None else set())),
+        changes=sorted(changes),
     )
     return key
 
@@ -187,3 +193,40 @@ def revoke_api_key(*, key: ApiKey, actor: User | None = None, actor_label: str =
         key.save(update_fields=["revoked_at"])
         audit(org=key.org, action=AuditAction.KEY_REVOKED, target=key.prefix, actor=actor, actor_label=actor_label)
     return key
+
+
+# Personal access tokens have no organisation: their audit entries have org=None and show in Django admin.
+
+
+@transaction.atomic
+def create_personal_access_token(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[PersonalAccessToken, str]:
+    """Create a token; returns it with the secret, which is never stored and cannot be shown again."""
+    name = name.strip()
+    if not name:
+        raise ValidationError("A token needs a name.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError("The expiry must be in the future.")
+    secret, prefix, token_hash = new_secret(PAT_PREFIX)
+    token = PersonalAccessToken.objects.create(
+        user=user, name=name, prefix=prefix, token_hash=token_hash, expires_at=expires_at
+    )
+    audit(org=None, action=AuditAction.PAT_CREATED, target=prefix, actor=user, name=name)
+    return token, secret
+
+
+@transaction.atomic
+def revoke_personal_access_token(*, token: PersonalAccessToken, actor: User | None = None) -> PersonalAccessToken:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit(org=None, action=AuditAction.PAT_REVOKED, target=token.prefix, actor=actor)
+    return token
+
+
+def touch_personal_access_token(token: PersonalAccessToken) -> None:
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        PersonalAccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from .models import ApiKey, AuditLog, Membership, Organization, User
+from .models import ApiKey, AuditLog, Invitation, Membership, Organization, PersonalAccessToken, User
 
 
 @admin.register(User)
@@ -46,11 +46,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["prefix", "name", "org", "status", "created_at", "last_used_at"]
     list_filter = ["org"]
     search_fields = ["prefix", "name", "org__slug"]
-    filter_horizontal = ["allowed_deployments"]
 
     def has_add_permission(self, request):
         # Keys are created where the secret can be shown once: the dashboard, API or create_key.
         return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["email", "org", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    search_fields = ["email", "org__slug"]
+    readonly_fields = ["prefix", "token_hash"]
+
+
+@admin.register(PersonalAccessToken)
+class PersonalAccessTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    search_fields = ["prefix", "name", "user__email"]
+    readonly_fields = ["prefix", "token_hash", "created_at", "last_used_at"]
 
 
 @admin.register(AuditLog)

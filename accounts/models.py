@@ -1,19 +1,31 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 
+# The largest limits and budgets an admin may set, on every path (dashboard, API, commands, Django
+# admin: all go through these fields' validators). A rate limit fits PostgreSQL's 32-bit integer
+# column; a budget (10^9 USD a month) is exact as a double, as Redis' Lua scripts count it, and with
+# prices bounded too (deployments.models.MAX_PRICE_MICROS) no spend sum comes near 64 bits.
+MAX_RATE_LIMIT = 1_000_000_000  # requests or tokens per minute
+MAX_BUDGET_MICROS = 10**15  # micro-USD a month: 1,000,000,000 USD
+RATE_LIMIT_VALIDATORS = [MaxValueValidator(MAX_RATE_LIMIT)]
+BUDGET_VALIDATORS = [MinValueValidator(0), MaxValueValidator(MAX_BUDGET_MICROS)]
+
 
 def validate_org_slug(value: str) -> None:
-    if not SLUG_RE.match(value):
+    if not SLUG_RE.fullmatch(value):
         raise ValidationError(
             f"{value!r} is not a valid organisation slug: use 1-50 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit."
@@ -58,7 +70,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     def __str__(self) -> str:
         return self.email
@@ -74,10 +86,13 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=50, unique=True, validators=[validate_org_slug])
     created_at = models.DateTimeField(default=timezone.now)
     # Optional org-wide limits, enforced on top of each key's own.
-    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
     monthly_budget_micros = models.BigIntegerField(
-        null=True, blank=True, help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000)."
+        null=True,
+        blank=True,
+        validators=BUDGET_VALIDATORS,
+        help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000).",
     )
 
     objects = OrganizationQuerySet.as_manager()
@@ -107,20 +122,10 @@ class Membership(models.Model):
     def __str__(self) -> str:
         return f"{self.user} in {self.org} ({self.role})"
 
-    @property
-    def can_manage(self) -> bool:
-        return self.role in {Role.OWNER, Role.ADMIN}
-
 
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
     def for_org(self, org: Organization) -> ApiKeyQuerySet:
         return self.filter(org=org)
-
-    def active(self) -> ApiKeyQuerySet:
-        now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
-        )
 
 
 class ApiKey(models.Model):
@@ -137,24 +142,32 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    # Model access: every deployment the org may use, or only the listed ones.
+    # Model access: every deployment the org may use, or only those listed in
+    # `allowed_deployments` (the reverse of deployments' Deployment.allowed_keys).
     all_models = models.BooleanField(default=True)
-    allowed_deployments = models.ManyToManyField(
-        "deployments.Deployment", blank=True, related_name="restricted_keys"
-    )
-    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
     monthly_budget_micros = models.BigIntegerField(
-        null=True, blank=True, help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000)."
+        null=True,
+        blank=True,
+        validators=BUDGET_VALIDATORS,
+        help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000).",
     )
 
     objects = ApiKeyQuerySet.as_manager()
+
+    LIMIT_FIELDS: ClassVar[tuple[str, ...]] = ("rpm_limit", "tpm_limit", "monthly_budget_micros")
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def clean_limits(self) -> None:
+        """The bounds of its limits and budget (their fields' validators), without full_clean's
+        queries; ValidationError names the field."""
+        self.clean_fields(exclude=[f.name for f in self._meta.fields if f.name not in self.LIMIT_FIELDS])
 
     @property
     def is_revoked(self) -> bool:
@@ -221,3 +234,110 @@ class AuditLog(models.Model):
     @property
     def actor_display(self) -> str:
         return str(self.actor) if self.actor_id else (self.actor_label or "system")
+
+
+INVITATION_PREFIX = "inv-tokios-"
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+def default_invitation_expiry():
+    return timezone.now() + INVITATION_LIFETIME
+
+
+class InvitationQuerySet(models.QuerySet["Invitation"]):
+    def for_org(self, org: Organization) -> InvitationQuerySet:
+        return self.filter(org=org)
+
+    def pending(self) -> InvitationQuerySet:
+        return self.filter(accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class Invitation(models.Model):
+    """An emailed link that creates (or attaches) a user and a membership. Stored hashed; expires."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    prefix = models.CharField(max_length=32, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(default=default_invitation_expiry)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        db_table = "dashboard_invitation"  # created by the dashboard app, which held the model first
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.org} ({self.role})"
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == "pending"
+
+
+PAT_PREFIX = "pat-tokios-"
+
+
+class PersonalAccessTokenQuerySet(models.QuerySet["PersonalAccessToken"]):
+    def for_user(self, user) -> PersonalAccessTokenQuerySet:
+        return self.filter(user=user)
+
+
+class PersonalAccessToken(models.Model):
+    """A `pat-tokios-…` token that lets automation call /api/ as its user, with that user's roles.
+
+    Stored as a SHA-256 and a display prefix, like API keys: it carries ~240 random bits, so a
+    slow password hash would buy nothing.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=32, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PersonalAccessTokenQuerySet.as_manager()
+
+    class Meta:
+        db_table = "api_personalaccesstoken"  # created by the api app, which held the model first
+        ordering = ["-created_at"]
+        verbose_name = "personal access token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == "active"
+
+    @property
+    def actor_label(self) -> str:
+        return f"api-token:{self.prefix}"

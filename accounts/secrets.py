@@ -7,7 +7,6 @@ would add milliseconds to every request and buys nothing against a secret that c
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 API_KEY_PREFIX = "sk-tokios-"
@@ -23,7 +22,3 @@ def new_secret(prefix: str) -> tuple[str, str, str]:
     """Return (secret, display prefix, hash). The secret is shown once and never stored."""
     secret = prefix + secrets.token_urlsafe(30)
     return secret, secret[: len(prefix) + DISPLAY_CHARS], hash_secret(secret)
-
-
-def secret_matches(secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_hash)

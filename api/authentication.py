@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from rest_framework import authentication, exceptions
 
+from accounts.actions import touch_personal_access_token
+from accounts.models import PAT_PREFIX, PersonalAccessToken
 from accounts.secrets import hash_secret
-
-from .actions import touch_personal_access_token
-from .models import PAT_PREFIX, PersonalAccessToken
 
 
 class PersonalAccessTokenAuthentication(authentication.BaseAuthentication):

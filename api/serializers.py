@@ -1,12 +1,29 @@
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import ApiKey, Membership, Organization, Role
+from accounts.models import SLUG_RE, ApiKey, Invitation, Membership, Organization, Role
 from billing.models import Statement, StatementLine
-from dashboard.models import Invitation
-from deployments.models import ConnectorToken, Deployment, ModelGrant
+from deployments.models import DEPLOYMENT_NAME_RE, ConnectorToken, Deployment, ModelGrant
+from proxy.tunnel import presence
+
+
+class NameRelatedField(serializers.SlugRelatedField):
+    """A related object by its name or slug. A string no object can have (`pattern`) does not
+    exist without a query: PostgreSQL refuses a NUL in a text parameter."""
+
+    def __init__(self, *, pattern: re.Pattern[str], **kwargs):
+        self.pattern = pattern
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and not self.pattern.fullmatch(data):
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data)
+        return super().to_internal_value(data)
 
 
 class OrgSerializer(serializers.Serializer):
@@ -17,9 +34,10 @@ class OrgSerializer(serializers.Serializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    models = serializers.SlugRelatedField(
+    models = NameRelatedField(
         source="allowed_deployments",
         slug_field="name",
+        pattern=DEPLOYMENT_NAME_RE,
         many=True,
         required=False,
         queryset=Deployment.objects.none(),
@@ -45,7 +63,6 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "revoked_at",
         ]
         read_only_fields = ["id", "prefix", "status", "all_models", "created_at", "last_used_at", "revoked_at"]
-        extra_kwargs = {"monthly_budget_micros": {"min_value": 0}}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,12 +78,21 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         fields = [*ApiKeySerializer.Meta.fields, "secret"]
 
 
+class UnixTimeField(serializers.DateTimeField):
+    """A time presence keeps as unix seconds, shown like every other time of the API."""
+
+    def to_representation(self, value: float) -> str:
+        return super().to_representation(datetime.fromtimestamp(value, UTC))
+
+
 class ConnectorSerializer(serializers.Serializer):
+    """A live connector, as presence (proxy.tunnel.presence.ConnectorInfo) has it."""
+
     connector_id = serializers.CharField()
     version = serializers.CharField()
     remote = serializers.CharField()
-    connected_since = serializers.DateTimeField()
-    last_heartbeat = serializers.DateTimeField()
+    connected_since = UnixTimeField()
+    last_heartbeat = UnixTimeField()
     inflight = serializers.IntegerField()
     max_concurrency = serializers.IntegerField()
     draining = serializers.BooleanField()
@@ -90,8 +116,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {
-            "price_input_micros": {"min_value": 0, "help_text": "Micro-USD per million input tokens."},
-            "price_output_micros": {"min_value": 0, "help_text": "Micro-USD per million output tokens."},
+            "price_input_micros": {"help_text": "Micro-USD per million input tokens."},
+            "price_output_micros": {"help_text": "Micro-USD per million output tokens."},
             # Uniqueness (global) is the action's rule; it answers with a clear message.
             "name": {"validators": []},
         }
@@ -99,9 +125,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def _connectors(self, deployment: Deployment) -> list:
         cache = self.context.setdefault("_connectors", {})
         if deployment.id not in cache:
-            from dashboard.presence import connectors_for
-
-            cache[deployment.id] = [c.as_dict() for c in connectors_for(deployment.id)]
+            cache[deployment.id] = presence.live_connectors_sync(deployment.id)
         return cache[deployment.id]
 
     def get_online(self, deployment: Deployment) -> bool:
@@ -116,7 +140,6 @@ class DeploymentUpdateSerializer(serializers.ModelSerializer):
     class Meta:
         model = Deployment
         fields = ["upstream_model", "price_input_micros", "price_output_micros"]
-        extra_kwargs = {"price_input_micros": {"min_value": 0}, "price_output_micros": {"min_value": 0}}
 
 
 class ConnectorTokenSerializer(serializers.ModelSerializer):
@@ -140,7 +163,7 @@ class ConnectorTokenCreatedSerializer(ConnectorTokenSerializer):
 
 
 class GrantSerializer(serializers.ModelSerializer):
-    org = serializers.SlugRelatedField(slug_field="slug", queryset=Organization.objects.all())
+    org = NameRelatedField(slug_field="slug", pattern=SLUG_RE, queryset=Organization.objects.all())
     org_name = serializers.CharField(source="org.name", read_only=True)
 
     class Meta:

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
@@ -19,27 +20,27 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
-from accounts.actions import change_role, create_api_key, remove_member, revoke_api_key, update_api_key
-from accounts.models import ApiKey, Membership
+from accounts.actions import change_role, remove_member, revoke_api_key
+from accounts.invitations import add_or_invite, revoke_invitation
+from accounts.models import ApiKey, Invitation, Membership, PersonalAccessToken
+from accounts.tenancy import can_manage, check_can_manage_member, memberships_for, owned_or_404, scoped
+from billing.forms import UsageFilterForm
 from billing.models import Statement
 from billing.queries import usage_series
-from dashboard.access import can_manage, check_can_manage_member, memberships_for, owned_or_404, scoped
-from dashboard.actions import add_or_invite, revoke_invitation
-from dashboard.forms import UsageFilterForm
-from dashboard.models import Invitation
-from dashboard.views.common import connector_command
 from deployments.actions import (
+    create_api_key,
     create_connector_token,
     create_deployment,
     grant_model,
     revoke_connector_token,
     revoke_grant,
+    update_api_key,
     update_deployment,
 )
+from deployments.connector import connector_command, server_url
 from deployments.models import ConnectorToken, Deployment, ModelGrant
 
 from . import serializers as s
-from .models import PersonalAccessToken
 
 ORG_PARAM = OpenApiParameter("org", str, OpenApiParameter.PATH, description="The organisation's slug.")
 TOTALS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
@@ -267,7 +268,7 @@ class ConnectorTokenViewSet(
             actor_label=actor_label(request),
         )
         token.secret = secret
-        token.command = connector_command(request._request, secret)
+        token.command = connector_command(server_url(request), secret)
         return Response(s.ConnectorTokenCreatedSerializer(token).data, status=201)
 
     @action(detail=True, methods=["post"])
@@ -405,8 +406,6 @@ class UsageView(OrgScoped, APIView):
 
     @extend_schema(parameters=[ORG_PARAM, UsageQuery], responses=s.UsageSerializer)
     def get(self, request: Request, org: str) -> Response:
-        from django.utils import timezone
-
         form = UsageFilterForm(request.query_params, org=self.org, today=timezone.now().date())
         if not form.is_valid():
             raise ValidationError(form.errors.get_json_data())

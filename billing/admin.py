@@ -59,12 +59,15 @@ class RollupWatermarkAdmin(ReadOnlyAdmin):
     list_display = ["name", "last_event_id", "safe_event_id", "pruned_before", "updated_at"]
 
 
+STATEMENT_LINE_FIELDS = ("deployment_name", "requests", "errors", "input_tokens", "output_tokens", "cost_micros")
+
+
 class StatementLineInline(admin.TabularInline):
     model = StatementLine
     extra = 0
     can_delete = False
-    fields = ["deployment_name", "requests", "errors", "input_tokens", "output_tokens", "cost_micros"]
-    readonly_fields = fields
+    fields = STATEMENT_LINE_FIELDS
+    readonly_fields = STATEMENT_LINE_FIELDS
 
     def has_add_permission(self, request, obj=None):
         return False

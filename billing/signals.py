@@ -25,8 +25,8 @@ def _fold_into_null(field: str, pk: int) -> None:
             period=row.period,
             bucket_start=row.bucket_start,
             org_id=row.org_id,
-            api_key_id=None if field == "api_key_id" else row.api_key_id,
-            deployment_id=None if field == "deployment_id" else row.deployment_id,
+            api_key=None if field == "api_key_id" else row.api_key_id,
+            deployment=None if field == "deployment_id" else row.deployment_id,
         )
         if target.update(**{name: F(name) + getattr(row, name) for name in SUM_FIELDS}):
             row.delete()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
-from .access import can_manage, memberships_for, org_for_request
+from accounts.tenancy import can_manage, memberships_for, org_for_request
 
 
 def org(request: HttpRequest) -> dict:

@@ -7,13 +7,13 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 
-from accounts.models import ApiKey, AuditAction, Organization, Role
-from deployments.models import Deployment
+from accounts.models import MAX_BUDGET_MICROS, MAX_RATE_LIMIT, ApiKey, AuditAction, Organization, Role, User
+from billing.forms import DayField
+from deployments.models import MAX_PRICE_MICROS, Deployment
 from lib.money import micros_to_usd, usd_to_micros
 
-from .actions import INVITATION_REVOKED, MEMBER_INVITED
-
-MAX_RANGE_DAYS = 400
+MAX_PRICE_USD = micros_to_usd(MAX_PRICE_MICROS)
+MAX_BUDGET_USD = micros_to_usd(MAX_BUDGET_MICROS)
 
 
 class UsdField(forms.DecimalField):
@@ -54,14 +54,14 @@ class DeploymentForm(forms.Form):
     upstream_model = forms.CharField(
         max_length=200, required=False, help_text="Rewrite `model` to this name upstream. Leave empty to keep it."
     )
-    price_input_micros = UsdField(label="Input price (USD per million tokens)", initial=0)
-    price_output_micros = UsdField(label="Output price (USD per million tokens)", initial=0)
+    price_input_micros = UsdField(label="Input price (USD per million tokens)", initial=0, max_value=MAX_PRICE_USD)
+    price_output_micros = UsdField(label="Output price (USD per million tokens)", initial=0, max_value=MAX_PRICE_USD)
 
 
 class PricesForm(forms.Form):
     upstream_model = forms.CharField(max_length=200, required=False, label="Upstream model")
-    price_input_micros = UsdField(label="Input price (USD per million tokens)")
-    price_output_micros = UsdField(label="Output price (USD per million tokens)")
+    price_input_micros = UsdField(label="Input price (USD per million tokens)", max_value=MAX_PRICE_USD)
+    price_output_micros = UsdField(label="Output price (USD per million tokens)", max_value=MAX_PRICE_USD)
 
 
 class ConnectorTokenForm(forms.Form):
@@ -90,12 +90,10 @@ class ApiKeyForm(forms.Form):
         label="Model access",
         help_text="Tick none for every model the organisation may use.",
     )
-    rpm_limit = forms.IntegerField(min_value=1, required=False, label="Requests per minute")
-    tpm_limit = forms.IntegerField(min_value=1, required=False, label="Tokens per minute")
-    monthly_budget_micros = UsdField(required=False, label="Monthly budget (USD)")
-    expires_on = forms.DateField(
-        required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}), help_text="Optional; UTC."
-    )
+    rpm_limit = forms.IntegerField(min_value=1, max_value=MAX_RATE_LIMIT, required=False, label="Requests per minute")
+    tpm_limit = forms.IntegerField(min_value=1, max_value=MAX_RATE_LIMIT, required=False, label="Tokens per minute")
+    monthly_budget_micros = UsdField(required=False, max_value=MAX_BUDGET_USD, label="Monthly budget (USD)")
+    expires_on = DayField(required=False, label="Expires on", help_text="Optional; UTC.")
 
     def __init__(self, *args, org: Organization, **kwargs):
         super().__init__(*args, **kwargs)
@@ -174,8 +172,6 @@ class AcceptInvitationForm(forms.Form):
         if data.get("password1") and data.get("password1") != data.get("password2"):
             self.add_error("password2", "The two passwords differ.")
         elif data.get("password1"):
-            from accounts.models import User
-
             try:
                 password_validation.validate_password(
                     data["password1"], User(email=self.email, name=data.get("name", ""))
@@ -185,12 +181,7 @@ class AcceptInvitationForm(forms.Form):
         return data
 
 
-AUDIT_ACTION_CHOICES = [
-    ("", "Any action"),
-    *AuditAction.choices,
-    (MEMBER_INVITED, "Member invited"),
-    (INVITATION_REVOKED, "Invitation revoked"),
-]
+AUDIT_ACTION_CHOICES = [("", "Any action"), *AuditAction.choices]
 
 
 class AuditFilterForm(forms.Form):
@@ -201,67 +192,5 @@ class AuditFilterForm(forms.Form):
     target = forms.CharField(
         required=False, label="Target", widget=forms.TextInput(attrs={"placeholder": "prefix, email, model…"})
     )
-    start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
-
-
-class UsageFilterForm(forms.Form):
-    """Filters of the usage page and its CSV export; dates are inclusive UTC days."""
-
-    start = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
-    key = forms.ModelChoiceField(
-        queryset=ApiKey.objects.none(), required=False, empty_label="All keys", label="API key"
-    )
-    deployment = forms.ModelChoiceField(
-        queryset=Deployment.objects.none(), required=False, empty_label="All models", label="Model"
-    )
-    period = forms.ChoiceField(choices=[("day", "Per day"), ("hour", "Per hour")], required=False, label="Buckets")
-
-    DEFAULT_DAYS = 30
-    MAX_HOURLY_DAYS = 14
-
-    @classmethod
-    def with_defaults(cls, data, *, org: Organization, today: date) -> UsageFilterForm:
-        """Bound to `data` with the default range filled in, so that the date inputs show it."""
-        data = data.copy()
-        end = data.get("end") or today.isoformat()
-        if not data.get("start"):
-            try:
-                data["start"] = (date.fromisoformat(end) - timedelta(days=cls.DEFAULT_DAYS - 1)).isoformat()
-            except ValueError:
-                pass  # the field reports the bad "end"
-        if not data.get("end"):
-            data["end"] = end
-        return cls(data, org=org, today=today)
-
-    def __init__(self, data, *, org: Organization, today: date):
-        super().__init__(data)
-        self.today = today
-        self.fields["key"].queryset = ApiKey.objects.for_org(org).order_by("name")
-        self.fields["deployment"].queryset = Deployment.objects.usable_by(org).order_by("name")
-
-    def clean(self):
-        data = super().clean()
-        end = data.get("end") or self.today
-        start = data.get("start") or end - timedelta(days=self.DEFAULT_DAYS - 1)
-        if start > end:
-            raise ValidationError("“From” must be on or before “To”.")
-        if (end - start).days + 1 > MAX_RANGE_DAYS:
-            raise ValidationError(f"Pick at most {MAX_RANGE_DAYS} days.")
-        period = data.get("period") or "day"
-        if period == "hour" and (end - start).days + 1 > self.MAX_HOURLY_DAYS:
-            raise ValidationError(f"Hourly buckets cover at most {self.MAX_HOURLY_DAYS} days; pick “Per day”.")
-        data.update(start=start, end=end, period=period)
-        return data
-
-    def query(self) -> dict:
-        """Arguments for billing.queries.usage_series: aware UTC datetimes, end exclusive."""
-        data = self.cleaned_data
-        return {
-            "start": datetime.combine(data["start"], time.min, tzinfo=UTC),
-            "end": datetime.combine(data["end"] + timedelta(days=1), time.min, tzinfo=UTC),
-            "key": data.get("key"),
-            "deployment": data.get("deployment"),
-            "period": data["period"],
-        }
+    start = DayField(required=False, label="From")
+    end = DayField(required=False, label="To")

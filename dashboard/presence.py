@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from proxy.tunnel.presence import ConnectorInfo, live_connectors_sync, online_deployment_ids
+from proxy.tunnel import presence
+from proxy.tunnel.presence import ConnectorInfo
 
 
 @dataclass(frozen=True)
@@ -32,22 +33,10 @@ class LiveConnector:
             draining=info.draining,
         )
 
-    def as_dict(self) -> dict:
-        return {
-            "connector_id": self.connector_id,
-            "version": self.version,
-            "remote": self.remote,
-            "connected_since": self.connected_since,
-            "last_heartbeat": self.last_heartbeat,
-            "inflight": self.inflight,
-            "max_concurrency": self.max_concurrency,
-            "draining": self.draining,
-        }
-
 
 def connectors_for(deployment_id: int) -> list[LiveConnector]:
-    return [LiveConnector.from_info(info) for info in live_connectors_sync(deployment_id)]
+    return [LiveConnector.from_info(info) for info in presence.live_connectors_sync(deployment_id)]
 
 
 def online_ids(deployments) -> set[int]:
-    return online_deployment_ids([d.id for d in deployments])
+    return presence.online_deployment_ids([d.id for d in deployments])

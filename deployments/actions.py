@@ -1,16 +1,22 @@
-"""Writes about deployments, connector tokens and grants, each with its audit entry."""
+"""Writes about deployments, connector tokens and grants, each with its audit entry, and the
+model access of API keys (the key → deployment list is this app's: Deployment.allowed_keys)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import actions as accounts_actions
 from accounts.actions import audit
-from accounts.models import AuditAction, Organization, User
+from accounts.models import ApiKey, AuditAction, Organization, User
 from accounts.secrets import CONNECTOR_TOKEN_PREFIX, new_secret
 
 from .models import ConnectorToken, Deployment, ModelGrant, validate_deployment_name
+from .signals import connector_token_revoked
 
 
 @transaction.atomic
@@ -27,15 +33,15 @@ def create_deployment(
     validate_deployment_name(name)
     if Deployment.objects.filter(name=name).exists():
         raise ValidationError(f"A deployment named {name!r} already exists (names are global).")
-    if price_input_micros < 0 or price_output_micros < 0:
-        raise ValidationError("Prices cannot be negative.")
-    deployment = Deployment.objects.create(
+    deployment = Deployment(
         org=org,
         name=name,
         upstream_model=upstream_model,
         price_input_micros=price_input_micros,
         price_output_micros=price_output_micros,
     )
+    deployment.clean_prices()
+    deployment.save(force_insert=True)
     audit(org=org, action=AuditAction.DEPLOYMENT_CREATED, target=name, actor=created_by, actor_label=actor_label)
     return deployment
 
@@ -47,9 +53,8 @@ def update_deployment(*, deployment: Deployment, actor: User | None = None, **ch
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} on a deployment.")
     for field, value in changes.items():
-        if field.startswith("price") and (value is None or value < 0):
-            raise ValidationError("Prices cannot be negative.")
         setattr(deployment, field, value)
+    deployment.clean_prices()
     deployment.save()
     audit(
         org=deployment.org,
@@ -94,13 +99,7 @@ def revoke_connector_token(*, token: ConnectorToken, actor: User | None = None, 
             deployment=token.deployment.name,
         )
         # Live connectors holding this token are disconnected by the tunnel (close 4003).
-        transaction.on_commit(lambda: _disconnect_token(token.id))
-
-
-def _disconnect_token(token_id: int) -> None:
-    from proxy.tunnel.presence import disconnect_token
-
-    disconnect_token(token_id)
+        transaction.on_commit(lambda: connector_token_revoked.send(sender=ConnectorToken, token_id=token.id))
 
 
 @transaction.atomic
@@ -133,3 +132,37 @@ def revoke_grant(*, grant: ModelGrant, actor: User | None = None, actor_label: s
         actor_label=actor_label,
     )
     grant.delete()
+
+
+def _usable(org: Organization, deployments: Iterable[Deployment]) -> list[Deployment]:
+    """`deployments`, each of which `org`'s keys may call, or ValidationError."""
+    chosen = list(deployments)
+    usable = set(Deployment.objects.usable_by(org).values_list("id", flat=True)) if chosen else set()
+    for deployment in chosen:
+        if deployment.id not in usable:
+            raise ValidationError(f"The organisation {org.slug} may not use the model {deployment.name}.")
+    return chosen
+
+
+@transaction.atomic
+def create_api_key(
+    *, org: Organization, name: str, deployments: Iterable[Deployment] | None = None, **fields: Any
+) -> tuple[ApiKey, str]:
+    """accounts.actions.create_api_key, limited to `deployments` when any are listed (each must be
+    one the org may use); returns the key with its secret."""
+    chosen = _usable(org, deployments or ())
+    key, secret = accounts_actions.create_api_key(org=org, name=name, models=[d.name for d in chosen] or None, **fields)
+    if chosen:
+        key.allowed_deployments.set(chosen)
+    return key, secret
+
+
+@transaction.atomic
+def update_api_key(*, key: ApiKey, deployments: Iterable[Deployment] | None = None, **changes: Any) -> ApiKey:
+    """accounts.actions.update_api_key, and with `deployments` its model list (empty: every model)."""
+    if deployments is None:
+        return accounts_actions.update_api_key(key=key, **changes)
+    chosen = _usable(key.org, deployments)
+    accounts_actions.update_api_key(key=key, models=[d.name for d in chosen] or None, **changes)
+    key.allowed_deployments.set(chosen)
+    return key

@@ -9,12 +9,24 @@ class GrantInline(admin.TabularInline):
     fk_name = "deployment"
 
 
+class AllowedKeyInline(admin.TabularInline):
+    """Keys limited to a list of models that includes this one. The list is the deployment's
+    (Deployment.allowed_keys), so it is edited here rather than on the key's page."""
+
+    model = Deployment.allowed_keys.through
+    extra = 0
+    autocomplete_fields = ["apikey"]
+    verbose_name = "key limited to this model"
+    verbose_name_plural = "keys limited to this model (a key with “all models” set ignores its list)"
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     list_display = ["name", "org", "upstream_model", "price_input_micros", "price_output_micros", "created_at"]
     list_filter = ["org"]
     search_fields = ["name", "org__slug"]
-    inlines = [GrantInline]
+    exclude = ["allowed_keys"]  # every key of every org; the inline lists only the limited ones
+    inlines = [GrantInline, AllowedKeyInline]
 
 
 @admin.register(ConnectorToken)

@@ -1,20 +1,30 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import ApiKey, Organization
 
 # The `model` string clients send. Dots allowed for names like `llama-3.1-8b`.
 DEPLOYMENT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
 
+# The dearest price an admin may set, in micro-USD per million tokens (1,000 USD / MTok), on every
+# path (dashboard, API, commands, Django admin: all go through the price fields' validators). A
+# request's tokens are clamped to 2^31 - 1 each way, so tokens × price stays below 2^63 (4.3e18)
+# and its cost in micro-USD below 2^53, exact as a double.
+MAX_PRICE_MICROS = 1_000_000_000
+PRICE_VALIDATORS = [MinValueValidator(0), MaxValueValidator(MAX_PRICE_MICROS)]
+
+
 def validate_deployment_name(value: str) -> None:
-    if not DEPLOYMENT_NAME_RE.match(value):
+    if not DEPLOYMENT_NAME_RE.fullmatch(value):
         raise ValidationError(
             f"{value!r} is not a valid deployment name: use 1-64 lower-case letters, digits, '.', '-' "
             "and '_', starting and ending with a letter or digit (e.g. gemma-tunnel)."
@@ -37,9 +47,15 @@ class Deployment(models.Model):
         max_length=200, blank=True, help_text="What the connector puts in `model` upstream; empty keeps it."
     )
     # Prices in micro-USD per million tokens: 150000 = $0.15 / MTok.
-    price_input_micros = models.BigIntegerField(default=0)
-    price_output_micros = models.BigIntegerField(default=0)
+    price_input_micros = models.BigIntegerField(default=0, validators=PRICE_VALIDATORS)
+    price_output_micros = models.BigIntegerField(default=0, validators=PRICE_VALIDATORS)
     created_at = models.DateTimeField(default=timezone.now)
+    # The keys limited to a list of models that includes this one (`key.allowed_deployments` from
+    # the key's side); a key with `all_models` set ignores its list. The table was created when the
+    # field was the key's, and keeps its name.
+    allowed_keys = models.ManyToManyField(
+        ApiKey, blank=True, related_name="allowed_deployments", db_table="accounts_apikey_allowed_deployments"
+    )
 
     objects = DeploymentQuerySet.as_manager()
 
@@ -49,17 +65,16 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean_prices(self) -> None:
+        """The bounds of its prices (their fields' validators), without full_clean's queries;
+        ValidationError names the field."""
+        prices = ("price_input_micros", "price_output_micros")
+        self.clean_fields(exclude=[f.name for f in self._meta.fields if f.name not in prices])
+
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost of a request in micro-USD, rounded up so that usage is never billed at zero."""
         total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
         return -(-total // 1_000_000)
-
-
-
-
-class ConnectorTokenQuerySet(models.QuerySet["ConnectorToken"]):
-    def active(self) -> ConnectorTokenQuerySet:
-        return self.filter(revoked_at__isnull=True)
 
 
 class ConnectorToken(models.Model):
@@ -76,7 +91,7 @@ class ConnectorToken(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
-    objects = ConnectorTokenQuerySet.as_manager()
+    org_path: ClassVar[str] = "deployment__org"  # accounts.tenancy: the org that owns the row
 
     class Meta:
         ordering = ["-created_at"]
@@ -98,6 +113,9 @@ class ModelGrant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
+
+    # A grant belongs to the deployment's org, which gave it; `org` is the org it lets in.
+    org_path: ClassVar[str] = "deployment__org"
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["deployment", "org"], name="unique_grant")]

@@ -2,17 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from accounts.access import clear_local_cache
 from accounts.actions import create_api_key, create_org
 from accounts.models import Role, User
 from deployments.actions import create_connector_token, create_deployment
-
-
-@pytest.fixture(autouse=True)
-def _fresh_access_cache():
-    clear_local_cache()
-    yield
-    clear_local_cache()
 
 
 @pytest.fixture

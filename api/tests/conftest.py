@@ -1,7 +1,7 @@
 import pytest  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
-from dashboard.tests.conftest import *  # noqa: F401,F403  (the shared personas and objects)
+from dashboard.tests.conftest import *  # noqa: F401,F403  (signed-in clients, presence; personas: tests/personas.py)
 
 
 def _api(user) -> APIClient:

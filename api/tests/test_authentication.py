@@ -7,8 +7,8 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.actions import create_personal_access_token, revoke_personal_access_token
 from accounts.models import AuditLog
-from api.actions import create_personal_access_token, revoke_personal_access_token
 
 pytestmark = pytest.mark.django_db
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core import mail
 
-from accounts.models import Membership, Role
-from dashboard.models import Invitation
+from accounts.models import Invitation, Membership, Role
 
 pytestmark = pytest.mark.django_db
 

@@ -1,5 +1,6 @@
-"""Personas shared by the dashboard and API tests: two orgs; in `acme` an owner, an admin and a
-member; an outsider who owns `globex` and must see nothing of acme."""
+"""Dashboard and API test helpers: a signed-in client per persona, fast password hashing, and
+connector presence as a test declares it. The personas themselves (owner, admin, member, outsider,
+their orgs, deployments, keys, connector tokens) are the suite's own: tests/personas.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import time
 import pytest
 from django.test import Client
 
-from accounts.actions import add_member, create_api_key, create_org
-from accounts.models import Role, User
-from deployments.actions import create_connector_token, create_deployment
+from proxy.tunnel import presence
 from proxy.tunnel.presence import ConnectorInfo
 
 
@@ -25,8 +24,6 @@ def _fast_passwords(request, settings):
 def live(monkeypatch) -> dict[int, list[ConnectorInfo]]:
     """Connector presence as tests declare it: `live[deployment.id] = [connector_info(...)]`."""
     registry: dict[int, list[ConnectorInfo]] = {}
-    import dashboard.presence as presence
-
     monkeypatch.setattr(presence, "live_connectors_sync", lambda deployment_id: list(registry.get(deployment_id, [])))
     monkeypatch.setattr(presence, "online_deployment_ids", lambda ids: {i for i in ids if registry.get(i)})
     return registry
@@ -48,40 +45,6 @@ def connector_info(deployment, **overrides) -> ConnectorInfo:
     }
     values.update(overrides)
     return ConnectorInfo(**values)
-
-
-@pytest.fixture
-def owner(db) -> User:
-    return User.objects.create_user("owner@acme.test", "correct horse battery", name="Olive Owner")
-
-
-@pytest.fixture
-def org(owner):
-    return create_org(slug="acme", name="Acme", owner=owner)
-
-
-@pytest.fixture
-def admin(org) -> User:
-    user = User.objects.create_user("admin@acme.test", name="Ada Admin")
-    add_member(org=org, user=user, role=Role.ADMIN)
-    return user
-
-
-@pytest.fixture
-def member(org) -> User:
-    user = User.objects.create_user("member@acme.test", name="Max Member")
-    add_member(org=org, user=user, role=Role.MEMBER)
-    return user
-
-
-@pytest.fixture
-def outsider(db) -> User:
-    return User.objects.create_user("boss@globex.test", name="Otto Outsider")
-
-
-@pytest.fixture
-def other_org(outsider):
-    return create_org(slug="globex", name="Globex", owner=outsider)
 
 
 def _client_for(user) -> Client:
@@ -108,33 +71,3 @@ def as_member(member) -> Client:
 @pytest.fixture
 def as_outsider(outsider, other_org) -> Client:
     return _client_for(outsider)
-
-
-@pytest.fixture
-def deployment(org):
-    return create_deployment(org=org, name="gemma-tunnel", price_input_micros=100_000, price_output_micros=400_000)
-
-
-@pytest.fixture
-def other_deployment(other_org):
-    return create_deployment(org=other_org, name="globex-llama")
-
-
-@pytest.fixture
-def key(org, owner):
-    return create_api_key(org=org, name="backend", created_by=owner)[0]
-
-
-@pytest.fixture
-def other_key(other_org):
-    return create_api_key(org=other_org, name="globex key")[0]
-
-
-@pytest.fixture
-def connector_token(deployment):
-    return create_connector_token(deployment=deployment, name="gpu-box")[0]
-
-
-@pytest.fixture
-def other_connector_token(other_deployment):
-    return create_connector_token(deployment=other_deployment, name="globex box")[0]

@@ -10,13 +10,12 @@ from django.utils import timezone
 from accounts.actions import revoke_api_key
 from accounts.models import ApiKey, AuditLog
 from accounts.secrets import hash_secret
+from deployments.actions import create_api_key
 
 pytestmark = pytest.mark.django_db
 
 
 def test_the_list_shows_name_prefix_status_models_limits_and_budget(as_owner, org, deployment):
-    from accounts.actions import create_api_key
-
     create_api_key(
         org=org, name="ci", deployments=[deployment], rpm_limit=60, tpm_limit=9000, monthly_budget_micros=25_000_000
     )
@@ -115,3 +114,11 @@ def test_key_forms_need_a_csrf_token(owner, org, key):
     assert client.post(reverse("dashboard:key_revoke", args=[key.pk])).status_code == 403
     key.refresh_from_db()
     assert key.revoked_at is None
+
+
+def test_the_keys_page_makes_a_fixed_number_of_queries(as_owner, org, deployment, django_assert_max_num_queries):
+    for i in range(25):
+        create_api_key(org=org, name=f"k{i}", deployments=[deployment] if i % 2 else None)
+    with django_assert_max_num_queries(10):
+        response = as_owner.get(reverse("dashboard:keys"))
+    assert response.text.count('<tr data-key="') == 25

@@ -9,8 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.actions import add_member
-from accounts.models import Membership, Role, User
-from dashboard.models import Invitation
+from accounts.models import Invitation, Membership, Role, User
 
 pytestmark = pytest.mark.django_db
 
@@ -90,7 +89,7 @@ def test_revoking_an_invitation(as_owner, org, client):
 
 
 def test_an_invitation_for_an_existing_account_asks_to_sign_in_as_it(as_owner, org, client, outsider):
-    from dashboard.actions import invite
+    from accounts.invitations import invite
 
     _, secret = invite(org=org, email=outsider.email, role="member", actor=None)
     link = reverse("dashboard:accept_invitation", args=[secret])
@@ -101,7 +100,7 @@ def test_an_invitation_for_an_existing_account_asks_to_sign_in_as_it(as_owner, o
 
 
 def test_an_invitation_opened_by_someone_else_is_refused(as_owner, org, member):
-    from dashboard.actions import invite
+    from accounts.invitations import invite
 
     _, secret = invite(org=org, email="someone@else.test", role="admin", actor=None)
     from django.test import Client
@@ -166,3 +165,11 @@ def test_owners_can_add_another_owner(as_owner, org, outsider):
     target = membership(outsider, org)
     as_owner.post(reverse("dashboard:member_role", args=[target.pk]), {"role": "owner"})
     assert membership(outsider, org).role == Role.OWNER
+
+
+def test_the_members_page_makes_a_fixed_number_of_queries(as_owner, org, django_assert_max_num_queries):
+    for i in range(20):
+        add_member(org=org, user=User.objects.create_user(f"u{i}@acme.test"), role=Role.MEMBER)
+    with django_assert_max_num_queries(12):
+        response = as_owner.get(reverse("dashboard:members"))
+    assert response.text.count("@acme.test</td>") + response.text.count("@acme.test <small>") == 21

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from accounts.actions import create_personal_access_token
+from accounts.models import PersonalAccessToken
 from accounts.secrets import hash_secret
-from api.actions import create_personal_access_token
-from api.models import PersonalAccessToken
 
 pytestmark = pytest.mark.django_db
 

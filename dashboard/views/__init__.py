@@ -1,2 +1,2 @@
-"""Dashboard views, one module per page. Each is thin: check the org and role (dashboard.access),
+"""Dashboard views, one module per page. Each is thin: check the org and role (accounts.tenancy),
 call one action, render."""

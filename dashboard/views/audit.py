@@ -8,8 +8,8 @@ from django.http import HttpResponse
 from django.shortcuts import render
 
 from accounts.models import AuditLog
+from accounts.tenancy import OrgRequest, org_view
 
-from ..access import OrgRequest, org_view
 from ..forms import AuditFilterForm
 
 PAGE_SIZE = 50
@@ -32,7 +32,10 @@ def audit_log(request: OrgRequest) -> HttpResponse:
         if data["end"]:
             end = datetime.combine(data["end"] + timedelta(days=1), time.min, tzinfo=UTC)
             entries = entries.filter(created_at__lt=end)
+    elif form.is_bound:
+        entries = entries.none()  # the form says what is wrong; every entry would look like a match
     page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "dashboard/audit.html", {"form": form, "page": page, "query": query.urlencode()})
+    context = {"form": form, "page": page, "query": query.urlencode()}
+    return render(request, "dashboard/audit.html", context, status=400 if form.errors else 200)

@@ -14,11 +14,11 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from api.actions import create_personal_access_token, revoke_personal_access_token
-from api.models import PersonalAccessToken
+from accounts.actions import create_personal_access_token, revoke_personal_access_token
+from accounts.invitations import accept_invitation, find_invitation
+from accounts.models import PersonalAccessToken, User
+from accounts.tenancy import memberships_for, select_org
 
-from ..access import memberships_for, select_org
-from ..actions import accept_invitation, find_invitation
 from ..forms import AcceptInvitationForm, PersonalAccessTokenForm
 from .common import secret_page
 
@@ -57,8 +57,6 @@ def accept_invitation_view(request: HttpRequest, secret: str) -> HttpResponse:
     if signed_in and request.user.email.lower() != invitation.email.lower():
         context["wrong_user"] = True
         return render(request, "registration/invitation.html", context, status=403)
-    from accounts.models import User
-
     existing = not signed_in and User.objects.filter(email__iexact=invitation.email).exists()
     if existing:
         context["needs_login"] = f"{reverse('dashboard:login')}?next={request.path}"

@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from accounts.tenancy import OrgRequest, org_view, owned_or_404
 from deployments.actions import (
     create_connector_token,
     create_deployment,
@@ -17,12 +18,12 @@ from deployments.actions import (
     revoke_grant,
     update_deployment,
 )
+from deployments.connector import connector_command, server_url
 from deployments.models import ConnectorToken, Deployment, ModelGrant
 
-from ..access import OrgRequest, org_view, owned_or_404
 from ..forms import ConnectorTokenForm, DeploymentForm, GrantForm, PricesForm
 from ..presence import connectors_for, online_ids
-from .common import connector_command, secret_page
+from .common import secret_page
 
 
 @org_view(manage=True)
@@ -57,7 +58,7 @@ def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dic
         "connectors": connectors_for(deployment.id),
         "tokens": deployment.connector_tokens.select_related("created_by"),
         "grants": deployment.grants.select_related("org").order_by("org__slug"),
-        "command": connector_command(request),
+        "command": connector_command(server_url(request)),
         "prices_form": PricesForm(
             initial={
                 "upstream_model": deployment.upstream_model,
@@ -109,7 +110,7 @@ def token_create(request: OrgRequest, pk: int) -> HttpResponse:
         what="connector token",
         secret=secret,
         back_url=reverse("dashboard:deployment_detail", args=[deployment.pk]),
-        command=connector_command(request, secret),
+        command=connector_command(server_url(request), secret),
     )
 
 

@@ -8,10 +8,11 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from accounts.actions import create_api_key, revoke_api_key, update_api_key
+from accounts.actions import revoke_api_key
 from accounts.models import ApiKey
+from accounts.tenancy import OrgRequest, org_view, owned_or_404
+from deployments.actions import create_api_key, update_api_key
 
-from ..access import OrgRequest, org_view, owned_or_404
 from ..forms import ApiKeyForm
 from .common import secret_page
 

@@ -1,4 +1,4 @@
-"""Members and invitations. Owners and admins manage; only owners touch owners (dashboard.access)."""
+"""Members and invitations. Owners and admins manage; only owners touch owners (accounts.tenancy)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts.actions import change_role, remove_member
-from accounts.models import Membership
+from accounts.invitations import add_or_invite, revoke_invitation
+from accounts.models import Invitation, Membership
+from accounts.tenancy import OrgRequest, assignable_roles, check_can_manage_member, org_view, owned_or_404
 
-from ..access import OrgRequest, assignable_roles, check_can_manage_member, org_view, owned_or_404
-from ..actions import add_or_invite, revoke_invitation
 from ..forms import MemberAddForm, RoleForm
-from ..models import Invitation
 
 
 def invitation_link_builder(request):

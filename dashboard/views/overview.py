@@ -3,11 +3,11 @@ from __future__ import annotations
 from django.http import HttpResponse
 from django.shortcuts import render
 
+from accounts.tenancy import OrgRequest, can_manage, org_view
 from billing.models import UsageEvent
 from billing.queries import month_to_date
 from deployments.models import Deployment
 
-from ..access import OrgRequest, can_manage, org_view
 from ..presence import online_ids
 
 RECENT_ERRORS = 10

@@ -6,10 +6,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from accounts.tenancy import OrgRequest, org_view, owned_or_404, scoped
 from billing.models import Statement
 from billing.queries import month_to_date
-
-from ..access import OrgRequest, org_view, owned_or_404, scoped
 
 
 @org_view

@@ -8,12 +8,12 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from accounts.tenancy import OrgRequest, org_view
+from billing.forms import UsageFilterForm
 from billing.queries import usage_series
 from lib.money import micros_to_usd
 
-from ..access import OrgRequest, org_view
 from ..charts import Series, bar_chart
-from ..forms import UsageFilterForm
 from ..templatetags.tokios import compact, usd
 
 INPUT_COLOR = "#3758c9"

@@ -10,10 +10,10 @@ from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from django.test import RequestFactory
 
-from accounts.access import clear_local_cache
 from accounts.actions import create_api_key, create_org
 from deployments.actions import create_deployment
 from proxy import gateway
+from proxy.access import clear_local_cache
 from proxy.errors import GatewayError, json_response
 from proxy.gateway import RequestScope
 from proxy.surfaces import chat as chat_surface

@@ -2,45 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
+from accounts.models import MAX_RATE_LIMIT, Organization
+
 
 @contextmanager
-def clear_errors():
+def clear_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as exc:
         raise CommandError(" ".join(exc.messages)) from None
 
 
-def get_org(slug: str):
-    from accounts.models import Organization
-
+def get_org(slug: str) -> Organization:
     try:
         return Organization.objects.get(slug=slug)
     except Organization.DoesNotExist:
         raise CommandError(f"No organisation with slug {slug!r}.") from None
 
 
-def get_deployment(name: str):
-    from deployments.models import Deployment
-
-    try:
-        return Deployment.objects.select_related("org").get(name=name)
-    except Deployment.DoesNotExist:
-        raise CommandError(f"No deployment named {name!r}.") from None
-
-
 def positive_int(value: str) -> int:
-    import argparse
-
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be greater than zero")
+    return number
+
+
+def rate_limit(value: str) -> int:
+    """A requests- or tokens-per-minute limit: 1 to MAX_RATE_LIMIT."""
+    number = positive_int(value)
+    if number > MAX_RATE_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is more than the largest limit, {MAX_RATE_LIMIT:,}")
     return number

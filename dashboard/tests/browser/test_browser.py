@@ -134,9 +134,9 @@ def test_the_deployment_page_shows_a_connector_online_after_it_starts(page, tena
 
 def test_screenshots_of_every_main_page(page, context, acme, shot):
     from accounts.actions import add_member, create_api_key
+    from accounts.invitations import invite
     from accounts.models import Role, User
     from billing.models import Statement, StatementLine
-    from dashboard.actions import invite
     from dashboard.tests.usage_data import rollup
     from deployments.actions import create_connector_token, create_deployment
 

@@ -1,7 +1,9 @@
 from django.core.management.base import BaseCommand
 
-from accounts.management.commands._util import clear_errors, get_deployment
+from accounts.management.commands._util import clear_errors
 from deployments.actions import create_connector_token
+
+from ._util import get_deployment
 
 
 class Command(BaseCommand):

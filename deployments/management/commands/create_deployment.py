@@ -2,16 +2,20 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.management.commands._util import clear_errors, get_org
 from deployments.actions import create_connector_token, create_deployment
-from lib.money import usd_to_micros
+from deployments.models import MAX_PRICE_MICROS
+from lib.money import micros_to_usd, usd_to_micros
 
 
 def price(value: str | None, flag: str) -> int:
     if value is None:
         return 0
     try:
-        return usd_to_micros(value)
+        micros = usd_to_micros(value)
     except (ValueError, ArithmeticError) as exc:
         raise CommandError(f"{flag}: {value!r} is not a valid USD amount per million tokens ({exc}).") from None
+    if micros > MAX_PRICE_MICROS:
+        raise CommandError(f"{flag}: at most {micros_to_usd(MAX_PRICE_MICROS):,.0f} USD per million tokens.")
+    return micros
 
 
 class Command(BaseCommand):
@@ -36,5 +40,7 @@ class Command(BaseCommand):
                 actor_label="cli",
             )
             token, secret = create_connector_token(deployment=deployment, name="initial", actor_label="cli")
-        self.stdout.write(f"Created deployment {deployment.name} for {organisation.slug}; connector token {token.prefix}… (shown once):")
+        self.stdout.write(
+            f"Created deployment {deployment.name} for {organisation.slug}; connector token {token.prefix}… (shown once):"
+        )
         self.stdout.write(secret)

@@ -1,7 +1,9 @@
 from django.core.management.base import BaseCommand
 
-from accounts.management.commands._util import clear_errors, get_deployment, get_org
+from accounts.management.commands._util import clear_errors, get_org
 from deployments.actions import grant_model
+
+from ._util import get_deployment
 
 
 class Command(BaseCommand):

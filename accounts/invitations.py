@@ -1,4 +1,5 @@
-"""Writes the dashboard owns: invitations. Membership writes themselves go through accounts.actions."""
+"""Invitations: an emailed link that adds its holder to an org. Membership writes themselves go
+through accounts.actions; the link's absolute URL is the caller's (it needs the request's host)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,9 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from accounts.actions import add_member, audit
-from accounts.models import AuditAction, Membership, Organization, Role, User
-from accounts.secrets import hash_secret, new_secret
-
-from .models import INVITATION_PREFIX, Invitation
-
-MEMBER_INVITED = AuditAction.MEMBER_INVITED
-INVITATION_REVOKED = AuditAction.INVITATION_REVOKED
+from .actions import add_member, audit
+from .models import INVITATION_PREFIX, AuditAction, Invitation, Membership, Organization, Role, User
+from .secrets import hash_secret, new_secret
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ def invite(
     invitation = Invitation.objects.create(
         org=org, email=email, role=role, prefix=prefix, token_hash=token_hash, invited_by=actor
     )
-    audit(org=org, action=MEMBER_INVITED, target=email, actor=actor, actor_label=actor_label, role=role)
+    audit(org=org, action=AuditAction.MEMBER_INVITED, target=email, actor=actor, actor_label=actor_label, role=role)
     return invitation, secret
 
 
@@ -72,7 +68,7 @@ def send_invitation_email(*, invitation: Invitation, link: str) -> None:
     context = {"invitation": invitation, "link": link}
     send_mail(
         subject=f"You are invited to {invitation.org.name} on Tokios",
-        message=render_to_string("dashboard/email/invitation.txt", context),
+        message=render_to_string("accounts/email/invitation.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         recipient_list=[invitation.email],
     )
@@ -99,9 +95,8 @@ def accept_invitation(
         user = User.objects.create_user(invitation.email, password, name=name.strip())
     elif user.email.lower() != invitation.email.lower():
         raise ValidationError(f"This invitation is for {invitation.email}; you are signed in as {user.email}.")
-    if Membership.objects.filter(org=invitation.org, user=user).exists():
-        membership = Membership.objects.get(org=invitation.org, user=user)
-    else:
+    membership = Membership.objects.filter(org=invitation.org, user=user).first()
+    if membership is None:
         membership = add_member(
             org=invitation.org, user=user, role=invitation.role, actor=user, actor_label="invitation"
         )
@@ -116,5 +111,9 @@ def revoke_invitation(*, invitation: Invitation, actor: User | None = None, acto
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
         audit(
-            org=invitation.org, action=INVITATION_REVOKED, target=invitation.email, actor=actor, actor_label=actor_label
+            org=invitation.org,
+            action=AuditAction.INVITATION_REVOKED,
+            target=invitation.email,
+            actor=actor,
+            actor_label=actor_label,
         )

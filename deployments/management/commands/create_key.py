@@ -1,9 +1,11 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from accounts.actions import create_api_key
-from lib.money import usd_to_micros
+from accounts.management.commands._util import clear_errors, get_org, rate_limit
+from accounts.models import MAX_BUDGET_MICROS
+from deployments.actions import create_api_key
+from lib.money import micros_to_usd, usd_to_micros
 
-from ._util import clear_errors, get_deployment, get_org, positive_int
+from ._util import get_deployment
 
 
 class Command(BaseCommand):
@@ -15,8 +17,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model", action="append", default=[], metavar="NAME", help="restrict to this deployment (repeatable)"
         )
-        parser.add_argument("--rpm", type=positive_int, help="requests per minute")
-        parser.add_argument("--tpm", type=positive_int, help="tokens per minute")
+        parser.add_argument("--rpm", type=rate_limit, help="requests per minute")
+        parser.add_argument("--tpm", type=rate_limit, help="tokens per minute")
         parser.add_argument("--budget", metavar="USD", help="monthly spend cap in USD")
 
     def handle(self, *args, org, name, model, rpm, tpm, budget, **options):
@@ -27,9 +29,9 @@ class Command(BaseCommand):
             try:
                 budget_micros = usd_to_micros(budget)
             except (ValueError, ArithmeticError) as exc:
-                from django.core.management.base import CommandError
-
                 raise CommandError(f"--budget: {budget!r} is not a valid amount ({exc}).") from None
+            if budget_micros > MAX_BUDGET_MICROS:
+                raise CommandError(f"--budget: at most {micros_to_usd(MAX_BUDGET_MICROS):,.0f} USD a month.")
         with clear_errors():
             key, secret = create_api_key(
                 org=organisation,
@@ -40,5 +42,7 @@ class Command(BaseCommand):
                 monthly_budget_micros=budget_micros,
                 actor_label="cli",
             )
-        self.stdout.write(f"Created key {key.prefix}… ({key.name}) for {organisation.slug}. Store it now: it is shown once.")
+        self.stdout.write(
+            f"Created key {key.prefix}… ({key.name}) for {organisation.slug}. Store it now: it is shown once."
+        )
         self.stdout.write(secret)

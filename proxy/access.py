@@ -1,11 +1,16 @@
-"""Access resolution: (presented key, model name) → allowed, or the reason it is not.
+"""Gateway access: (presented key, model name) → the key and deployment, or the reason it may not.
 
-The proxy calls `resolve_access` on every /v1 request, so the warm path touches no database:
-decisions are built from two cached records, the key's and the deployment's. Each lives in this
-process's memory for `ACCESS_LOCAL_TTL` seconds (default 1 s) and, when Redis is configured, in
-Redis until a change deletes it. Revoking a key or changing a grant deletes the shared entry at once
-(see `invalidate_key` / `invalidate_deployment`), so every process sees the change within about a
-second without waiting for a long TTL. The cold path makes one query per record.
+The gateway (proxy/gateway.py, proxy/surfaces/models.py) reads keys and deployments through this
+module on every /v1 request, so the warm path touches no database: decisions are built from two
+cached records, the key's and the deployment's. Each lives in this process's memory for
+`ACCESS_LOCAL_TTL` seconds (default 1 s) and, when Redis is configured, in Redis until a change
+deletes it. Revoking a key or changing a grant deletes the shared entry at once, so every process
+sees the change within about a second without waiting for a long TTL. The cold path makes one
+query per record.
+
+The apps below the gateway never call it: the receivers at the end of this module listen to their
+model signals (saves and deletes, wherever they come from: actions, the Django admin, bulk edits)
+and to `deployments.signals.connector_token_revoked`. `ProxyConfig.ready()` connects them.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from redis.exceptions import RedisError
 
+from accounts.models import ApiKey, Organization
+from accounts.secrets import API_KEY_PREFIX, hash_secret
+from deployments.models import DEPLOYMENT_NAME_RE, Deployment, ModelGrant
+from deployments.signals import connector_token_revoked
 from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
-from .secrets import API_KEY_PREFIX, hash_secret
+from .tunnel import presence
 
 log = logging.getLogger("tokios.access")
 
@@ -73,12 +83,6 @@ class AccessDenied(Exception):
         self.code = code
         self.message = message
         self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    key: KeyRecord
-    deployment: DeploymentRecord
 
 
 def key_allows(key: KeyRecord, deployment: DeploymentRecord) -> bool:
@@ -168,8 +172,6 @@ def _from_dict(record_type: type, data: dict):
 
 
 def _load_key(key_hash: str) -> KeyRecord | None:
-    from .models import ApiKey
-
     # One query: the join yields a row per allowed deployment (or one row with None).
     rows = list(
         ApiKey.objects.filter(key_hash=key_hash).values_list(
@@ -212,8 +214,6 @@ def _load_key(key_hash: str) -> KeyRecord | None:
 
 
 def _load_deployment(name: str) -> DeploymentRecord | None:
-    from deployments.models import Deployment
-
     rows = list(
         Deployment.objects.filter(name=name).values_list(
             "id",
@@ -267,6 +267,10 @@ async def authenticate_key(secret: str | None) -> KeyRecord:
 
 
 async def get_deployment(name: str) -> DeploymentRecord | None:
+    # A name no deployment can have is unknown without a query (PostgreSQL refuses a NUL in a text
+    # parameter) and without a cache entry.
+    if not DEPLOYMENT_NAME_RE.fullmatch(name):
+        return None
     return await _cached(_deployment_cache_id(name), DeploymentRecord, lambda: _load_deployment(name))
 
 
@@ -284,12 +288,6 @@ async def deployment_for(key: KeyRecord, model: object) -> DeploymentRecord:
             403, "model_not_allowed", f"This API key is not allowed to use the model `{model}`.", "model"
         )
     return deployment
-
-
-async def resolve_access(secret: str | None, model: str | None) -> Access:
-    """Allowed (key, deployment), or AccessDenied with 401 / 404 / 403 in that order of checks."""
-    key = await authenticate_key(secret)
-    return Access(key=key, deployment=await deployment_for(key, model))
 
 
 def _invalidate(cache_id: str) -> None:
@@ -317,3 +315,56 @@ def invalidate_deployment(name: str) -> None:
 
 def clear_local_cache() -> None:
     _local.clear()
+
+
+# --- what the gateway hears of changes made below it ---------------------------------------------
+
+
+def forget_key(sender: type[ApiKey], instance: ApiKey, **kwargs: object) -> None:
+    invalidate_key(instance.key_hash)
+
+
+def forget_key_models(sender: type, instance: object, action: str, pk_set: set[int] | None, **kwargs: object) -> None:
+    """A key's model list changed, from the key's side or from a deployment's (the admin's inline)."""
+    if isinstance(instance, ApiKey):
+        invalidate_key(instance.key_hash)
+    elif action == "pre_clear" and isinstance(instance, Deployment):
+        for key_hash in instance.allowed_keys.values_list("key_hash", flat=True):
+            invalidate_key(key_hash)
+    elif pk_set:
+        for key_hash in ApiKey.objects.filter(pk__in=pk_set).values_list("key_hash", flat=True):
+            invalidate_key(key_hash)
+
+
+def forget_org_keys(sender: type[Organization], instance: Organization, created: bool, **kwargs: object) -> None:
+    # Org-wide limits and budgets travel inside each key's cached record.
+    if not created:
+        for key_hash in ApiKey.objects.filter(org=instance).values_list("key_hash", flat=True):
+            invalidate_key(key_hash)
+
+
+def forget_deployment(sender: type[Deployment], instance: Deployment, **kwargs: object) -> None:
+    invalidate_deployment(instance.name)
+
+
+def forget_grant(sender: type[ModelGrant], instance: ModelGrant, **kwargs: object) -> None:
+    # Grants deleted in bulk (an org removed, admin bulk delete) bypass revoke_grant.
+    invalidate_deployment(instance.deployment.name)
+
+
+def disconnect_revoked_token(sender: object, *, token_id: int, **kwargs: object) -> None:
+    """Connectors holding a revoked token are closed (4003), in whichever process holds them."""
+    presence.disconnect_token(token_id)
+
+
+def listen() -> None:
+    """Connect the receivers above; `ProxyConfig.ready()` calls this once the models are loaded."""
+    for event, signal in (("saved", post_save), ("deleted", post_delete)):
+        signal.connect(forget_key, sender=ApiKey, dispatch_uid=f"proxy.access.forget_key.{event}")
+        signal.connect(forget_deployment, sender=Deployment, dispatch_uid=f"proxy.access.forget_deployment.{event}")
+        signal.connect(forget_grant, sender=ModelGrant, dispatch_uid=f"proxy.access.forget_grant.{event}")
+    post_save.connect(forget_org_keys, sender=Organization, dispatch_uid="proxy.access.forget_org_keys")
+    m2m_changed.connect(
+        forget_key_models, sender=Deployment.allowed_keys.through, dispatch_uid="proxy.access.forget_key_models"
+    )
+    connector_token_revoked.connect(disconnect_revoked_token, dispatch_uid="proxy.access.disconnect_revoked_token")

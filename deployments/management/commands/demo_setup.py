@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand
 from accounts.actions import add_member, create_api_key, create_org
 from accounts.models import Organization, Role, User
 from deployments.actions import create_connector_token, create_deployment
+from deployments.connector import connector_command
 from deployments.models import Deployment
 
 
@@ -15,7 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--server", default="http://127.0.0.1:8000")
 
     def handle(self, *args, server, **options):
-        org = Organization.objects.filter(slug="demo").first() or create_org(slug="demo", name="Demo", actor_label="cli")
+        org = Organization.objects.filter(slug="demo").first() or create_org(
+            slug="demo", name="Demo", actor_label="cli"
+        )
         user = User.objects.filter(email="admin@demo.local").first()
         password = None
         if user is None:
@@ -33,11 +36,15 @@ class Command(BaseCommand):
         if password:
             out(f"  Dashboard:        {server}/  sign in as admin@demo.local / {password}")
         else:
-            out(f"  Dashboard:        {server}/  (admin@demo.local; password shown on first run — reset with `manage.py changepassword admin@demo.local`)")
+            out(
+                f"  Dashboard:        {server}/  (admin@demo.local; password shown on first run — reset with `manage.py changepassword admin@demo.local`)"
+            )
         out(f"  Connector token:  {token}")
         out("  Start a connector beside your model:")
-        out(f"    python -m tokios_connector --server {server} --token {token} --upstream http://127.0.0.1:8080/v1")
+        out(f"    {connector_command(server, token)}")
         out(f"  API key:          {key}")
         out(f"  Try it:  curl {server}/v1/chat/completions -H 'Authorization: Bearer {key}' \\")
-        out("             -H 'content-type: application/json' -d '{\"model\":\"gemma-tunnel\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")
+        out(
+            '             -H \'content-type: application/json\' -d \'{"model":"gemma-tunnel","messages":[{"role":"user","content":"Hi"}]}\''
+        )
         out("")

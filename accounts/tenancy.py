@@ -3,6 +3,10 @@ ownership helper: every object lookup by id goes through `owned_or_404`, so anot
 
 The current org is kept in the session (the org switcher writes it). A stale tab still acting in the
 org it was opened for cannot touch the other org's objects: ids are checked against the current org.
+
+A model is looked up by org through its `org` foreign key, or through the path it declares as
+`org_path` (a ConnectorToken reaches its org as "deployment__org"). A model with neither has no
+owner to check, and `scoped` refuses it loudly rather than return every row.
 """
 
 from __future__ import annotations
@@ -12,21 +16,18 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from accounts.models import ApiKey, AuditLog, Membership, Organization, Role
-from billing.models import Statement
-from deployments.models import ConnectorToken, Deployment, ModelGrant
-
-from .models import Invitation
+from .models import Membership, Organization, Role
 
 if TYPE_CHECKING:
-    from accounts.models import User
+    from .models import User
 
 SESSION_ORG_KEY = "tokios_org_id"
+NO_ORG_TEMPLATE = "accounts/no_org.html"
 
 M = TypeVar("M", bound=models.Model)
 
@@ -39,7 +40,7 @@ class OrgRequest(HttpRequest):
     membership: Membership
 
 
-def memberships_for(user) -> models.QuerySet[Membership]:
+def memberships_for(user: Any) -> models.QuerySet[Membership]:
     return Membership.objects.filter(user=user).select_related("org").order_by("org__name", "org__slug")
 
 
@@ -91,36 +92,30 @@ def check_can_manage_member(actor: Membership, target: Membership | None, new_ro
         raise PermissionDenied("Only owners can make owners.")
 
 
-# How each model reaches its org. Adding a model here is how a view gets to look it up by id.
-ORG_PATHS: dict[type[models.Model], str] = {
-    ApiKey: "org",
-    Deployment: "org",
-    ConnectorToken: "deployment__org",
-    ModelGrant: "deployment__org",
-    Membership: "org",
-    AuditLog: "org",
-    Statement: "org",
-    Invitation: "org",
-}
-
-
-def _org_path(model: type[models.Model]) -> str:
+def org_path(model: type[models.Model]) -> str:
+    """The lookup from `model` to the organisation that owns its rows."""
+    declared = getattr(model, "org_path", None)
+    if isinstance(declared, str):
+        return declared
     try:
-        return ORG_PATHS[model]
-    except KeyError:
-        raise LookupError(f"{model.__name__} has no org path in dashboard.access.ORG_PATHS") from None
+        field = model._meta.get_field("org")
+    except FieldDoesNotExist:
+        field = None
+    if field is not None and field.is_relation and field.related_model is Organization:
+        return "org"
+    raise LookupError(f"{model.__name__} has no `org` foreign key and declares no `org_path`")
 
 
 def scoped(model: type[M], org: Organization) -> models.QuerySet[M]:
     """Every row of `model` that belongs to `org`."""
-    return model._default_manager.filter(**{_org_path(model): org})
+    return model._default_manager.filter(**{org_path(model): org})
 
 
 def owned_or_404(model: type[M], org: Organization, **lookup: Any) -> M:
     return get_object_or_404(scoped(model, org), **lookup)
 
 
-def org_view(view: Callable | None = None, *, manage: bool = False):
+def org_view(view: Callable | None = None, *, manage: bool = False) -> Any:
     """Sign-in required; attach `request.org` and `request.membership`; with `manage`, 403 members.
 
     The check runs for every method, so a member's hand-made POST is refused like the page is.
@@ -132,7 +127,7 @@ def org_view(view: Callable | None = None, *, manage: bool = False):
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             membership = org_for_request(request)
             if membership is None:
-                return render(request, "dashboard/no_org.html", status=200)
+                return render(request, NO_ORG_TEMPLATE, status=200)
             if manage:
                 require_manager(membership)
             request.org = membership.org  # type: ignore[attr-defined]
