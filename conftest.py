@@ -1,4 +1,5 @@
-"""Suite-wide rules: tests that need real services skip without them locally and fail in CI."""
+"""Suite-wide rules: tests that need real services skip without them locally and fail in CI; the
+persona fixtures (tests/personas.py) for every suite."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from billing import metering  # pytest-django has set Django up before it loads this file
 
 os.environ.setdefault("TOKIOS_HTTPS", "0")
+
+pytest_plugins = ["tests.personas"]  # the shared people, organisations, models and keys
 
 REQUIRE_SERVICES = os.environ.get("CI", "").lower() == "true" or os.environ.get("TOKIOS_REQUIRE_SERVICES") == "1"
 NEEDS = {

@@ -65,8 +65,8 @@ async def open_call(
     """Send the request to the model and wait for its status; GatewayError on failure. The call is
     the scope's from here on: whatever happens, the scope's close() ends it."""
     body = orjson.dumps(payload) if payload is not None else b""
-    call = TunnelCall(
-        deployment_id=scope.deployment.id, request_id=scope.request_id, method=method, path=path, body=body
+    call = (settings.UPSTREAM_CALL or TunnelCall)(
+        deployment_id=scope.resolved_deployment().id, request_id=scope.request_id, method=method, path=path, body=body
     )
     scope.call = call
     try:
@@ -131,4 +131,5 @@ def request_deadline() -> GatewayError:
 
 
 def upstream_model(scope: RequestScope) -> str:
-    return scope.deployment.upstream_model or scope.deployment.name
+    deployment = scope.resolved_deployment()
+    return deployment.upstream_model or deployment.name

@@ -1,4 +1,5 @@
-"""The limiter's lean Redis connection, against the real Redis (REDIS_URL) and a silent TCP peer."""
+"""The limiter's lean Redis connection, against the real Redis (REDIS_URL), a scripted one and a silent
+TCP peer."""
 
 from __future__ import annotations
 
@@ -13,10 +14,84 @@ from lib.redis_pipe import RedisPipe, ReplyError, Script, encode
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
 
-def test_commands_are_encoded_as_resp_arrays_of_bulk_strings():
-    assert encode(("SET", "k", 12, b"\x00v", 1.5)) == (
-        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\x00v\r\n$3\r\n1.5\r\n"
+class ScriptedRedis:
+    """A TCP peer that reads RESP commands as Redis does (arrays of bulk strings, lengths checked
+    byte for byte, parsed here without hiredis), records them, and answers each from `replies`."""
+
+    def __init__(self, replies: dict[bytes, bytes]) -> None:
+        self.replies = replies
+        self.commands: list[list[bytes]] = []
+        self.raw = b""
+        self.errors: list[str] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readuntil(b"\r\n")
+                assert header[:1] == b"*", f"not an array: {header!r}"
+                command = []
+                for _ in range(int(header[1:-2])):
+                    length_line = await reader.readuntil(b"\r\n")
+                    assert length_line[:1] == b"$", f"not a bulk string: {length_line!r}"
+                    value = await reader.readexactly(int(length_line[1:-2]) + 2)
+                    assert value[-2:] == b"\r\n", f"bulk string longer than its length: {value!r}"
+                    command.append(value[:-2])
+                    header += length_line + value
+                self.raw += header
+                self.commands.append(command)
+                writer.write(self.replies.get(command[0].upper(), b"-ERR unknown command\r\n"))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass  # the client closed
+        except AssertionError as exc:
+            self.errors.append(str(exc))
+        finally:
+            writer.close()
+
+
+@pytest.mark.asyncio
+async def test_commands_reach_redis_as_resp_arrays_and_replies_come_back_to_their_callers():
+    script = Script("return 1")
+    redis = ScriptedRedis(
+        {
+            b"AUTH": b"+OK\r\n",
+            b"SELECT": b"+OK\r\n",
+            b"SCRIPT": b"$40\r\n" + script.sha.encode() + b"\r\n",
+            b"SET": b"+OK\r\n",
+            b"GET": b"$-1\r\n",
+            b"INCRBY": b":12\r\n",
+        }
     )
+    server = await asyncio.start_server(redis.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = RedisPipe(f"redis://us%3Aer:p%40ss@127.0.0.1:{port}/3", scripts=(script,))
+    value = b"\x00v\r\n$3\r\nnot a command"  # binary, with what a naive encoding would split on
+
+    replies = await asyncio.gather(
+        pipe.execute("SET", "k", value, "é", 1.5),
+        pipe.execute("GET", "missing"),
+        pipe.execute("NOPE"),
+        pipe.execute("INCRBY", "n", 12),
+        return_exceptions=True,
+    )
+    pipe.close()
+    server.close()
+
+    assert redis.errors == []
+    assert redis.commands == [
+        [b"AUTH", b"us:er", b"p@ss"],  # the URL's user and password, unquoted, before anything else
+        [b"SELECT", b"3"],
+        [b"SCRIPT", b"LOAD", b"return 1"],
+        [b"SET", b"k", value, "é".encode(), b"1.5"],
+        [b"GET", b"missing"],
+        [b"NOPE"],
+        [b"INCRBY", b"n", b"12"],
+    ]
+    set_command = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n$2\r\n\xc3\xa9\r\n$3\r\n1.5\r\n" % (len(value), value)
+    assert set_command in redis.raw
+    ok, missing, refused, counted = replies
+    assert (ok, missing, counted) == (b"OK", None, 12)
+    assert isinstance(refused, ReplyError) and str(refused) == "ERR unknown command"
 
 
 def test_an_unknown_url_scheme_is_refused():

@@ -75,8 +75,9 @@ class Link:
 
     async def hello(self, **changes) -> Welcome:
         await self.send({**HELLO, **changes})
-        welcome = self.welcome = await self.frame()
+        welcome = await self.frame()
         assert isinstance(welcome, Welcome)
+        self.welcome = welcome
         [self.session] = [s for s in LOCAL.values() if s.info.connector_id == welcome.connector_id]
         return welcome
 

@@ -1,309 +1,61 @@
 """One owner per request: whatever way a /v1 request ends, its call is cancelled if still running,
 its limits reservation is settled once, and exactly one usage record is submitted.
 
-These drive the real /v1 ASGI app (`GatewayHandler`) in process with hand-written receive/send
-callables, so a test can make the client leave at any moment, and a scripted `UpstreamCall` in
-place of the tunnel (`ScriptedCall`, installed where `proxy.upstream` makes its calls). The org, key
-and deployment are real rows; `metering.submit`, `limits.enforce` and `limits.settle` are watched
-(and still run), so each test sees what the request scope handed to billing.
+These drive the real /v1 ASGI app (`GatewayHandler`) in process (`v1.call_v1`), so a test can make
+the client leave at any moment, with a scripted `UpstreamCall` in place of the tunnel (fake_call.py,
+the `upstream` fixture). The org, key and deployment are real rows; `metering.submit`,
+`limits.enforce` and `limits.settle` are watched (and still run: the `ledger` fixture), so each
+test sees what the request scope handed to billing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 import pytest
-import pytest_asyncio
 from asgiref.sync import sync_to_async
 
-from accounts.access import clear_local_cache
-from accounts.actions import create_api_key, create_org
-from billing import limits, metering
+from accounts.actions import create_api_key
+from accounts.models import ApiKey, Organization
+from billing import metering
 from billing.metering import UsageRecord
 from billing.models import UsageEvent
-from deployments.actions import create_deployment
-from lib.redis import get_sync_redis, redis_enabled
-from proxy import upstream as upstream_module
+from deployments.models import Deployment
 from proxy.calls import CallError, Data, Ended, Failed, Started
-from proxy.handler import GatewayHandler
 from proxy.surfaces import chat as chat_surface
-from proxy.tunnel.router import OFFLINE_MESSAGE, call_error
+from proxy.tunnel.router import OFFLINE_MESSAGE
+from tests.personas import PRICE_INPUT_MICROS, PRICE_OUTPUT_MICROS
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio, pytest.mark.timeout(60)]
+from .fake_call import (
+    COMPLETION_TOKENS,
+    DONE,
+    FINISH,
+    PROMPT_TOKENS,
+    SILENCE,
+    chat_body,
+    chunk,
+    delta,
+    streamed,
+)
+from .v1 import ANTHROPIC, V1_DB, Exchange, call_v1
 
-ANTHROPIC = {"anthropic-version": "2023-06-01"}
-PROMPT_TOKENS, COMPLETION_TOKENS = 1000, 500
-COST = 450  # 1000 x $0.15/MTok + 500 x $0.60/MTok, in micro-USD
+pytestmark = [V1_DB, pytest.mark.asyncio, pytest.mark.timeout(60)]
 
-
-# --- what the model sends ---------------------------------------------------------------------------
-
-
-def chunk(choices: list, **extra) -> bytes:
-    """One Chat Completions stream event, as the model writes it."""
-    event = {"id": "up-1", "object": "chat.completion.chunk", "model": "upstream", "choices": choices, **extra}
-    return b"data: " + orjson.dumps(event) + b"\n\n"
-
-
-def delta(text: str) -> bytes:
-    return chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
-
-
-USAGE_REPORT = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS}
-FINISH = chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-USAGE = chunk([], usage={**USAGE_REPORT, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS})
-DONE = b"data: [DONE]\n\n"
-STREAMED_ANSWER = [Started(200, {}), Data(delta("Hel")), Data(delta("lo")), Data(FINISH + USAGE + DONE), Ended(12, 3)]
+COST = (PROMPT_TOKENS * PRICE_INPUT_MICROS + COMPLETION_TOKENS * PRICE_OUTPUT_MICROS) // 1_000_000
+STREAMED_ANSWER = streamed("Hel", "lo")
 ANSWER = {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}
-CHAT_BODY = orjson.dumps({"id": "up-1", "object": "chat.completion", "choices": [ANSWER], "usage": USAGE_REPORT})
-SILENCE = "silence"  # in a script: the model sends nothing more, however long one waits
-
-
-class Upstream:
-    """Stands in for the tunnel: each call the gateway opens answers with the next script."""
-
-    def __init__(self) -> None:
-        self.scripts: list[list] = []
-        self.calls: list[ScriptedCall] = []
-        self.silent = asyncio.Event()  # set once a call waits on a silent model
-        self.cancel_takes = 0.0  # seconds a cancel takes to send (to another process, say)
-
-    def answer(self, *items) -> None:
-        self.scripts.append(list(items))
-
-    def __call__(self, *, deployment_id: int, request_id: str, method: str, path: str, body: bytes) -> ScriptedCall:
-        call = ScriptedCall(self, self.scripts.pop(0) if self.scripts else [SILENCE], path=path, body=body)
-        self.calls.append(call)
-        return call
-
-    @property
-    def call(self) -> ScriptedCall:
-        assert len(self.calls) == 1, f"{len(self.calls)} upstream calls"
-        return self.calls[0]
-
-
-class ScriptedCall:
-    """A test double of proxy.calls.UpstreamCall that behaves as TunnelCall does at each step."""
-
-    def __init__(self, upstream: Upstream, script: list, *, path: str, body: bytes) -> None:
-        self.upstream = upstream
-        self.items = deque(script)
-        self.path = path
-        self.body = orjson.loads(body) if body else None
-        self.finished = False
-        self.cancels = 0
-        self.cancel_takes = upstream.cancel_takes
-        self.reading = False  # someone is waiting in start() or next_item() right now
-
-    async def start(self, timeout: float) -> Started:
-        item = await self._next(timeout)
-        match item:
-            case Started():
-                return item
-            case Failed():
-                self.finished = True
-                raise call_error(item)
-            case CallError():
-                raise item  # no connector took it: TunnelCall raises from its dispatch, unfinished
-            case None:
-                await self.cancel()
-                raise CallError(504, "upstream_timeout", "The model did not answer in time.")
-        raise AssertionError(f"a script must begin with Started, Failed, CallError or silence, not {item!r}")
-
-    async def next_item(self, timeout: float) -> Data | Ended | Failed | None:
-        item = await self._next(timeout)
-        if isinstance(item, Ended | Failed):
-            self.finished = True
-        return item
-
-    async def _next(self, timeout: float):
-        self.reading = True
-        try:
-            if not self.items or self.items[0] == SILENCE:
-                self.upstream.silent.set()
-                await asyncio.sleep(timeout)
-                return None
-            return self.items.popleft()
-        finally:
-            self.reading = False
-
-    async def cancel(self) -> None:
-        self.cancels += 1
-        self.finished = True
-        if self.cancel_takes:
-            await asyncio.sleep(self.cancel_takes)
-
-
-# --- the client -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Exchange:
-    """What the client received."""
-
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    parts: list[bytes] = field(default_factory=list)
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.parts)
-
-    def json(self) -> dict:
-        return orjson.loads(self.body)
-
-    def events(self) -> list[dict]:
-        """The JSON payloads of a server-sent event stream."""
-        return [
-            orjson.loads(line[6:])
-            for line in self.body.decode().splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"
-        ]
-
-
-async def call_v1(
-    method: str,
-    path: str,
-    body: dict | bytes | None = None,
-    *,
-    secret: str | None = None,
-    headers: dict[str, str] | None = None,
-    leave_when: asyncio.Event | None = None,
-) -> Exchange:
-    """One request through GatewayHandler; the client disconnects once `leave_when` is set."""
-    raw = body if isinstance(body, bytes) else orjson.dumps(body) if body is not None else b""
-    sent = {"content-type": "application/json", "content-length": str(len(raw)), **(headers or {})}
-    if secret is not None:
-        sent["authorization"] = f"Bearer {secret}"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(name.encode(), value.encode()) for name, value in sent.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
-    leave = leave_when or asyncio.Event()
-    body_sent = False
-    exchange = Exchange()
-
-    async def receive() -> dict:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        await asyncio.sleep(0)  # as a socket write may: other tasks (the client's leaving, timeouts) run
-        if message["type"] == "http.response.start":
-            exchange.status = message["status"]
-            exchange.headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
-        elif message.get("body"):
-            exchange.parts.append(message["body"])
-
-    async with asyncio.timeout(10):
-        await GatewayHandler()(scope, receive, send)
-    return exchange
-
-
-# --- what reaches billing ---------------------------------------------------------------------------
-
-
-@dataclass
-class Ledger:
-    records: list[UsageRecord] = field(default_factory=list)  # handed to metering.submit
-    reserved: list = field(default_factory=list)  # what limits.enforce returned
-    settled: list = field(default_factory=list)  # (reservation, record) handed to limits.settle
-
-    def only(self, **expected) -> UsageRecord:
-        """The request's one usage record, with the `expected` fields, after checking that the
-        request's reservation (or None) was settled once, with that record."""
-        assert len(self.records) == 1, f"{len(self.records)} usage records"
-        record = self.records[0]
-        assert len(self.settled) == 1, f"limits.settle called {len(self.settled)} times"
-        reservation, settled_record = self.settled[0]
-        assert settled_record is record
-        assert len(self.reserved) <= 1
-        assert reservation is (self.reserved[0] if self.reserved else None)
-        assert reservation is None or reservation.settled
-        assert {name: getattr(record, name) for name in expected} == expected
-        return record
-
-    def forget(self) -> None:
-        self.records.clear()
-        self.reserved.clear()
-        self.settled.clear()
-
-
-@pytest.fixture(autouse=True)
-def fresh_limits():
-    """Full buckets: on SQLite a new key may get an id an earlier test's key had."""
-    clear_local_cache()
-    limiter = limits.get_limiter()
-    if isinstance(limiter, limits.LocalLimiter):
-        limiter.reset()
-    elif redis_enabled():  # only Tokios's limiter keys: the Redis server is shared
-        client = get_sync_redis()
-        for pattern in ("tokios:rl:*", "tokios:spend:*"):
-            for name in client.scan_iter(match=pattern, count=1000):
-                client.delete(name)
-    yield
-    clear_local_cache()
-
-
-@pytest_asyncio.fixture
-async def ledger(monkeypatch):
-    ledger = Ledger()
-    submit, enforce, settle = metering.submit, limits.enforce, limits.settle
-
-    def watched_submit(record: UsageRecord) -> None:
-        ledger.records.append(record)
-        submit(record)  # the real one: it turns a request that never got a response into a 499
-
-    async def watched_enforce(*args, **kwargs):
-        reservation = await enforce(*args, **kwargs)
-        ledger.reserved.append(reservation)
-        return reservation
-
-    def watched_settle(reservation, record: UsageRecord) -> None:
-        ledger.settled.append((reservation, record))
-        settle(reservation, record)
-
-    monkeypatch.setattr(metering, "submit", watched_submit)
-    monkeypatch.setattr(limits, "enforce", watched_enforce)
-    monkeypatch.setattr(limits, "settle", watched_settle)
-    yield ledger
-    await metering.flush()
-    limiter = limits.get_limiter()
-    if isinstance(limiter, limits.RedisLimiter):
-        await limiter.drain()
-
-
-@pytest.fixture
-def upstream(monkeypatch) -> Upstream:
-    fake = Upstream()
-    monkeypatch.setattr(upstream_module, "TunnelCall", fake)
-    return fake
+CHAT_BODY = chat_body()
 
 
 @dataclass
 class Tenant:
-    org: object
-    key: object
+    org: Organization
+    key: ApiKey
     secret: str
-    deployment: object
+    deployment: Deployment
 
     @property
     def model(self) -> str:
@@ -311,12 +63,8 @@ class Tenant:
 
 
 @pytest.fixture
-def tenant(db) -> Tenant:
-    org = create_org(slug="acme", name="Acme")
-    # A unique name: access records are cached by name, in Redis too, beyond this test's rows.
-    deployment = create_deployment(
-        org=org, name=f"gemma-{uuid.uuid4().hex[:8]}", price_input_micros=150_000, price_output_micros=600_000
-    )
+def tenant(org, deployment) -> Tenant:
+    """The personas' org and deployment, with a key that has limits (so there is a reservation)."""
     key, secret = create_api_key(org=org, name="ci", rpm_limit=1000, tpm_limit=1_000_000)
     return Tenant(org=org, key=key, secret=secret, deployment=deployment)
 
@@ -333,7 +81,7 @@ def responses(tenant: Tenant, *, stream: bool = False) -> dict:
     return {"model": tenant.model, "stream": stream, "input": "Say hello"}
 
 
-SURFACES = {
+SURFACES: dict[str, tuple[str, Callable[..., dict], dict[str, str]]] = {
     "chat": ("/v1/chat/completions", chat, {}),
     "messages": ("/v1/messages", messages, ANTHROPIC),
     "responses": ("/v1/responses", responses, {}),
@@ -767,7 +515,7 @@ async def test_a_token_count_that_asks_the_model_twice_is_recorded_once(tenant, 
     assert [call.path for call in upstream.calls] == ["/apply-template", "/tokenize"]
     record = ledger.only(surface="count_tokens", status_code=200, cancelled=False)
     assert_belongs_to(record, tenant, response)
-    assert ledger.reserved == []  # counting tokens is not limited
+    assert len(ledger.reserved) == 1  # a count takes a request from the rate limits (and no tokens)
 
 
 async def test_listing_models_is_recorded_once_without_a_call(tenant, upstream, ledger):

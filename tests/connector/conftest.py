@@ -1,13 +1,21 @@
+"""The connector's tests: the fake upstream process (a TEST DOUBLE for the model server), and the
+server end either the real Tokios server in this process (`tokios`, tests/connector/server.py) or,
+for what the real server never does, the double in tests/connector/tunnel.py (`tunnel`)."""
+
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import pytest_asyncio
+from asgiref.sync import sync_to_async
+from django.db import connections
 
+from proxy.tests import tunnel_state
+from tests.connector.server import Tokios
 from tests.connector.tunnel import FakeTokios
 from tests.fakes.process import running_fake_upstream
 from tokios_connector.config import Config
@@ -61,18 +69,23 @@ async def tunnel() -> AsyncIterator[FakeTokios]:
         assert server.violations == [], "the connector broke the protocol"
 
 
-class StartConnector:
-    """Runs connectors in this event loop against `tunnel` and the fake upstream."""
+class Server(Protocol):
+    ws_url: str
 
-    def __init__(self, tunnel: FakeTokios, upstream: Upstream) -> None:
-        self.tunnel = tunnel
+
+class StartConnector:
+    """Runs connectors in this event loop against a server end and the fake upstream."""
+
+    def __init__(self, server: Server, upstream: Upstream, token: str = TOKEN) -> None:
+        self.server = server
         self.upstream = upstream
+        self.token = token
         self.running: dict[Connector, asyncio.Task[int]] = {}
 
     async def __call__(self, **overrides: Any) -> Connector:
         settings: dict[str, Any] = {
-            "server_url": self.tunnel.ws_url,
-            "token": TOKEN,
+            "server_url": self.server.ws_url,
+            "token": self.token,
             "upstream": self.upstream.base,
             **overrides,
         }
@@ -95,5 +108,28 @@ class StartConnector:
 @pytest_asyncio.fixture
 async def start_connector(tunnel: FakeTokios, upstream: Upstream) -> AsyncIterator[StartConnector]:
     starter = StartConnector(tunnel, upstream)
+    yield starter
+    await starter.stop_all()
+
+
+@pytest_asyncio.fixture
+async def tokios(transactional_db) -> AsyncIterator[Tokios]:
+    """The real server on a free port, with a clean slate of the tunnel's process-wide state."""
+    tunnel_state.clear()
+    server = Tokios()
+    await server.start()
+    yield server
+    await server.stop()
+    tunnel_state.stop_keeper()
+    tunnel_state.clear()
+    # The consumer and the gateway read the database from sync_to_async's thread: its connection
+    # must be closed before the test database is emptied or dropped.
+    await sync_to_async(connections.close_all)()
+
+
+@pytest_asyncio.fixture
+async def connect(tokios: Tokios, upstream: Upstream, connector_token) -> AsyncIterator[StartConnector]:
+    """Starts connectors with the persona `connector_token` against the real server."""
+    starter = StartConnector(tokios, upstream, connector_token.secret)
     yield starter
     await starter.stop_all()

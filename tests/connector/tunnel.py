@@ -1,4 +1,7 @@
-"""TEST DOUBLE: a stand-in for the Tokios server side of the connector protocol, for connector tests.
+"""TEST DOUBLE: a stand-in for the Tokios server side of the connector protocol, for the connector
+tests that need what the real server never does (test_connector.py): frame-level control of credit,
+frames the protocol does not allow, a server that goes silent. The rest of the connector's tests run
+against the real server in process (server.py, test_with_server.py).
 
 It accepts connector WebSockets, reads what arrives with the shared parser
 (`tokios_connector.protocol`) as strictly as the real server does, records it per request id, and

@@ -96,7 +96,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: Proc | None = None) -> None
         except httpx.HTTPError:
             pass
         if proc is not None and proc.popen.poll() is not None:
-            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}) before {url} came up:\n{proc.output()[-4000:]}")
+            raise AssertionError(
+                f"{proc.name} exited ({proc.popen.returncode}) before {url} came up:\n{proc.output()[-4000:]}"
+            )
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up within {timeout}s")
 
@@ -146,8 +148,21 @@ class Server:
 def _spawn_server(port: int, env: dict[str, str]) -> Proc:
     proc = Proc(
         f"uvicorn-{port}",
-        [sys.executable, "-m", "uvicorn", "tokios_site.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "2"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tokios_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "2",
+        ],
         env,
     )
     try:
@@ -223,7 +238,7 @@ class Tenant:
         return self.deployment.name
 
     def make_key(self, org=None, **kwargs) -> str:
-        from accounts.actions import create_api_key
+        from deployments.actions import create_api_key
 
         _, secret = create_api_key(org=org or self.org, name=kwargs.pop("name", "e2e key"), **kwargs)
         return secret
@@ -261,12 +276,24 @@ def tenant(transactional_db) -> Tenant:
 def start_connector(server, fake_upstream):
     started: list[Proc] = []
 
-    def start(token: str, *args: str, srv: Server | None = None, upstream: str | None = None, wait: bool = True) -> Proc:
+    def start(
+        token: str, *args: str, srv: Server | None = None, upstream: str | None = None, wait: bool = True
+    ) -> Proc:
         target = srv or server
         proc = Proc(
             "connector",
-            [sys.executable, "-m", "tokios_connector", "--server", target.url, "--token", token,
-             "--upstream", upstream or fake_upstream.base, *args],
+            [
+                sys.executable,
+                "-m",
+                "tokios_connector",
+                "--server",
+                target.url,
+                "--token",
+                token,
+                "--upstream",
+                upstream or fake_upstream.base,
+                *args,
+            ],
             base_env(),
         )
         started.append(proc)
