@@ -20,11 +20,11 @@ from typing import Protocol
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 
-from accounts.access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 from billing import limits, metering
 
+from .access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 from .calls import UpstreamCall
 from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
 
@@ -123,9 +123,21 @@ class RequestScope:
         self.record.org_id = key.org_id
         return key
 
+    def authenticated_key(self) -> KeyRecord:
+        """The key `authenticate()` accepted: `handle()` authenticates before any surface runs."""
+        if self.key is None:
+            raise RuntimeError(f"request {self.request_id} used its key before authenticating")
+        return self.key
+
+    def resolved_deployment(self) -> DeploymentRecord:
+        """The deployment `resolve_model()` found: a surface resolves it before it needs it."""
+        if self.deployment is None:
+            raise RuntimeError(f"request {self.request_id} used its deployment before resolving it")
+        return self.deployment
+
     async def resolve_model(self, model: object) -> DeploymentRecord:
         try:
-            deployment = await deployment_for(self.key, model)
+            deployment = await deployment_for(self.authenticated_key(), model)
         except AccessDenied as exc:
             raise _denied(exc) from None
         self.deployment = deployment
@@ -136,7 +148,11 @@ class RequestScope:
         """Admit the request and reserve its estimated usage, or raise a 429."""
         try:
             self.reservation = await limits.enforce(
-                self.key, self.deployment, estimated_tokens, anthropic=self.anthropic, headers=self.headers
+                self.authenticated_key(),
+                self.deployment,
+                estimated_tokens,
+                anthropic=self.anthropic,
+                headers=self.headers,
             )
         except limits.LimitExceeded as exc:
             raise GatewayError(
@@ -148,19 +164,25 @@ class RequestScope:
 
     # --- responses --------------------------------------------------------------------------------
 
-    def error_response(self, exc: GatewayError) -> HttpResponse:
+    def error_response(self, exc: GatewayError) -> HttpResponseBase:
         if self.anthropic:
             data = anthropic_error_body(exc.status, exc.message, exc.error_type, self.request_id)
         else:
             data = openai_error_body(exc.status, exc.message, exc.code, exc.param, exc.error_type)
         return self.finish_headers(json_response(data, exc.status, {**self.headers, **exc.headers}))
 
-    def finish_headers(self, response: HttpResponse) -> HttpResponse:
+    def finish_headers(self, response: HttpResponseBase) -> HttpResponseBase:
         response["x-request-id"] = self.request_id
         response["request-id"] = self.request_id
         for name, value in self.headers.items():
             response[name] = value
         return response
+
+
+class ScopedRequest(HttpRequest):
+    """A /v1 request as proxy/handler.py hands it to the views: with its scope attached."""
+
+    request_scope: RequestScope
 
 
 def presented_secret(request: HttpRequest) -> str | None:
@@ -174,6 +196,31 @@ def _too_large() -> GatewayError:
     return GatewayError(
         413, f"Request body too large: the limit is {settings.MAX_BODY_BYTES} bytes.", code="request_too_large"
     )
+
+
+MAX_JSON_DEPTH = 64  # nesting levels of objects and arrays; these APIs need a dozen or so
+
+
+def _nested_deeper_than(body: dict | list, limit: int) -> bool:
+    """Whether `body` nests objects and arrays more than `limit` levels deep.
+
+    One level at a time, looking only at the values of containers. Measured against orjson's parse
+    of the same body: ~3 µs for a small chat body (parse ~1.3), ~40 µs for 800 KB of messages
+    (parse ~430); at worst, 1 MiB of small containers or of numbers, tens of ms, as the parse. A
+    count of brackets over the raw bytes first was slower than this walk on real bodies."""
+    level: list[dict | list] = [body]
+    for _ in range(limit):
+        below: list[dict | list] = []
+        add = below.append
+        for container in level:
+            for value in container.values() if type(container) is dict else container:
+                kind = type(value)
+                if kind is dict or kind is list:
+                    add(value)
+        if not below:
+            return False
+        level = below
+    return True
 
 
 def read_json(request: HttpRequest) -> dict:
@@ -196,6 +243,10 @@ def read_json(request: HttpRequest) -> dict:
         ) from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object.", code="invalid_json")
+    # Deeper JSON than this is no request these APIs define, and past 255 levels it could not be
+    # written back out to the model at all.
+    if _nested_deeper_than(body, MAX_JSON_DEPTH):
+        raise GatewayError(400, f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json")
     return body
 
 
@@ -204,15 +255,15 @@ def _denied(exc: AccessDenied) -> GatewayError:
 
 
 async def handle(
-    request: HttpRequest,
+    request: ScopedRequest,
     surface: str,
-    handler: Callable[[RequestScope], Awaitable[HttpResponse]],
+    handler: Callable[[RequestScope], Awaitable[HttpResponseBase]],
     *,
     anthropic: bool = False,
     parse_body: bool = True,
-) -> HttpResponse:
+) -> HttpResponseBase:
     """Run a surface's handler inside the request's scope (opened by proxy/handler.py)."""
-    scope: RequestScope = request.request_scope
+    scope = request.request_scope
     scope.surface = scope.record.surface = surface
     scope.anthropic = anthropic
     scope.metered = True

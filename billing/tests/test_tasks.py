@@ -16,7 +16,12 @@ def test_the_beat_schedule_names_only_registered_tasks():
 
     names = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
 
-    assert names == {"billing.roll_up_usage", "billing.build_statements", "billing.prune_usage_events"}
+    assert names == {
+        "billing.roll_up_usage",
+        "billing.build_statements",
+        "billing.prune_usage_events",
+        "proxy.prune_stored_responses",
+    }
     assert names <= set(app.tasks)
 
 

@@ -8,7 +8,7 @@ that did not ask for it; the non-streamed one holds the body and rewrites the sa
 from __future__ import annotations
 
 import orjson
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 
 from ..errors import GatewayError, json_response
 from ..gateway import STREAM_HEADERS, RequestScope
@@ -17,13 +17,25 @@ from ..translate.sse import DONE, SSEParser
 from ..upstream import open_call, read_body, upstream_error, upstream_model
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-NUMBER_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
-INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
+# OpenAI's documented ranges (the SDK's types); the model server gets nothing outside them.
+NUMBER_RANGES = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
+INT_RANGES = {
+    "max_tokens": (1, 2**31 - 1),  # as the usage table stores tokens
+    "max_completion_tokens": (1, 2**31 - 1),
+    "n": (1, 128),
+    "seed": (-(2**63), 2**63 - 1),
+    "top_logprobs": (0, 20),
+}
+MAX_STOP = 4
 DEFAULT_OUTPUT_RESERVATION = 1024
 
 
 def _bad(message: str, param: str) -> GatewayError:
     return GatewayError(400, message, param=param, code="invalid_value")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def validate(body: dict) -> None:
@@ -36,8 +48,9 @@ def validate(body: dict) -> None:
         if not isinstance(message, dict):
             raise _bad(f"messages[{i}] must be an object.", f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
-            raise _bad(f"messages[{i}].role must be one of {sorted(ROLES)}, got {role!r}.", f"messages[{i}].role")
+        if not isinstance(role, str) or role not in ROLES:
+            shown = repr(role[:64]) if isinstance(role, str) else type(role).__name__
+            raise _bad(f"messages[{i}].role must be one of {sorted(ROLES)}, got {shown}.", f"messages[{i}].role")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise _bad(f"messages[{i}].content must be a string or an array of parts.", f"messages[{i}].content")
@@ -45,14 +58,16 @@ def validate(body: dict) -> None:
             raise _bad(f"messages[{i}].content is required for role {role}.", f"messages[{i}].content")
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise _bad(f"messages[{i}].tool_call_id is required for tool messages.", f"messages[{i}].tool_call_id")
-    for name in NUMBER_FIELDS:
+    for name, (low, high) in NUMBER_RANGES.items():
         value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise _bad(f"'{name}' must be a number.", name)
-    for name in INT_FIELDS:
+        if value is not None and (not _is_number(value) or not low <= value <= high):
+            raise _bad(f"'{name}' must be a number between {low} and {high}.", name)
+    for name, (low, high) in INT_RANGES.items():
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise _bad(f"'{name}' must be a non-negative integer.", name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
+            raise _bad(f"'{name}' must be an integer between {low} and {high}.", name)
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        raise _bad("'logprobs' must be a boolean.", "logprobs")
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise _bad("'stream' must be a boolean.", "stream")
     options = body.get("stream_options")
@@ -65,9 +80,9 @@ def validate(body: dict) -> None:
     if (
         stop is not None
         and not isinstance(stop, str)
-        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+        and not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop))
     ):
-        raise _bad("'stop' must be a string or an array of strings.", "stop")
+        raise _bad(f"'stop' must be a string or an array of up to {MAX_STOP} strings.", "stop")
     for name in ("tools", "tool_choice", "response_format"):
         value = body.get(name)
         if name == "tools" and value is not None and not isinstance(value, list):
@@ -119,7 +134,7 @@ def reported_usage(usage: object) -> tuple[int, int] | None:
     return None
 
 
-async def chat_completions(scope: RequestScope) -> HttpResponse:
+async def chat_completions(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
     validate(body)
@@ -132,18 +147,18 @@ async def chat_completions(scope: RequestScope) -> HttpResponse:
     if stream:
         scope.record.streamed = True
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        translator = ChatStream(scope, include_usage)
-        scope.usage_source = translator
+        streamer = ChatStream(scope, include_usage)
+        scope.usage_source = streamer
         return StreamingHttpResponse(
-            relay(scope, call, translator, emit=True), content_type="text/event-stream", headers=STREAM_HEADERS
+            relay(scope, call, streamer, emit=True), content_type="text/event-stream", headers=STREAM_HEADERS
         )
-    translator = ChatBody(scope)
-    scope.usage_source = translator
-    async for _ in relay(scope, call, translator, emit=False):
+    collector = ChatBody(scope)
+    scope.usage_source = collector
+    async for _ in relay(scope, call, collector, emit=False):
         pass
-    if translator.failed:
-        raise GatewayError(502, translator.error_message, code="upstream_error", headers={"x-should-retry": "false"})
-    return json_response(translator.result)
+    if collector.failed:
+        raise GatewayError(502, collector.error_message, code="upstream_error", headers={"x-should-retry": "false"})
+    return json_response(collector.result)
 
 
 class _ChatTranslator:
@@ -154,7 +169,7 @@ class _ChatTranslator:
     def __init__(self, scope: RequestScope):
         self.record = scope.record
         self.completion_id = "chatcmpl-" + scope.request_id[4:]
-        self.model = scope.deployment.name
+        self.model = scope.resolved_deployment().name
         self.messages = scope.body.get("messages") or []
         self.reported: tuple[int, int] | None = None
         self.deltas = 0

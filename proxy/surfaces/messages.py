@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseBase
 
 from ..errors import GatewayError, json_response
 from ..gateway import RequestScope
@@ -24,7 +24,7 @@ def _error_type(code: str) -> str:
     return "timeout_error" if code in ("upstream_timeout", "request_deadline") else "api_error"
 
 
-async def create_message(scope: RequestScope) -> HttpResponse:
+async def create_message(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
     try:
@@ -49,6 +49,9 @@ async def count_tokens(scope: RequestScope) -> HttpResponse:
         messages, flat_text = anthropic.count_tokens_prompt(body)
     except TranslationError as exc:
         raise _invalid(exc) from None
+    # A count asks the owner's model server too: it takes a request from the key's and org's
+    # requests per minute like any call, and no tokens (it generates none).
+    await scope.check_limits(0)
     exact = await _tokenize(scope, messages, anthropic.count_tokens_tools(body))
     if exact is not None:
         return json_response({"input_tokens": exact}, headers={"x-tokios-token-count": "exact"})

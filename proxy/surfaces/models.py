@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 
-from accounts.access import DeploymentRecord, KeyRecord, get_deployment, key_allows
 from deployments.models import Deployment
 
+from ..access import DeploymentRecord, KeyRecord, get_deployment, key_allows
 from ..errors import GatewayError, json_response
 from ..gateway import RequestScope
 from ..tunnel import presence
@@ -49,7 +49,7 @@ async def _entry(scope: RequestScope, record: DeploymentRecord) -> dict:
 
 
 async def list_models(scope: RequestScope) -> HttpResponse:
-    entries = [await _entry(scope, r) for r in await _records(scope.key)]
+    entries = [await _entry(scope, r) for r in await _records(scope.authenticated_key())]
     if scope.anthropic:
         return json_response(
             {
@@ -64,7 +64,7 @@ async def list_models(scope: RequestScope) -> HttpResponse:
 
 async def get_model(scope: RequestScope, model_id: str) -> HttpResponse:
     record = await get_deployment(model_id)
-    if record is None or not key_allows(scope.key, record):
+    if record is None or not key_allows(scope.authenticated_key(), record):
         raise GatewayError(
             404,
             f"The model `{model_id}` does not exist or you do not have access to it.",

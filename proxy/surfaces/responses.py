@@ -6,7 +6,8 @@ import time
 
 import orjson
 from asgiref.sync import sync_to_async
-from django.http import HttpResponse
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseBase
 
 from ..errors import GatewayError, json_response
 from ..gateway import RequestScope
@@ -19,21 +20,67 @@ from ..upstream import upstream_model
 from . import translated
 from .chat import DEFAULT_OUTPUT_RESERVATION
 
-
-def _load_history(org_id: int, response_id: str) -> list[dict] | None:
-    row = StoredResponse.objects.for_org(org_id).filter(pk=response_id).values_list("items", flat=True).first()
-    return row
+MAX_ID_LENGTH = 64  # the stored id's column; a longer id, or one with a NUL, cannot be ours
 
 
-def _store(scope: RequestScope, history: list[dict], translator, info) -> None:
+def _could_be_stored(response_id: str) -> bool:
+    # PostgreSQL refuses a NUL in a text parameter: such an id is answered here, not by the database.
+    return len(response_id) <= MAX_ID_LENGTH and "\x00" not in response_id
+
+
+def _not_found(previous: str, why: str = "not found") -> GatewayError:
+    return GatewayError(
+        400,
+        f"Previous response with id '{previous[:MAX_ID_LENGTH]}' {why}.",
+        code="previous_response_not_found",
+        param="previous_response_id",
+    )
+
+
+async def _previous_turns(scope: RequestScope, previous: object) -> list[StoredResponse]:
+    """The stored conversation `previous_response_id` names, oldest turn first; a 400 if there is none
+    the key's org may continue."""
+    if not isinstance(previous, str):
+        raise GatewayError(400, "'previous_response_id' must be a string.", param="previous_response_id")
+    if not _could_be_stored(previous):
+        raise _not_found(previous)
+    org_id = scope.authenticated_key().org_id
+    turns = await sync_to_async(StoredResponse.objects.chain)(org_id=org_id, response_id=previous)
+    if not turns:
+        raise _not_found(previous)
+    last = turns[-1]
+    if len(turns) != last.turn or turns[0].previous_response_id:
+        # A link is missing (a row deleted by hand): the conversation cannot be replayed faithfully.
+        raise _not_found(previous, "is part of a conversation that is no longer stored in full")
+    if last.turn >= StoredResponse.MAX_TURNS or last.conversation_bytes + len(scope.request.body) > (
+        settings.MAX_BODY_BYTES
+    ):
+        raise GatewayError(
+            400,
+            f"The conversation of response '{previous}' is as long as a stored conversation may grow "
+            f"({StoredResponse.MAX_TURNS} turns, or {settings.MAX_BODY_BYTES} bytes with this request). "
+            "Start a new one: send the conversation as input, without previous_response_id.",
+            code="context_length_exceeded",
+            param="previous_response_id",
+        )
+    return turns
+
+
+def _store(scope: RequestScope, previous: StoredResponse | None, translator, info) -> None:
     final = translator.final_response()
+    key = scope.authenticated_key()
+    items = info.input_items + translator.output_items()
     StoredResponse.objects.create(
         id=final["id"],
-        org_id=scope.key.org_id,
-        api_key_id=scope.key.id,
-        model=scope.deployment.name,
-        items=history + info.input_items + translator.output_items(),
+        org_id=key.org_id,
+        api_key_id=key.id,
+        model=scope.resolved_deployment().name,
+        items=items,
         response=final,
+        previous_response_id=previous.id if previous else "",
+        thread=previous.thread if previous else final["id"],
+        turn=previous.turn + 1 if previous else 1,
+        conversation_bytes=(previous.conversation_bytes if previous else 0) + len(orjson.dumps(items)),
     )
 
 
@@ -41,23 +88,15 @@ def _error_code(code: str) -> str:
     return "server_error"
 
 
-async def create_response(scope: RequestScope) -> HttpResponse:
+async def create_response(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
+    previous: StoredResponse | None = None
     history: list[dict] = []
-    previous = body.get("previous_response_id")
-    if previous is not None:
-        if not isinstance(previous, str):
-            raise GatewayError(400, "'previous_response_id' must be a string.", param="previous_response_id")
-        found = await sync_to_async(_load_history)(scope.key.org_id, previous)
-        if found is None:
-            raise GatewayError(
-                400,
-                f"Previous response with id '{previous}' not found.",
-                code="previous_response_not_found",
-                param="previous_response_id",
-            )
-        history = found
+    if body.get("previous_response_id") is not None:
+        turns = await _previous_turns(scope, body["previous_response_id"])
+        previous = turns[-1]
+        history = [item for stored in turns for item in stored.items]
     try:
         chat_body, info = responses.validate_and_translate_request(
             body, upstream_model=upstream_model(scope), history=history
@@ -77,7 +116,7 @@ async def create_response(scope: RequestScope) -> HttpResponse:
     async def store() -> None:
         # Stored before the terminal event goes out, so a client may chain on it at once.
         if info.store:
-            await sync_to_async(_store)(scope, history, inner, info)
+            await sync_to_async(_store)(scope, previous, inner, info)
 
     translator = EventTranslator(inner, keepalive=inner.keepalive, error_kind=_error_code, on_complete=store)
     return await translated.run(scope, chat_body, translator, stream=info.stream, final=inner.final_response)
@@ -88,7 +127,10 @@ def _load_response(org_id: int, response_id: str) -> dict | None:
 
 
 async def get_response(scope: RequestScope, response_id: str) -> HttpResponse:
-    stored = await sync_to_async(_load_response)(scope.key.org_id, response_id)
+    stored = None
+    if _could_be_stored(response_id):
+        stored = await sync_to_async(_load_response)(scope.authenticated_key().org_id, response_id)
     if stored is None:
-        raise GatewayError(404, f"No response found with id '{response_id}'.", code="not_found", param="response_id")
+        shown = response_id[:MAX_ID_LENGTH]
+        raise GatewayError(404, f"No response found with id '{shown}'.", code="not_found", param="response_id")
     return json_response(stored)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 
 from ..errors import GatewayError, json_response
 from ..gateway import STREAM_HEADERS, RequestScope
@@ -20,7 +20,7 @@ from ..upstream import open_call, read_body, upstream_error
 
 async def run(
     scope: RequestScope, chat_body: dict, translator: EventTranslator, *, stream: bool, final: Callable[[], dict]
-) -> HttpResponse:
+) -> HttpResponseBase:
     call, status = await open_call(scope, "/chat/completions", chat_body)
     if status != 200:
         raise upstream_error(scope, status, await read_body(scope, call))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import TranslationError
 from .sse import dumps
@@ -13,12 +13,12 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     # bool is an int subclass; JSON true must not pass as 1.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -32,6 +32,21 @@ def check_number(body: dict, key: str, low: float, high: float | None, param: st
     if value < low or (high is not None and value > high):
         bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise TranslationError(f"{name}: Input should be {bound}, got {value}", name)
+    return value
+
+
+MAX_INT32 = 2**31 - 1  # token counts: what the usage table and the model servers hold
+
+
+def check_int(body: dict, key: str, low: int, high: int, param: str | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    name = param or key
+    if not is_int(value):
+        raise TranslationError(f"{name}: Input should be a valid integer", name)
+    if not low <= value <= high:
+        raise TranslationError(f"{name}: Input should be between {low} and {high}, got {value}", name)
     return value
 
 

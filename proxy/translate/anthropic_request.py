@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._common import (
+    MAX_INT32,
     check_bool,
+    check_int,
     check_number,
     check_str,
     is_int,
@@ -28,6 +30,9 @@ __all__ = [
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
+# The gateway matches stop sequences on the streamed text itself (holding back any tail that may
+# grow into one), so their number and length are what that costs per token, kept small.
+_MAX_STOP_SEQUENCES, _MAX_STOP_LENGTH = 16, 128
 
 
 @dataclass(slots=True)
@@ -65,6 +70,8 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
         raise TranslationError("max_tokens: Input should be a valid integer", "max_tokens")
     if max_tokens < 1:
         raise TranslationError("max_tokens: Input should be greater than or equal to 1", "max_tokens")
+    if max_tokens > MAX_INT32:
+        raise TranslationError(f"max_tokens: Input should be less than or equal to {MAX_INT32}", "max_tokens")
 
     messages, tools, tool_choice, parallel = _conversation(body)
 
@@ -73,18 +80,24 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
     if stop_sequences is not None:
         if not isinstance(stop_sequences, list):
             raise TranslationError("stop_sequences: Input should be a valid list", "stop_sequences")
+        if len(stop_sequences) > _MAX_STOP_SEQUENCES:
+            raise TranslationError(
+                f"stop_sequences: at most {_MAX_STOP_SEQUENCES} stop sequences are supported", "stop_sequences"
+            )
         for i, seq in enumerate(stop_sequences):
             if not isinstance(seq, str):
                 raise TranslationError(f"stop_sequences.{i}: Input should be a valid string", f"stop_sequences.{i}")
             if not seq:
                 raise TranslationError(f"stop_sequences.{i}: stop sequences must be non-empty", f"stop_sequences.{i}")
+            if len(seq) > _MAX_STOP_LENGTH:
+                raise TranslationError(
+                    f"stop_sequences.{i}: at most {_MAX_STOP_LENGTH} characters are supported", f"stop_sequences.{i}"
+                )
         stops = tuple(dict.fromkeys(stop_sequences))
 
     temperature = check_number(body, "temperature", 0.0, 1.0)
     top_p = check_number(body, "top_p", 0.0, 1.0)
-    top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 0):
-        raise TranslationError("top_k: Input should be a non-negative integer", "top_k")
+    top_k = check_int(body, "top_k", 0, MAX_INT32)
     stream = check_bool(body, "stream")
 
     user_id = None
@@ -140,9 +153,10 @@ def _thinking(value: Any) -> bool:
         raise TranslationError("thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'", "thinking.type")
     if kind == "enabled":
         budget = value.get("budget_tokens")
-        if not is_int(budget) or budget < 1:
+        if not is_int(budget) or not 1 <= budget <= MAX_INT32:
             raise TranslationError(
-                "thinking.budget_tokens: Input should be a positive integer", "thinking.budget_tokens"
+                f"thinking.budget_tokens: Input should be an integer between 1 and {MAX_INT32}",
+                "thinking.budget_tokens",
             )
     return kind != "disabled"
 
@@ -241,7 +255,7 @@ def _image_part(block: dict, path: str) -> dict:
     kind = source.get("type")
     if kind == "base64":
         media_type = source.get("media_type")
-        if media_type not in _IMAGE_MEDIA_TYPES:
+        if not isinstance(media_type, str) or media_type not in _IMAGE_MEDIA_TYPES:
             raise TranslationError(
                 f"{path}.source.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'",
                 f"{path}.source.media_type",
@@ -251,9 +265,10 @@ def _image_part(block: dict, path: str) -> dict:
             raise TranslationError(f"{path}.source.data: Field required", f"{path}.source.data")
         url = f"data:{media_type};base64,{data}"
     elif kind == "url":
-        url = source.get("url")
-        if not isinstance(url, str) or not url:
+        link = source.get("url")
+        if not isinstance(link, str) or not link:
             raise TranslationError(f"{path}.source.url: Field required", f"{path}.source.url")
+        url = link
     else:
         raise TranslationError(f"{path}.source.type: Input should be 'base64' or 'url'", f"{path}.source.type")
     return {"type": "image_url", "image_url": {"url": url}}
@@ -408,6 +423,8 @@ def _tool_choice(choice: Any, tools: list[dict]) -> tuple[Any, bool | None]:
     kind = choice.get("type")
     parallel = check_bool(choice, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use")
     parallel = None if parallel is None else not parallel
+    if not isinstance(kind, str):
+        raise TranslationError("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'", "tool_choice.type")
     if kind in _TOOL_CHOICE:
         if kind == "any" and not tools:
             raise TranslationError("tool_choice.type: 'any' requires at least one tool in tools", "tool_choice.type")

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._common import (
+    MAX_INT32,
     check_bool,
+    check_int,
     check_number,
     check_str,
-    is_int,
 )
 from .errors import TranslationError
 
@@ -104,9 +105,8 @@ def validate_and_translate_request(
     if not any(m["role"] != "system" for m in messages):
         raise TranslationError("input: at least one input item is required", "input")
 
-    max_output_tokens = body.get("max_output_tokens")
-    if max_output_tokens is not None and (not is_int(max_output_tokens) or max_output_tokens < 1):
-        raise TranslationError("max_output_tokens: Input should be a positive integer", "max_output_tokens")
+    max_output_tokens = check_int(body, "max_output_tokens", 1, MAX_INT32)
+    check_int(body, "top_logprobs", 0, 20)  # accepted, not sent: no log probabilities come back
     temperature = check_number(body, "temperature", 0.0, 2.0)
     top_p = check_number(body, "top_p", 0.0, 1.0)
     stream = check_bool(body, "stream")
@@ -184,9 +184,11 @@ def _normalise_items(items: list, label: str) -> list[dict]:
         kind = item.get("type")
         if kind is None and "role" in item:
             kind = "message"
+        if not isinstance(kind, str | None):
+            raise TranslationError(f"{path}.type: Input should be a valid string", f"{path}.type")
         if kind == "message":
             role = item.get("role")
-            if role not in _ROLES:
+            if not isinstance(role, str) or role not in _ROLES:
                 raise TranslationError(
                     f"{path}.role: Input should be 'user', 'assistant', 'system' or 'developer'", f"{path}.role"
                 )
@@ -243,6 +245,8 @@ def _check_part(part: Any, role: str, path: str) -> None:
     if not isinstance(part, dict):
         raise TranslationError(f"{path}: Input should be a valid dictionary", path)
     kind = part.get("type")
+    if not isinstance(kind, str):
+        raise TranslationError(f"{path}.type: Field required (a string)", f"{path}.type")
     if kind in _TEXT_PARTS:
         if not isinstance(part.get("text"), str):
             raise TranslationError(f"{path}.text: Input should be a valid string", f"{path}.text")
