@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from . import gateway
@@ -16,43 +16,43 @@ def is_anthropic(request: HttpRequest) -> bool:
 
 
 @api.post("/chat/completions")
-async def chat_completions(request: HttpRequest):
+async def chat_completions(request: gateway.ScopedRequest):
     return await gateway.handle(request, "chat", chat.chat_completions)
 
 
 @api.get("/models")
-async def list_models(request: HttpRequest):
+async def list_models(request: gateway.ScopedRequest):
     return await gateway.handle(
         request, "models", models.list_models, anthropic=is_anthropic(request), parse_body=False
     )
 
 
 @api.get("/models/{model_id}")
-async def get_model(request: HttpRequest, model_id: str):
-    async def handler(scope):
+async def get_model(request: gateway.ScopedRequest, model_id: str):
+    async def handler(scope: gateway.RequestScope) -> HttpResponse:
         return await models.get_model(scope, model_id)
 
     return await gateway.handle(request, "models", handler, anthropic=is_anthropic(request), parse_body=False)
 
 
 @api.post("/messages")
-async def create_message(request: HttpRequest):
+async def create_message(request: gateway.ScopedRequest):
     return await gateway.handle(request, "messages", messages.create_message, anthropic=True)
 
 
 @api.post("/messages/count_tokens")
-async def count_tokens(request: HttpRequest):
+async def count_tokens(request: gateway.ScopedRequest):
     return await gateway.handle(request, "count_tokens", messages.count_tokens, anthropic=True)
 
 
 @api.post("/responses")
-async def create_response(request: HttpRequest):
+async def create_response(request: gateway.ScopedRequest):
     return await gateway.handle(request, "responses", responses.create_response)
 
 
 @api.get("/responses/{response_id}")
-async def get_response(request: HttpRequest, response_id: str):
-    async def handler(scope):
+async def get_response(request: gateway.ScopedRequest, response_id: str):
+    async def handler(scope: gateway.RequestScope) -> HttpResponse:
         return await responses.get_response(scope, response_id)
 
     return await gateway.handle(request, "responses", handler, parse_body=False)

@@ -27,9 +27,18 @@ from .upstream import gateway_error, request_deadline, response_too_large
 
 
 class Translator(Protocol):
-    stopped: bool  # the answer is complete before the model finished (a stop sequence matched)
-    failed: bool  # the model's output carried an error; the translator has answered it
-    has_output: bool  # the first token has been seen (time to first token)
+    # Read-only here: the loop only reads them (a translator may compute them).
+    @property
+    def stopped(self) -> bool:
+        """The answer is complete before the model finished (a stop sequence matched)."""
+
+    @property
+    def failed(self) -> bool:
+        """The model's output carried an error; the translator has answered it."""
+
+    @property
+    def has_output(self) -> bool:
+        """The first token has been seen (time to first token)."""
 
     def start(self) -> bytes: ...
 
@@ -63,7 +72,7 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
                 idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
                 held += len(data) if not emit else 0
                 out = translator.feed(data)
-                item = data = None  # held no longer than needed while the client is written to
+                del item, data  # held no longer than needed while the client is written to
                 if record.ttft_ms is None and translator.has_output:
                     record.first_token()
                 if emit and out:
@@ -118,7 +127,7 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
                         )
                     if not emit:
                         raise error
-                    yield _failure(translator, record, error.code, error.message)
+                    yield _failure(translator, record, error.code or "upstream_timeout", error.message)
                     return
                 if emit:
                     yield translator.keepalive()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeGuard, overload
 
 try:  # orjson is several times faster, but the connector must install with httpx + websockets only.
     import orjson
@@ -245,7 +245,7 @@ def chunk_prefix(request_id: str) -> bytes:
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def valid_request_id(value: object) -> bool:
+def valid_request_id(value: object) -> TypeGuard[str]:
     """Ids must fit the one-byte length prefix of binary frames and be printable ASCII."""
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
 
@@ -300,6 +300,10 @@ def _int(
     return value
 
 
+@overload
+def _text(data: dict[str, Any], name: str, *, optional: Literal[False] = False, rid: str | None = None) -> str: ...
+@overload
+def _text(data: dict[str, Any], name: str, *, optional: Literal[True], rid: str | None = None) -> str | None: ...
 def _text(data: dict[str, Any], name: str, *, optional: bool = False, rid: str | None = None) -> str | None:
     value = data.get(name)
     if value is None and optional:
@@ -309,6 +313,10 @@ def _text(data: dict[str, Any], name: str, *, optional: bool = False, rid: str |
     return value[:MAX_TEXT]
 
 
+@overload
+def _number(data: dict[str, Any], name: str, *, optional: Literal[False] = False) -> float: ...
+@overload
+def _number(data: dict[str, Any], name: str, *, optional: Literal[True]) -> float | None: ...
 def _number(data: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
     value = data.get(name)
     if value is None and optional:

@@ -76,7 +76,8 @@ INSTALLED_APPS = [
     "api",
 ]
 
-# Every middleware here is async-capable, so async /v1 views run without a thread hop.
+# Every middleware here is async-capable: the chain runs on the event loop. (/v1 runs none of it,
+# proxy/handler.py; WhiteNoise, which is sync-only, serves /static/ in front of it: tokios_site/asgi.py.)
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -197,6 +198,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=17),  # daily, off the hour
         "options": {"expires": 3600},
     },
+    # Stored /v1/responses of conversations idle for RESPONSES_RETENTION_DAYS (proxy/tasks.py).
+    "prune-stored-responses": {
+        "task": "proxy.prune_stored_responses",
+        "schedule": crontab(hour=3, minute=41),
+        "options": {"expires": 3600},
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -214,6 +221,15 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").exists() else []
+# WhiteNoise serves /static/ (tokios_site/asgi.py), no CDN: what `manage.py collectstatic` gathered in
+# STATIC_ROOT, with the gzip copy of each file this storage writes there for clients that accept it.
+# Before anything is collected (a fresh checkout, `dev.py run`, the tests) it serves the apps' own
+# static folders as they are; DEBUG serves those always, re-read on every request.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG or not STATIC_ROOT.is_dir()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
@@ -227,7 +243,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
 SPECTACULAR_SETTINGS = {
@@ -245,6 +261,10 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- The /v1 gateway -------------------------------------------------------------------------
+# What carries a request to the model: None for the tunnel (proxy/tunnel/router.py TunnelCall), or
+# a callable taking TunnelCall's keyword arguments and returning a proxy.calls.UpstreamCall (the
+# in-process tests of the surfaces give a scripted one).
+UPSTREAM_CALL = None
 # Seconds an access decision may be served from this process's memory. Revocations and grant
 # changes delete the shared entry at once; other processes drop theirs within this time.
 ACCESS_LOCAL_TTL = env_float("TOKIOS_ACCESS_LOCAL_TTL", 1.0)
@@ -268,6 +288,10 @@ PRESENCE_REFRESH = env_float("TOKIOS_PRESENCE_REFRESH", 1.0)
 METERING_ENABLED = env_bool("TOKIOS_METERING", True)
 LIMITS_ENABLED = env_bool("TOKIOS_LIMITS", True)
 USAGE_RETENTION_DAYS = env_int("TOKIOS_USAGE_RETENTION_DAYS", 90)
+# Days a stored /v1/responses conversation (store: true, the default) is kept after its last turn.
+RESPONSES_RETENTION_DAYS = env_int("TOKIOS_RESPONSES_RETENTION_DAYS", 30)
+if not 1 <= RESPONSES_RETENTION_DAYS <= 36500:  # 0 would delete a conversation before it could go on
+    raise ValueError(f"TOKIOS_RESPONSES_RETENTION_DAYS must be between 1 and 36500, got {RESPONSES_RETENTION_DAYS}")
 # Seconds of finished requests written to the database as one batch: what a SIGKILL can lose.
 USAGE_BATCH_WINDOW = env_float("TOKIOS_USAGE_BATCH_WINDOW", 0.05)
 if not 0.001 <= USAGE_BATCH_WINDOW <= 10:  # 0 would write a statement per event, flat out

@@ -170,8 +170,10 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             upstream_model=frame.model,
         )
         window = max(1, min(settings.TUNNEL_WINDOW, protocol.MAX_WINDOW))
-        self.session = ConnectorSession(info=info, send_text=self._send_text, layer=self.channel_layer, window=window)
-        LOCAL[self.channel_name] = self.session
+        session = self.session = ConnectorSession(
+            info=info, send_text=self._send_text, layer=self.channel_layer, window=window
+        )
+        LOCAL[self.channel_name] = session
         await self.channel_layer.group_add(presence.token_group(token_id), self.channel_name)
         welcome = protocol.Welcome(
             deployment=deployment_name,
@@ -182,7 +184,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         )
         await self._send_text(protocol.encode(welcome))
         await presence.publish(info)
-        self.heartbeat_task = asyncio.create_task(self._heartbeat())
+        self.heartbeat_task = asyncio.create_task(self._heartbeat(session))
         log.info(
             "connector %s online for %s (version %s, from %s)",
             info.connector_id,
@@ -194,8 +196,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
-    async def _heartbeat(self) -> None:
-        session = self.session
+    async def _heartbeat(self, session: ConnectorSession) -> None:
         while True:
             await asyncio.sleep(settings.HEARTBEAT_INTERVAL)
             if time.monotonic() - self.last_seen > settings.HEARTBEAT_TIMEOUT:
@@ -244,11 +245,11 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
     async def tunnel_request(self, event: dict) -> None:
         reply = event["reply"]
         session = self.session
-        accepted = session is not None and not session.closed and not session.info.draining
-        ack = {"type": "tunnel.ack", "accepted": accepted, "window": session.window if accepted else 0}
+        live = session if session is not None and not session.closed and not session.info.draining else None
+        ack = {"type": "tunnel.ack", "accepted": live is not None, "window": live.window if live is not None else 0}
         await layer_messages.send(self.channel_layer, reply, ack)
-        if accepted:
-            await session.submit(event["id"], event["method"], event["path"], event["body"], reply=reply)
+        if live is not None:
+            await live.submit(event["id"], event["method"], event["path"], event["body"], reply=reply)
 
     async def tunnel_cancel(self, event: dict) -> None:
         if self.session is not None:

@@ -46,8 +46,8 @@ class Inbox:
         item = items.popleft()
         if isinstance(item, Data) and items and isinstance(items[0], Data):
             parts, blocks = [item.data], item.blocks
-            while items and isinstance(items[0], Data):
-                more = items.popleft()
+            while items and isinstance(more := items[0], Data):
+                items.popleft()
                 parts.append(more.data)
                 blocks += more.blocks
             item = Data(b"".join(parts), blocks)

@@ -59,6 +59,6 @@ def message_item(message: dict) -> Item | None:
             return Started(status, headers)
         case ["end", int(upstream_ms), int(ttfb_ms)]:
             return Ended(upstream_ms, ttfb_ms)
-        case ["error", str(code), str(message)]:
-            return Failed(code, message)
+        case ["error", str(code), str(text)]:
+            return Failed(code, text)
     return None

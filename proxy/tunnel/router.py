@@ -114,7 +114,7 @@ class TunnelCall:
     async def _dispatch_remote(self, choice: presence.ConnectorInfo) -> bool:
         layer = get_channel_layer()
         self.reply = await layer.new_channel()
-        self.acknowledged = asyncio.get_running_loop().create_future()
+        acknowledged = self.acknowledged = asyncio.get_running_loop().create_future()
         self.receiver = asyncio.create_task(self._receive(layer, self.reply))
         self._count(choice.channel)
         message = {
@@ -127,7 +127,7 @@ class TunnelCall:
         }
         try:
             await layer_messages.send(layer, choice.channel, message, patience=ACK_TIMEOUT)
-            accepted = await self._acknowledgement(choice)
+            accepted = await self._acknowledgement(choice, acknowledged)
         except ChannelFull:  # that process has not read its channel for ACK_TIMEOUT
             accepted = False
         if not accepted:
@@ -138,12 +138,12 @@ class TunnelCall:
             self.inbox = Inbox()  # nothing of this attempt may reach the next one
         return accepted
 
-    async def _acknowledgement(self, choice: presence.ConnectorInfo) -> bool:
+    async def _acknowledgement(self, choice: presence.ConnectorInfo, acknowledged: asyncio.Future[bool]) -> bool:
         waited, slice_ = 0.0, ACK_FIRST_CHECK  # the first check early: our presence read may be stale
         while waited < ACK_PATIENCE:
             try:
                 async with asyncio.timeout(slice_):
-                    return await asyncio.shield(self.acknowledged)
+                    return await asyncio.shield(acknowledged)
             except TimeoutError:
                 waited += slice_
                 slice_ = ACK_TIMEOUT
@@ -182,7 +182,8 @@ class TunnelCall:
                 return item
             case Failed():
                 self._finish()
-                if self.reply is not None and item.code in ("connector_protocol_error", "connector_disconnected"):
+                lost = item.code in ("connector_protocol_error", "connector_disconnected")
+                if lost and self.reply is not None and self.channel is not None:
                     await presence.forget(self.deployment_id, self.channel)  # before our cache says so
                 raise call_error(item)
             case None:
@@ -206,10 +207,11 @@ class TunnelCall:
                 self.reading = blocks
             case Ended() | Failed():
                 self._finish()
-        return item  # type: ignore[return-value]
+        return item  # type: ignore[return-value]  # the session refuses a second response.start
 
     async def _wait(self, timeout: float) -> Item | None:
-        if self.reply is None:
+        channel = self.channel
+        if self.reply is None or channel is None:
             return await self.inbox.get(timeout)
         deadline = time.monotonic() + timeout
         while True:
@@ -219,14 +221,14 @@ class TunnelCall:
                 return item
             if left <= LIVENESS_INTERVAL:
                 return None
-            if not await presence.is_alive(self.deployment_id, self.channel):
+            if not await presence.is_alive(self.deployment_id, channel):
                 return Failed("connector_disconnected", "the connector's process is gone")
 
     async def _hand_back_credit(self) -> None:
         blocks, self.consumed = self.consumed, 0
         if self.session is not None:
             await self.session.grant(self.request_id, blocks)
-        elif self.reply is not None:
+        elif self.reply is not None and self.channel is not None:
             message = {"type": "tunnel.credit", "id": self.request_id, "blocks": blocks}
             with contextlib.suppress(ChannelFull):  # the call's own timeouts cover a stuck process
                 await layer_messages.send(get_channel_layer(), self.channel, message)
