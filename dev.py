@@ -68,16 +68,21 @@ def run() -> None:
     port = os.environ.get("TOKIOS_PORT", "8000")
     manage("demo_setup", "--server", f"http://{host}:{port}")
     print(f"Serving Tokios on http://{host}:{port} (Ctrl-C to stop) …", flush=True)
-    os.execv(str(PY), [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port,
-                       "--no-access-log"])
+    os.execv(
+        str(PY),
+        [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port, "--no-access-log"],
+    )
 
 
 def test(extra: list[str]) -> None:
     ensure_venv("requirements-dev.txt")
     missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
     if missing:
-        print(f"Note: {', '.join(missing)} not set — tests that need PostgreSQL/Redis will be skipped "
-              "(listed at the end). Set them to run everything.", flush=True)
+        print(
+            f"Note: {', '.join(missing)} not set — tests that need PostgreSQL/Redis will be skipped "
+            "(listed at the end). Set them to run everything.",
+            flush=True,
+        )
     env = {**os.environ, "TOKIOS_HTTPS": "0"}
     result = subprocess.run([str(PY), "-m", "pytest", *extra], cwd=ROOT, env=env)
     sys.exit(result.returncode)

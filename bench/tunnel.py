@@ -70,9 +70,22 @@ def wrk(url: str, *, connections: int, duration: int, body: str, key: str | None
     )
     script.close()
     out = subprocess.run(
-        ["wrk", "-t", "2" if connections > 1 else "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
-         "-s", script.name, url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            "2" if connections > 1 else "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(script.name)
 
@@ -98,7 +111,9 @@ async def first_chunk_ms(url: str, key: str | None, body: bytes, n: int) -> floa
     samples = []
     for _ in range(n):
         reader, writer = await asyncio.open_connection(host, int(port))
-        headers = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        headers = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        )
         if key:
             headers += f"Authorization: Bearer {key}\r\n"
         started = time.perf_counter()
@@ -121,8 +136,13 @@ class Stack:
         `root` is the source tree the stack runs (another checkout, for --baseline)."""
         self.mode, self.metering = mode, metering
         self.data = Path(tempfile.mkdtemp(prefix=f"tokios-bench-{mode}-"))
-        self.env = {**os.environ, "TOKIOS_DATA_DIR": str(self.data), "TOKIOS_HTTPS": "0",
-                    "TOKIOS_METERING": "1" if metering else "0", "TOKIOS_LIMITS": "1" if metering else "0"}
+        self.env = {
+            **os.environ,
+            "TOKIOS_DATA_DIR": str(self.data),
+            "TOKIOS_HTTPS": "0",
+            "TOKIOS_METERING": "1" if metering else "0",
+            "TOKIOS_LIMITS": "1" if metering else "0",
+        }
         self.env.pop("DATABASE_URL", None)
         self.env.pop("REDIS_URL", None)
         self.env.update(extra_env)
@@ -137,25 +157,80 @@ class Stack:
             subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"], capture_output=True)
             subprocess.run([*psql, f"CREATE DATABASE {db_name}"], check=True, capture_output=True)
             subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], capture_output=True)
-        manage = lambda *a: subprocess.run([PY, "manage.py", *a], cwd=root, env=self.env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]  # noqa: E731
+        manage = (
+            lambda *a: subprocess.run(
+                [PY, "manage.py", *a], cwd=root, env=self.env, check=True, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )  # noqa: E731
         manage("migrate")
         manage("create_org", "bench")
-        self.token = manage("create_deployment", "bench-model", "--org", "bench", "--price-input", "1", "--price-output", "2")
+        self.token = manage(
+            "create_deployment", "bench-model", "--org", "bench", "--price-input", "1", "--price-output", "2"
+        )
         # Limits and a budget far above what the benchmark sends: enforced (and paid for) but never hit.
-        self.key = manage("create_key", "--org", "bench", "--name", "bench", "--rpm", "100000000", "--tpm", "1000000000", "--budget", "1000000")
+        self.key = manage(
+            "create_key",
+            "--org",
+            "bench",
+            "--name",
+            "bench",
+            "--rpm",
+            "100000000",
+            "--tpm",
+            "1000000000",
+            "--budget",
+            "1000000",
+        )
         self.port = free_port()
         self.server = subprocess.Popen(
-            [PY, "-m", "uvicorn", "tokios_site.asgi:application", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log", "--http", "httptools", "--loop", "uvloop"], cwd=root, env=self.env)
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "tokios_site.asgi:application",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--http",
+                "httptools",
+                "--loop",
+                "uvloop",
+            ],
+            cwd=root,
+            env=self.env,
+        )
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
         self.connector = subprocess.Popen(
-            [PY, "-m", "tokios_connector", "--server", f"http://127.0.0.1:{self.port}", "--token", self.token,
-             "--upstream", upstream, "--max-concurrency", "512", "--log-level", "warning"], cwd=root, env=self.env)
+            [
+                PY,
+                "-m",
+                "tokios_connector",
+                "--server",
+                f"http://127.0.0.1:{self.port}",
+                "--token",
+                self.token,
+                "--upstream",
+                upstream,
+                "--max-concurrency",
+                "512",
+                "--log-level",
+                "warning",
+            ],
+            cwd=root,
+            env=self.env,
+        )
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            r = httpx.post(self.url, json={"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]},
-                           headers={"authorization": f"Bearer {self.key}"})
+            r = httpx.post(
+                self.url,
+                json={"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {self.key}"},
+            )
             if r.status_code == 200:
                 return
             time.sleep(0.2)
@@ -181,8 +256,12 @@ def measure(url: str, key: str | None, duration: int, pids: list[int]) -> dict:
     stream = wrk(url, connections=8, duration=duration, body=STREAM, key=key)
     ttfc = asyncio.run(first_chunk_ms(url, key, FIRST, 200))
     return {
-        "c1_p50": c1["p50"], "c1_p99": c1["p99"], "c1_rps": c1["rps"],
-        "c32_p50": c32["p50"], "c32_p99": c32["p99"], "c32_rps": c32["rps"],
+        "c1_p50": c1["p50"],
+        "c1_p99": c1["p99"],
+        "c1_rps": c1["rps"],
+        "c32_p50": c32["p50"],
+        "c32_p99": c32["p99"],
+        "c32_rps": c32["rps"],
         "errors": c1["errors"] + c32["errors"] + stream["errors"],
         "chunks_per_s": stream["rps"] * 1002,  # 1000 words + role chunk + finish chunk per stream
         "ttfc_ms": ttfc,
@@ -243,7 +322,7 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
     if "control" in stacks:
         losses["on vs both off"] = []  # the on stack against the mean of the two off stacks
     for i in range(rounds):
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         if (i // len(names)) % 2:
             order.reverse()
         this_round = {}
@@ -252,7 +331,9 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
             this_round[name], cpu = c32_with_cpu(stack, seconds)
             runs[name]["rps"].append(this_round[name])
             runs[name]["cpu"].append(cpu)
-            runs[name]["p50"].append(wrk(stack.url, connections=1, duration=max(1, seconds // 2), body=PLAIN, key=stack.key)["p50"])
+            runs[name]["p50"].append(
+                wrk(stack.url, connections=1, duration=max(1, seconds // 2), body=PLAIN, key=stack.key)["p50"]
+            )
         for side in names:
             if side != "off":
                 losses[side].append(1 - this_round[side] / this_round["off"])
@@ -264,8 +345,10 @@ def paired(stacks: dict[str, Stack], rounds: int, seconds: int) -> dict:
         "loss": {side: statistics.median(values) for side, values in losses.items()},
         "ci": {side: median_ci(values) for side, values in losses.items()},
         "losses": {side: sorted(values) for side, values in losses.items()},
-        "cpu": {side: {part: statistics.median(c[part] for c in runs[side]["cpu"]) for part in runs[side]["cpu"][0]}
-                for side in names},
+        "cpu": {
+            side: {part: statistics.median(c[part] for c in runs[side]["cpu"]) for part in runs[side]["cpu"][0]}
+            for side in names
+        },
     }
 
 
@@ -275,8 +358,12 @@ def main() -> None:
     parser.add_argument("--modes", default="embedded,redis")
     parser.add_argument("--metering", choices=["on", "off", "both"], default="on")
     parser.add_argument("--rounds", type=int, default=8, help="rotating rounds for --metering both")
-    parser.add_argument("--round-seconds", type=int, default=0, help="c=32 seconds per stack and round (default: duration/2)")
-    parser.add_argument("--control", action="store_true", help="with --metering both: a second 'off' stack, an A/A check of the method")
+    parser.add_argument(
+        "--round-seconds", type=int, default=0, help="c=32 seconds per stack and round (default: duration/2)"
+    )
+    parser.add_argument(
+        "--control", action="store_true", help="with --metering both: a second 'off' stack, an A/A check of the method"
+    )
     parser.add_argument("--skip-table", action="store_true", help="with --metering both: only the paired rounds")
     parser.add_argument(
         "--baseline",
@@ -304,13 +391,17 @@ def main() -> None:
             try:
                 for slot, (side, metering) in enumerate(sides.items()):
                     root = args.baseline if args.baseline and side != "on" else ROOT
-                    stacks[side] = Stack(mode, metering or bool(args.baseline), f"http://127.0.0.1:{up_port}/v1", slot=slot, root=root)
+                    stacks[side] = Stack(
+                        mode, metering or bool(args.baseline), f"http://127.0.0.1:{up_port}/v1", slot=slot, root=root
+                    )
                 for side, stack in stacks.items():
                     if table and side != "control":
                         name = mode if args.metering != "both" else f"{mode} {'+' if stack.metering else '-'}meter"
                         if args.baseline:
                             name = f"{mode} {'this tree' if side == 'on' else 'baseline'}"
-                        results[name] = measure(stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid])
+                        results[name] = measure(
+                            stack.url, stack.key, args.duration, [stack.server.pid, stack.connector.pid]
+                        )
                 if args.metering == "both" and args.rounds:
                     costs[mode] = paired(stacks, args.rounds, args.round_seconds or max(3, args.duration // 2))
             finally:
@@ -322,19 +413,30 @@ def main() -> None:
         report(results)
     for mode, cost in costs.items():
         for side in cost["loss"]:
-            what = {"on": "metering+limits cost", "control": "control (off vs off: the method's noise)",
-                    "on vs both off": "metering+limits cost against the mean of both off stacks"}[side]
+            what = {
+                "on": "metering+limits cost",
+                "control": "control (off vs off: the method's noise)",
+                "on vs both off": "metering+limits cost against the mean of both off stacks",
+            }[side]
             if args.baseline:
-                what = {"on": "this tree against the baseline", "control": "control (baseline vs baseline)",
-                        "on vs both off": "this tree against the mean of both baseline stacks"}[side]
+                what = {
+                    "on": "this tree against the baseline",
+                    "control": "control (baseline vs baseline)",
+                    "on vs both off": "this tree against the mean of both baseline stacks",
+                }[side]
             low, high = cost["ci"][side]
-            print(f"  {what} ({mode}), {args.rounds} rotating rounds side by side: throughput "
-                  f"{100 * cost['loss'][side]:+.1f}% lost (median of per-round losses; 95% interval "
-                  f"{100 * low:+.1f} … {100 * high:+.1f}%; rounds {', '.join(f'{100 * x:.0f}' for x in cost['losses'][side])} %)"
-                  + ("" if side not in cost["rps"] else
-                     f", median req/s {cost['rps']['off']:.0f} → {cost['rps'][side]:.0f}, c=1 p50 {cost['p50']['off']:.2f} → "
-                     f"{cost['p50'][side]:.2f} ms ({cost['p50'][side] - cost['p50']['off']:+.2f} ms)")
-                  + (" (targets: < 10%, < 1 ms)" if side == "on" else ""))
+            print(
+                f"  {what} ({mode}), {args.rounds} rotating rounds side by side: throughput "
+                f"{100 * cost['loss'][side]:+.1f}% lost (median of per-round losses; 95% interval "
+                f"{100 * low:+.1f} … {100 * high:+.1f}%; rounds {', '.join(f'{100 * x:.0f}' for x in cost['losses'][side])} %)"
+                + (
+                    ""
+                    if side not in cost["rps"]
+                    else f", median req/s {cost['rps']['off']:.0f} → {cost['rps'][side]:.0f}, c=1 p50 {cost['p50']['off']:.2f} → "
+                    f"{cost['p50'][side]:.2f} ms ({cost['p50'][side] - cost['p50']['off']:+.2f} ms)"
+                )
+                + (" (targets: < 10%, < 1 ms)" if side == "on" else "")
+            )
         cpu = cost["cpu"]
         parts = ", ".join(f"{part} " + " → ".join(f"{cpu[side][part]:.0f}" for side in cpu) for part in cpu["off"])
         print(f"    CPU µs per request at c=32, {' → '.join(cpu)} (medians of the rounds): {parts}")
@@ -342,26 +444,36 @@ def main() -> None:
 
 def report(results: dict) -> None:
     direct = results["direct"]
-    print(f"\n{'':16}{'c1 p50':>9}{'c1 p99':>9}{'c32 rps':>9}{'c32 p50':>9}{'c32 p99':>9}{'chunks/s':>10}{'TTFC':>8}{'CPU/req':>16}{'errors':>7}")
+    print(
+        f"\n{'':16}{'c1 p50':>9}{'c1 p99':>9}{'c32 rps':>9}{'c32 p50':>9}{'c32 p99':>9}{'chunks/s':>10}{'TTFC':>8}{'CPU/req':>16}{'errors':>7}"
+    )
     for name, r in results.items():
         cpu = "+".join(f"{c:.2f}" for c in r["cpu_ms_per_req"]) + " ms"
-        print(f"{name:16}{r['c1_p50']:8.2f}m{r['c1_p99']:8.2f}m{r['c32_rps']:9.0f}{r['c32_p50']:8.1f}m{r['c32_p99']:8.1f}m"
-              f"{r['chunks_per_s']:10.0f}{r['ttfc_ms']:7.2f}m{cpu:>16}{r['errors']:7}")
-    print("\nThrough Tokios vs direct (targets: added p50 ≤ 3 ms, ≥ 1,000 req/s at c=32, ≥ 20,000 chunks/s, "
-          "added TTFC ≤ 3 ms, ≤ 1.5 ms CPU/request):")
+        print(
+            f"{name:16}{r['c1_p50']:8.2f}m{r['c1_p99']:8.2f}m{r['c32_rps']:9.0f}{r['c32_p50']:8.1f}m{r['c32_p99']:8.1f}m"
+            f"{r['chunks_per_s']:10.0f}{r['ttfc_ms']:7.2f}m{cpu:>16}{r['errors']:7}"
+        )
+    print(
+        "\nThrough Tokios vs direct (targets: added p50 ≤ 3 ms, ≥ 1,000 req/s at c=32, ≥ 20,000 chunks/s, "
+        "added TTFC ≤ 3 ms, ≤ 1.5 ms CPU/request):"
+    )
     for name, r in results.items():
         if name == "direct":
             continue
-        print(f"  {name:14} added p50 {r['c1_p50'] - direct['c1_p50']:6.2f} ms | req/s at c=32 {r['c32_rps']:6.0f} "
-              f"({r['c32_rps'] / direct['c32_rps']:.2f}× direct) | chunks/s {r['chunks_per_s']:7.0f} "
-              f"({r['chunks_per_s'] / direct['chunks_per_s']:.2f}×) | added TTFC {r['ttfc_ms'] - direct['ttfc_ms']:5.2f} ms | "
-              f"CPU/request {sum(r['cpu_ms_per_req']):.2f} ms (server + connector)")
+        print(
+            f"  {name:14} added p50 {r['c1_p50'] - direct['c1_p50']:6.2f} ms | req/s at c=32 {r['c32_rps']:6.0f} "
+            f"({r['c32_rps'] / direct['c32_rps']:.2f}× direct) | chunks/s {r['chunks_per_s']:7.0f} "
+            f"({r['chunks_per_s'] / direct['chunks_per_s']:.2f}×) | added TTFC {r['ttfc_ms'] - direct['ttfc_ms']:5.2f} ms | "
+            f"CPU/request {sum(r['cpu_ms_per_req']):.2f} ms (server + connector)"
+        )
     on = {k[:-7]: v for k, v in results.items() if k.endswith(" +meter")}
     off = {k[:-7]: v for k, v in results.items() if k.endswith(" -meter")}
     for mode in sorted(set(on) & set(off)):
         a, b = off[mode], on[mode]
-        print(f"  metering+limits cost ({mode}), one run each: throughput {100 * (1 - b['c32_rps'] / a['c32_rps']):+.1f}% lost, "
-              f"p50 {b['c1_p50'] - a['c1_p50']:+.2f} ms (targets: < 10%, < 1 ms)")
+        print(
+            f"  metering+limits cost ({mode}), one run each: throughput {100 * (1 - b['c32_rps'] / a['c32_rps']):+.1f}% lost, "
+            f"p50 {b['c1_p50'] - a['c1_p50']:+.2f} ms (targets: < 10%, < 1 ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -52,20 +52,60 @@ def main() -> None:
         print("Starting llama.cpp with Gemma 3 270M on :18091 …", flush=True)
         # The venv's bin folder is not on PATH when dev.py runs this with the venv's Python.
         server = shutil.which("llama-cpp-server") or str(Path(sys.prefix) / "bin" / "llama-cpp-server")
-        procs.append(subprocess.Popen([server, "-m", model, "--port", "18091", "--", *LLAMA_SAFE_ARGS],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [server, "-m", model, "--port", "18091", "--", *LLAMA_SAFE_ARGS],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait("http://127.0.0.1:18091/health", 120, procs[-1])
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-        setup = subprocess.run([sys.executable, "manage.py", "demo_setup", "--server", "http://127.0.0.1:18090"],
-                               cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+        setup = subprocess.run(
+            [sys.executable, "manage.py", "demo_setup", "--server", "http://127.0.0.1:18090"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         token = next(line.split()[-1] for line in setup.splitlines() if "Connector token:" in line)
         key = next(line.split()[-1] for line in setup.splitlines() if "API key:" in line)
         print("Starting Tokios on :18090 and a connector …", flush=True)
-        procs.append(subprocess.Popen([sys.executable, "-m", "uvicorn", "tokios_site.asgi:application", "--port", "18090",
-                                       "--log-level", "warning"], cwd=ROOT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "tokios_site.asgi:application",
+                    "--port",
+                    "18090",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
         wait("http://127.0.0.1:18090/healthz", 30, procs[-1])
-        procs.append(subprocess.Popen([sys.executable, "-m", "tokios_connector", "--server", "http://127.0.0.1:18090",
-                                       "--token", token, "--upstream", "http://127.0.0.1:18091/v1"], cwd=ROOT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tokios_connector",
+                    "--server",
+                    "http://127.0.0.1:18090",
+                    "--token",
+                    token,
+                    "--upstream",
+                    "http://127.0.0.1:18091/v1",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
         client = openai.OpenAI(api_key=key, base_url="http://127.0.0.1:18090/v1", max_retries=0)
         for _ in range(50):  # until the connector is online
             if any(getattr(m, "online", False) for m in client.models.list().data):
@@ -73,15 +113,20 @@ def main() -> None:
             time.sleep(0.2)
         print("\nQ: Write one sentence about the sea.\nA: ", end="", flush=True)
         stream = client.chat.completions.create(
-            model="gemma-tunnel", stream=True, stream_options={"include_usage": True}, max_tokens=64,
+            model="gemma-tunnel",
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=64,
             messages=[{"role": "user", "content": "Write one sentence about the sea."}],
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 print(chunk.choices[0].delta.content, end="", flush=True)
             if chunk.usage:
-                print(f"\n\n[{chunk.usage.prompt_tokens} prompt + {chunk.usage.completion_tokens} completion tokens, "
-                      "streamed from Gemma through the Tokios tunnel]")
+                print(
+                    f"\n\n[{chunk.usage.prompt_tokens} prompt + {chunk.usage.completion_tokens} completion tokens, "
+                    "streamed from Gemma through the Tokios tunnel]"
+                )
     finally:
         for proc in reversed(procs):
             proc.terminate()
