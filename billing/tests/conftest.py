@@ -10,15 +10,16 @@ from __future__ import annotations
 import itertools
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.conf import settings
 
-from accounts.access import DeploymentRecord, KeyRecord, clear_local_cache
 from accounts.actions import create_api_key, create_org
 from billing import limits, metering
 from billing.models import UsageEvent
 from deployments.actions import create_deployment
+from proxy.access import DeploymentRecord, KeyRecord, clear_local_cache
 
 OUR_REDIS_PATTERNS = ("tokios:rl:*", "tokios:spend:*", "tokios:access:*")
 _request_ids = itertools.count(1)
@@ -68,7 +69,7 @@ def backend(request, settings):
 
 def key_record(**limits_) -> KeyRecord:
     """A key's access record as the gateway has it (no database needed), with the limits given."""
-    fields = dict(
+    fields: dict[str, Any] = dict(
         id=7,
         org_id=3,
         org_slug="acme",
@@ -132,8 +133,8 @@ def key_b(org):
     return create_api_key(org=org, name="laptop")[0]
 
 
-def utc(*args) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def make_event(*, org, key=None, deployment=None, at=None, status=200, tokens_in=10, tokens_out=20, **extra):

@@ -16,10 +16,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db.backends import utils as db_utils
 
-from accounts.access import authenticate_key
 from accounts.actions import create_api_key
 from billing import limits, metering
 from billing.models import UsageEvent
+from proxy.access import authenticate_key
 from tests.v1_client import Response, call_v1
 
 from .conftest import make_event, utc
