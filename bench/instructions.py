@@ -48,16 +48,39 @@ def under_callgrind(stack: Stack, out: Path) -> subprocess.Popen:
     stack.server.terminate()
     stack.server.wait(10)
     server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         PY, "-m", "uvicorn", "tokios_site.asgi:application", "--port", str(stack.port), "--log-level", "warning",
-         "--no-access-log", "--http", "httptools", "--loop", "uvloop"],
-        cwd=ROOT, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            PY,
+            "-m",
+            "uvicorn",
+            "tokios_site.asgi:application",
+            "--port",
+            str(stack.port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            response = httpx.post(stack.url, json={"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]},
-                                  headers={"authorization": f"Bearer {stack.key}"}, timeout=30)
+            response = httpx.post(
+                stack.url,
+                json={"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {stack.key}"},
+                timeout=30,
+            )
             if response.status_code == 200:
                 return server
         except httpx.HTTPError:
@@ -96,16 +119,22 @@ def main() -> None:
                 out = work / f"{side}.callgrind"
                 stack.server = under_callgrind(stack, out)
                 wrk(stack.url, connections=args.connections, duration=10, body=PLAIN, key=stack.key)  # warm up
-                subprocess.run(["callgrind_control", "-i", "on", str(stack.server.pid)], capture_output=True, check=True)
+                subprocess.run(
+                    ["callgrind_control", "-i", "on", str(stack.server.pid)], capture_output=True, check=True
+                )
                 load = wrk(stack.url, connections=args.connections, duration=args.seconds, body=PLAIN, key=stack.key)
-                subprocess.run(["callgrind_control", "-i", "off", str(stack.server.pid)], capture_output=True, check=True)
+                subprocess.run(
+                    ["callgrind_control", "-i", "off", str(stack.server.pid)], capture_output=True, check=True
+                )
                 stack.server.terminate()
                 stack.server.wait(60)
                 if load["errors"]:
                     raise SystemExit(f"{side}: {load['errors']} failed requests")
                 per_request[side] = total_instructions(out) / load["requests"]
-                print(f"  {side:9} {per_request[side] / 1000:8.0f}k instructions per request ({load['requests']} requests)",
-                      flush=True)
+                print(
+                    f"  {side:9} {per_request[side] / 1000:8.0f}k instructions per request ({load['requests']} requests)",
+                    flush=True,
+                )
             finally:
                 stack.stop()
     finally:
@@ -114,7 +143,9 @@ def main() -> None:
     base = per_request["off"]
     for side, value in per_request.items():
         if side != "off":
-            print(f"  {side} vs off: {(value - base) / 1000:+.0f}k instructions per request ({100 * (value / base - 1):+.1f}%)")
+            print(
+                f"  {side} vs off: {(value - base) / 1000:+.0f}k instructions per request ({100 * (value / base - 1):+.1f}%)"
+            )
 
 
 if __name__ == "__main__":

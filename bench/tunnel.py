@@ -157,13 +157,13 @@ class Stack:
             subprocess.run([*psql, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"], capture_output=True)
             subprocess.run([*psql, f"CREATE DATABASE {db_name}"], check=True, capture_output=True)
             subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], capture_output=True)
-        manage = (
-            lambda *a: subprocess.run(
+
+        def manage(*a: str) -> str:
+            out = subprocess.run(
                 [PY, "manage.py", *a], cwd=root, env=self.env, check=True, capture_output=True, text=True
             )
-            .stdout.strip()
-            .splitlines()[-1]
-        )  # noqa: E731
+            return out.stdout.strip().splitlines()[-1]
+
         manage("migrate")
         manage("create_org", "bench")
         self.token = manage(
