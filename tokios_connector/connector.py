@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import __version__
 from .config import Config, public_url
+from .contract import coalesce_writes
 from .protocol import (
     CLOSE_AUTH_REJECTED,
     CLOSE_TOKEN_REVOKED,
@@ -236,6 +237,7 @@ class Connector:
                     write_limit=256 * 1024,
                     logger=ws_log,
                 ) as ws:
+                    coalesce_writes(ws)  # the server reads ~10x fewer segments (contract.py)
                     await self._serve_connection(ws)
                 code, reason = ws.close_code, ws.close_reason or ""
             except FatalError:

@@ -8,12 +8,15 @@ the part named, fix or drop the trick in tokios_connector/contract.py, measure a
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import version
 
 import httpcore
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
-from tokios_connector.contract import IS_READABLE, VERIFIED
+from tokios_connector.contract import IS_READABLE, VERIFIED, CoalescingTransport, coalesce_writes
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,3 +77,36 @@ async def test_an_idle_http11_connection_asks_its_stream_whether_the_server_clos
         f"httpcore {httpcore.__version__}: an idle HTTP/1.1 connection no longer asks its stream "
         f"get_extra_info({IS_READABLE!r}); the lean transport would reuse connections the upstream closed"
     )
+
+
+# --- websockets: frames are written through the connection's `transport` --------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_websockets_connection_writes_its_frames_through_a_replaced_transport():
+    received: list[str] = []
+
+    async def collect(server_side) -> None:
+        async for message in server_side:
+            received.append(message)
+
+    async with serve(collect, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            coalesce_writes(ws)
+            wrapper = ws.transport
+            assert isinstance(wrapper, CoalescingTransport)
+            segments: list[bytes] = []
+            inner = wrapper._transport
+            inner_write = inner.write
+            inner.write = lambda data: (segments.append(data), inner_write(data))[1]  # type: ignore[method-assign]
+            await asyncio.gather(*(ws.send(f"m{i}") for i in range(3)))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+
+    assert received == ["m0", "m1", "m2"], "websockets: frames written after coalesce_writes() did not arrive"
+    assert segments, (
+        "websockets no longer writes frames through `connection.transport`: coalesce_writes() has no effect; "
+        "read websockets/asyncio/connection.py (send_data), fix or drop CoalescingTransport, measure again"
+    )
+    assert len(segments) < 3, "websockets: the three frames sent in one loop iteration left in separate writes"
