@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -23,6 +24,8 @@ from .models import (
     PersonalAccessToken,
     Role,
     User,
+    lower_role,
+    new_share_id,
     validate_org_slug,
 )
 from .secrets import API_KEY_PREFIX, new_secret
@@ -55,6 +58,16 @@ def create_org(*, slug: str, name: str = "", owner: User | None = None, actor_la
     audit(org=org, action=AuditAction.ORG_CREATED, target=slug, actor=owner, actor_label=actor_label)
     if owner is not None:
         add_member(org=org, user=owner, role=Role.OWNER, actor=owner, actor_label=actor_label)
+    return org
+
+
+@transaction.atomic
+def rotate_share_id(*, org: Organization, actor: User | None = None, actor_label: str = "") -> Organization:
+    """A new share ID for `org`; the old one finds nothing from now on. Grants already made stay:
+    they point at the organisation, not at the ID."""
+    org.share_id = new_share_id()
+    org.save(update_fields=["share_id"])
+    audit(org=org, action=AuditAction.ORG_SHARE_ID_ROTATED, target=org.slug, actor=actor, actor_label=actor_label)
     return org
 
 
@@ -195,24 +208,39 @@ def revoke_api_key(*, key: ApiKey, actor: User | None = None, actor_label: str =
     return key
 
 
-# Personal access tokens have no organisation: their audit entries have org=None and show in Django admin.
-
-
 @transaction.atomic
 def create_personal_access_token(
-    *, user: User, name: str, expires_at: datetime | None = None
+    *, user: User, org: Organization, name: str, role: str = Role.MEMBER, expires_at: datetime | None = None
 ) -> tuple[PersonalAccessToken, str]:
-    """Create a token; returns it with the secret, which is never stored and cannot be shown again."""
+    """Create a token for `user` in `org`; returns it with the secret, which is never stored and
+    cannot be shown again.
+
+    Its role may not be above the user's in `org`; it expires (settings.PAT_DEFAULT_DAYS unless
+    `expires_at` says otherwise, settings.PAT_MAX_DAYS at most). Callers re-check the user's password
+    first (the dashboard's profile page): the API cannot make tokens.
+    """
     name = name.strip()
     if not name:
         raise ValidationError("A token needs a name.")
-    if expires_at is not None and expires_at <= timezone.now():
+    if role not in Role.values:
+        raise ValidationError(f"Unknown role {role!r}.")
+    membership = Membership.objects.filter(org=org, user=user).first()
+    if membership is None:
+        raise ValidationError(f"{user.email} is not a member of {org.slug}.")
+    if lower_role(role, membership.role) != role:
+        raise ValidationError(f"A token's role cannot be above yours ({membership.role}) in {org.name}.")
+    now = timezone.now()
+    if expires_at is None:
+        expires_at = now + timedelta(days=settings.PAT_DEFAULT_DAYS)
+    if expires_at <= now:
         raise ValidationError("The expiry must be in the future.")
+    if expires_at > now + timedelta(days=settings.PAT_MAX_DAYS):
+        raise ValidationError(f"A token expires within {settings.PAT_MAX_DAYS} days.")
     secret, prefix, token_hash = new_secret(PAT_PREFIX)
     token = PersonalAccessToken.objects.create(
-        user=user, name=name, prefix=prefix, token_hash=token_hash, expires_at=expires_at
+        user=user, org=org, role=role, name=name, prefix=prefix, token_hash=token_hash, expires_at=expires_at
     )
-    audit(org=None, action=AuditAction.PAT_CREATED, target=prefix, actor=user, name=name)
+    audit(org=org, action=AuditAction.PAT_CREATED, target=prefix, actor=user, name=name, role=role)
     return token, secret
 
 
@@ -221,7 +249,7 @@ def revoke_personal_access_token(*, token: PersonalAccessToken, actor: User | No
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-        audit(org=None, action=AuditAction.PAT_REVOKED, target=token.prefix, actor=actor)
+        audit(org=token.org, action=AuditAction.PAT_REVOKED, target=token.prefix, actor=actor)
     return token
 
 

@@ -61,9 +61,15 @@ class InvitationAdmin(admin.ModelAdmin):
 
 @admin.register(PersonalAccessToken)
 class PersonalAccessTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at"]
-    search_fields = ["prefix", "name", "user__email"]
-    readonly_fields = ["prefix", "token_hash", "created_at", "last_used_at"]
+    list_display = ["prefix", "name", "user", "org", "role", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = ["org"]
+    search_fields = ["prefix", "name", "user__email", "org__slug"]
+    # Who and where are fixed at creation; staff may shorten the life of a token (expiry, revocation).
+    readonly_fields = ["prefix", "token_hash", "user", "org", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        # Tokens are made on the profile page, where the secret is shown once, after a password check.
+        return False
 
 
 @admin.register(AuditLog)

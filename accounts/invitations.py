@@ -1,10 +1,10 @@
-"""Invitations: an emailed link that adds its holder to an org. Membership writes themselves go
-through accounts.actions; the link's absolute URL is the caller's (it needs the request's host)."""
+"""Invitations: an emailed link that adds its holder to an org — the only way the dashboard and the API
+add anyone. Membership writes themselves go through accounts.actions; the link's absolute URL is the
+caller's (it needs the request's host)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -18,15 +18,7 @@ from .models import INVITATION_PREFIX, AuditAction, Invitation, Membership, Orga
 from .secrets import hash_secret, new_secret
 
 
-@dataclass(frozen=True)
-class AddResult:
-    """Either the membership of a user who already had an account, or the invitation that was sent."""
-
-    membership: Membership | None = None
-    invitation: Invitation | None = None
-
-
-def add_or_invite(
+def invite_member(
     *,
     org: Organization,
     email: str,
@@ -34,26 +26,29 @@ def add_or_invite(
     actor: User | None,
     accept_url: Callable[[str], str],
     actor_label: str = "",
-) -> AddResult:
-    """Add an existing user at once; email anyone else an invitation link.
+) -> Invitation:
+    """E-mail `email` a link to join `org`: nobody becomes a member without accepting.
 
-    `accept_url(secret)` builds the absolute link (it needs the request's host, which actions do not see).
+    Whether the address has an account makes no difference here — same invitation, same e-mail, same
+    answer — so adding a member neither reveals who has an account nor puts anyone in an org they did
+    not choose. `accept_url(secret)` builds the absolute link (it needs the request's host, which
+    actions do not see).
     """
     email = User.objects.normalize_email(email).strip().lower()
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}.")
-    user = User.objects.filter(email__iexact=email).first()
-    if user is not None:
-        return AddResult(membership=add_member(org=org, user=user, role=role, actor=actor, actor_label=actor_label))
     invitation, secret = invite(org=org, email=email, role=role, actor=actor, actor_label=actor_label)
     send_invitation_email(invitation=invitation, link=accept_url(secret))
-    return AddResult(invitation=invitation)
+    return invitation
 
 
 @transaction.atomic
 def invite(
     *, org: Organization, email: str, role: str, actor: User | None, actor_label: str = ""
 ) -> tuple[Invitation, str]:
+    # Both are on the members page the inviter is looking at: saying so reveals nothing.
+    if Membership.objects.filter(org=org, user__email__iexact=email).exists():
+        raise ValidationError(f"{email} is already a member of {org.name}.")
     if Invitation.objects.for_org(org).pending().filter(email__iexact=email).exists():
         raise ValidationError(f"{email} already has a pending invitation to {org.name}.")
     secret, prefix, token_hash = new_secret(INVITATION_PREFIX)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import timedelta
 from typing import ClassVar
 
@@ -76,14 +77,46 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email
 
 
+# An organisation's share ID: what its owners give a model owner who wants to share a model with it
+# (a grant). It identifies, it does not authorise; but its 128 random bits make it unguessable, so a
+# lookup that misses tells nobody which organisations exist. Slugs have no "_", so the two never meet.
+SHARE_ID_PREFIX = "org_"
+SHARE_ID_RE = re.compile(r"org_[A-Za-z0-9_-]{22}")
+# The one answer, on the dashboard and the API, for a value that names no organisation one may grant to.
+GRANTEE_MISS = "No organisation with this share ID or slug among yours."
+
+
+def new_share_id() -> str:
+    return SHARE_ID_PREFIX + secrets.token_urlsafe(16)
+
+
 class OrganizationQuerySet(models.QuerySet["Organization"]):
     def for_user(self, user) -> OrganizationQuerySet:
         return self.filter(memberships__user=user).distinct()
+
+    def grantee(self, value: str, *, yours: OrganizationQuerySet) -> Organization | None:
+        """The organisation a grant lets in: any one by its share ID (exact), or one of `yours` by
+        slug. None for anything else, so that a caller answers alike for an organisation that does
+        not exist and one it may not see. A value neither could be costs no query."""
+        value = value.strip()
+        if SHARE_ID_RE.fullmatch(value):
+            return self.filter(share_id=value).first()
+        slug = value.lower()
+        if SLUG_RE.fullmatch(slug):
+            return yours.filter(slug=slug).first()
+        return None
 
 
 class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=50, unique=True, validators=[validate_org_slug])
+    share_id = models.CharField(
+        max_length=26,
+        unique=True,
+        default=new_share_id,
+        editable=False,
+        help_text="Given to a model owner who wants to share a model with this organisation; not a secret.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # Optional org-wide limits, enforced on top of each key's own.
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
@@ -108,6 +141,14 @@ class Role(models.TextChoices):
     OWNER = "owner", "Owner"
     ADMIN = "admin", "Admin"
     MEMBER = "member", "Member"
+
+
+ROLE_RANK: dict[str, int] = {Role.MEMBER: 0, Role.ADMIN: 1, Role.OWNER: 2}
+
+
+def lower_role(first: str, second: str) -> str:
+    """The less powerful of two roles."""
+    return first if ROLE_RANK[first] <= ROLE_RANK[second] else second
 
 
 class Membership(models.Model):
@@ -204,6 +245,7 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_CREATED = "deployment.created", "Deployment created"
     DEPLOYMENT_UPDATED = "deployment.updated", "Deployment updated"
     ORG_CREATED = "org.created", "Organisation created"
+    ORG_SHARE_ID_ROTATED = "org.share_id_rotated", "Share ID replaced"
 
 
 class AuditLogQuerySet(models.QuerySet["AuditLog"]):
@@ -301,19 +343,25 @@ class PersonalAccessTokenQuerySet(models.QuerySet["PersonalAccessToken"]):
 
 
 class PersonalAccessToken(models.Model):
-    """A `pat-tokios-…` token that lets automation call /api/ as its user, with that user's roles.
+    """A `pat-tokios-…` token that lets automation call /api/ as its user, in one organisation.
+
+    It acts at the lower of its own role and its user's current role in `org` (accounts.tenancy
+    `token_membership`): demoting or removing the user demotes or stops the token at once. It always
+    expires (settings.PAT_MAX_DAYS at most).
 
     Stored as a SHA-256 and a display prefix, like API keys: it carries ~240 random bits, so a
     slow password hash would buy nothing.
     """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="access_tokens")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=32, unique=True)
     token_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     objects = PersonalAccessTokenQuerySet.as_manager()
@@ -330,7 +378,7 @@ class PersonalAccessToken(models.Model):
     def status(self) -> str:
         if self.revoked_at is not None:
             return "revoked"
-        if self.expires_at is not None and self.expires_at <= timezone.now():
+        if self.expires_at <= timezone.now():
             return "expired"
         return "active"
 
@@ -341,3 +389,20 @@ class PersonalAccessToken(models.Model):
     @property
     def actor_label(self) -> str:
         return f"api-token:{self.prefix}"
+
+
+class ThrottleBucket(models.Model):
+    """How often something was attempted in the current window: a password reset for one address, or
+    from one client address (accounts.throttle). `key` is a keyed hash of what is counted, so the
+    table holds no e-mail or IP address. Sign-in failures are counted by django-axes instead."""
+
+    scope = models.CharField(max_length=32)
+    key = models.CharField(max_length=64)
+    window_start = models.DateTimeField()
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="unique_throttle_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key[:8]}… {self.hits} since {self.window_start:%Y-%m-%d %H:%M}"

@@ -21,7 +21,7 @@ from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from .models import Membership, Organization, Role
+from .models import Membership, Organization, PersonalAccessToken, Role, lower_role
 
 if TYPE_CHECKING:
     from .models import User
@@ -55,6 +55,34 @@ def org_for_request(request: HttpRequest) -> Membership | None:
         if membership is not None:
             return membership
     return memberships.first()
+
+
+def token_membership(token: PersonalAccessToken) -> Membership | None:
+    """The membership a personal access token acts through: its user's in its org, at the lower of
+    the token's role and the user's current one; None once the user has left the org.
+
+    The role is lowered on this copy only, for permission checks; nothing saves it."""
+    membership = Membership.objects.select_related("org").filter(user_id=token.user_id, org_id=token.org_id).first()
+    if membership is not None:
+        membership.role = lower_role(token.role, membership.role)
+    return membership
+
+
+def acting_memberships(user: Any, token: PersonalAccessToken | None = None) -> list[Membership]:
+    """The orgs an API request may act in, with its role in each: every membership of a signed-in
+    user; only its own org, at its effective role, for a personal access token."""
+    if token is None:
+        return list(memberships_for(user))
+    membership = token_membership(token)
+    return [membership] if membership is not None else []
+
+
+def acting_membership(user: Any, slug: str, token: PersonalAccessToken | None = None) -> Membership | None:
+    """The membership an API request acts through in the org `slug`, or None (a 404 to the caller)."""
+    if token is None:
+        return memberships_for(user).filter(org__slug=slug).first()
+    membership = token_membership(token)
+    return membership if membership is not None and membership.org.slug == slug else None
 
 
 def select_org(request: HttpRequest, org: Organization) -> None:

@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import SLUG_RE, ApiKey, Invitation, Membership, Organization, Role
+from accounts.models import (
+    GRANTEE_MISS,
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    PersonalAccessToken,
+    Role,
+)
+from accounts.tenancy import can_manage
 from billing.models import Statement, StatementLine
 from deployments.models import DEPLOYMENT_NAME_RE, ConnectorToken, Deployment, ModelGrant
 from proxy.tunnel import presence
@@ -31,6 +40,14 @@ class OrgSerializer(serializers.Serializer):
     name = serializers.CharField(source="org.name")
     role = serializers.ChoiceField(choices=Role.choices)
     monthly_budget_micros = serializers.IntegerField(source="org.monthly_budget_micros", allow_null=True)
+    share_id = serializers.SerializerMethodField(
+        help_text="Give this to a model owner who wants to share a model with you (owners and admins; "
+        "null for members). It identifies the organisation; it grants nothing."
+    )
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_share_id(self, membership: Membership) -> str | None:
+        return membership.org.share_id if can_manage(membership) else None
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -162,8 +179,42 @@ class ConnectorTokenCreatedSerializer(ConnectorTokenSerializer):
         fields = [*ConnectorTokenSerializer.Meta.fields, "secret", "command"]
 
 
+@extend_schema_field(
+    serializers.CharField(
+        help_text="On create: the share ID the other organisation gave you (org_…), or the slug of one of "
+        "yours (a personal access token: its own). In answers: the organisation's slug."
+    )
+)
+class GrantTargetField(serializers.SlugRelatedField):
+    """The org a grant lets in: any org by its share ID, or by slug one of those the request may see
+    (the user's orgs; a personal access token: its one org). Every other string, whether an org has
+    it or not, gets the same answer, so the endpoint tells no one which organisations exist."""
+
+    default_error_messages = {"does_not_exist": GRANTEE_MISS}
+
+    def __init__(self, **kwargs):
+        super().__init__(slug_field="slug", queryset=Organization.objects.all(), **kwargs)
+
+    def yours(self):
+        request = self.context.get("request")
+        if request is None:
+            return Organization.objects.none()
+        orgs = Organization.objects.for_user(request.user)
+        if isinstance(request.auth, PersonalAccessToken):
+            orgs = orgs.filter(pk=request.auth.org_id)
+        return orgs
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        org = Organization.objects.grantee(data, yours=self.yours())
+        if org is None:
+            self.fail("does_not_exist")
+        return org
+
+
 class GrantSerializer(serializers.ModelSerializer):
-    org = NameRelatedField(slug_field="slug", pattern=SLUG_RE, queryset=Organization.objects.all())
+    org = GrantTargetField()
     org_name = serializers.CharField(source="org.name", read_only=True)
 
     class Meta:
@@ -185,7 +236,7 @@ class MemberSerializer(serializers.ModelSerializer):
 
 
 class MemberAddSerializer(serializers.Serializer):
-    email = serializers.EmailField()
+    email = serializers.EmailField(max_length=254)  # Invitation.email's column
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
@@ -196,11 +247,6 @@ class InvitationSerializer(serializers.ModelSerializer):
         model = Invitation
         fields = ["id", "email", "role", "status", "created_at", "expires_at"]
         read_only_fields = fields
-
-
-class MemberAddResultSerializer(serializers.Serializer):
-    member = MemberSerializer(allow_null=True)
-    invitation = InvitationSerializer(allow_null=True)
 
 
 class UsageBucketSerializer(serializers.Serializer):

@@ -21,9 +21,16 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
 from accounts.actions import change_role, remove_member, revoke_api_key
-from accounts.invitations import add_or_invite, revoke_invitation
+from accounts.invitations import invite_member, revoke_invitation
 from accounts.models import ApiKey, Invitation, Membership, PersonalAccessToken
-from accounts.tenancy import can_manage, check_can_manage_member, memberships_for, owned_or_404, scoped
+from accounts.tenancy import (
+    acting_membership,
+    acting_memberships,
+    can_manage,
+    check_can_manage_member,
+    owned_or_404,
+    scoped,
+)
 from billing.forms import UsageFilterForm
 from billing.models import Statement
 from billing.queries import usage_series
@@ -46,8 +53,14 @@ ORG_PARAM = OpenApiParameter("org", str, OpenApiParameter.PATH, description="The
 TOTALS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
 
 
+def request_token(request: Request) -> PersonalAccessToken | None:
+    """The personal access token the request authenticated with; None for the dashboard session."""
+    return request.auth if isinstance(request.auth, PersonalAccessToken) else None
+
+
 def actor_label(request: Request) -> str:
-    return request.auth.actor_label if isinstance(request.auth, PersonalAccessToken) else ""
+    token = request_token(request)
+    return token.actor_label if token is not None else ""
 
 
 def _raise_validation(exc: DjangoValidationError):
@@ -64,8 +77,12 @@ class OrgScoped:
         super().check_permissions(request)
         if getattr(self, "swagger_fake_view", False):
             return
-        self.membership = get_object_or_404(memberships_for(request.user), org__slug=self.kwargs.get("org"))
-        self.org = self.membership.org
+        # A token's own org only, at its effective role; any other slug is a 404, as for an outsider.
+        membership = acting_membership(request.user, str(self.kwargs.get("org")), request_token(request))
+        if membership is None:
+            raise Http404("No such organisation.")
+        self.membership = membership
+        self.org = membership.org
         if self.manage and not can_manage(self.membership):
             raise PermissionDenied("Only owners and admins of this organisation can do this.")
 
@@ -90,7 +107,8 @@ class ApiRoot(APIView):
                 "orgs": api_reverse("api:orgs", request=request),
                 "schema": api_reverse("api:schema", request=request),
                 "docs": api_reverse("api:docs", request=request),
-                "authentication": "Session, or 'Authorization: Bearer pat-tokios-…' from your profile page.",
+                "authentication": "Session, or 'Authorization: Bearer pat-tokios-…' from your profile page "
+                "(a token acts in one organisation, at its role there; tokens are made on the profile page only).",
                 "org_endpoints": [
                     "orgs/{org}/keys/",
                     "orgs/{org}/deployments/",
@@ -99,6 +117,7 @@ class ApiRoot(APIView):
                     "orgs/{org}/members/",
                     "orgs/{org}/invitations/",
                     "orgs/{org}/usage/",
+                    "orgs/{org}/requests/",
                     "orgs/{org}/statements/",
                 ],
             }
@@ -106,11 +125,12 @@ class ApiRoot(APIView):
 
 
 class OrgList(APIView):
-    """The organisations you belong to, with your role in each."""
+    """The organisations you belong to, with your role in each; with a token, its one organisation
+    and the role it acts with there."""
 
     @extend_schema(responses=s.OrgSerializer(many=True))
     def get(self, request: Request) -> Response:
-        return Response(s.OrgSerializer(memberships_for(request.user), many=True).data)
+        return Response(s.OrgSerializer(acting_memberships(request.user, request_token(request)), many=True).data)
 
 
 @extend_schema_view(
@@ -317,15 +337,16 @@ class GrantViewSet(
     list=extend_schema(parameters=[ORG_PARAM]),
     retrieve=extend_schema(parameters=[ORG_PARAM]),
     create=extend_schema(
-        parameters=[ORG_PARAM], request=s.MemberAddSerializer, responses={201: s.MemberAddResultSerializer}
+        parameters=[ORG_PARAM], request=s.MemberAddSerializer, responses={201: s.InvitationSerializer}
     ),
     partial_update=extend_schema(parameters=[ORG_PARAM]),
     update=extend_schema(parameters=[ORG_PARAM]),
     destroy=extend_schema(parameters=[ORG_PARAM]),
 )
 class MemberViewSet(OrgScoped, viewsets.ModelViewSet):
-    """Members and their roles. Adding an email without an account sends an invitation instead.
-    Only owners make, change or remove owners; the last owner stays."""
+    """Members and their roles. Adding a member always e-mails an invitation, which the person accepts
+    (signing in, or creating their account); the answer is the same whether the address has an
+    account or not. Only owners make, change or remove owners; the last owner stays."""
 
     serializer_class = s.MemberSerializer
 
@@ -338,7 +359,7 @@ class MemberViewSet(OrgScoped, viewsets.ModelViewSet):
         data = serializer.validated_data
         check_can_manage_member(self.membership, None, data["role"])
         try:
-            result = add_or_invite(
+            invitation = invite_member(
                 org=self.org,
                 email=data["email"],
                 role=data["role"],
@@ -350,11 +371,7 @@ class MemberViewSet(OrgScoped, viewsets.ModelViewSet):
             )
         except DjangoValidationError as exc:
             _raise_validation(exc)
-        body = {
-            "member": s.MemberSerializer(result.membership).data if result.membership else None,
-            "invitation": s.InvitationSerializer(result.invitation).data if result.invitation else None,
-        }
-        return Response(body, status=201)
+        return Response(s.InvitationSerializer(invitation).data, status=201)
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         membership = self.get_object()

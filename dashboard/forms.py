@@ -4,10 +4,24 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 
 from django import forms
-from django.contrib.auth import password_validation
+from django.conf import settings
+from django.contrib.auth import authenticate, password_validation
+from django.contrib.auth.forms import PasswordChangeForm
 from django.core.exceptions import ValidationError
+from django.http import HttpRequest
 
-from accounts.models import MAX_BUDGET_MICROS, MAX_RATE_LIMIT, ApiKey, AuditAction, Organization, Role, User
+from accounts.models import (
+    GRANTEE_MISS,
+    MAX_BUDGET_MICROS,
+    MAX_RATE_LIMIT,
+    ApiKey,
+    AuditAction,
+    Membership,
+    Organization,
+    Role,
+    User,
+    lower_role,
+)
 from billing.forms import DayField
 from deployments.models import MAX_PRICE_MICROS, Deployment
 from lib.money import micros_to_usd, usd_to_micros
@@ -69,15 +83,25 @@ class ConnectorTokenForm(forms.Form):
 
 
 class GrantForm(forms.Form):
+    """Shares a deployment with another organisation: any one by the share ID it gave you, or one
+    you belong to by its slug. Every other value, whether an organisation has it or not, gets the
+    same answer (GRANTEE_MISS), so the form tells no one which organisations exist."""
+
     org = forms.CharField(
-        label="Organisation slug", max_length=50, help_text="The slug of the org to share this model with."
+        label="Share ID",
+        max_length=50,
+        help_text="The share ID the other organisation gave you (org_…, on its Members page), "
+        "or the slug of another organisation you belong to.",
     )
 
+    def __init__(self, *args, user: User, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
     def clean_org(self) -> Organization:
-        slug = self.cleaned_data["org"].strip().lower()
-        org = Organization.objects.filter(slug=slug).first()
+        org = Organization.objects.grantee(self.cleaned_data["org"], yours=Organization.objects.for_user(self.user))
         if org is None:
-            raise ValidationError(f"No organisation with slug {slug!r}.")
+            raise ValidationError(GRANTEE_MISS)
         return org
 
 
@@ -130,7 +154,7 @@ class ApiKeyForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
-    email = forms.EmailField()
+    email = forms.EmailField(max_length=254)  # Invitation.email's column
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
     def __init__(self, *args, roles: list[str], **kwargs):
@@ -142,18 +166,77 @@ class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
+def is_own_password(request: HttpRequest, password: str) -> bool:
+    """Whether `password` is the signed-in user's, checked through authenticate() so that a wrong one
+    counts as a failed sign-in (django-axes): a stolen session cannot guess at it freely."""
+    user = authenticate(request, username=request.user.email, password=password)
+    return user is not None and user.pk == request.user.pk
+
+
+PAT_EXPIRY_DAYS = (7, 30, 90, 180, 365)
+
+
+def pat_expiry_choices() -> list[tuple[int, str]]:
+    days = {d for d in PAT_EXPIRY_DAYS if d <= settings.PAT_MAX_DAYS} | {
+        settings.PAT_DEFAULT_DAYS,
+        settings.PAT_MAX_DAYS,
+    }
+    return [(d, "in a year" if d == 365 else f"in {d} days") for d in sorted(days)]
+
+
 class PersonalAccessTokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. “terraform” or “billing export”.")
-    expires_in_days = forms.TypedChoiceField(
-        label="Expires",
-        coerce=int,
-        choices=[(30, "in 30 days"), (90, "in 90 days"), (365, "in a year"), (0, "never")],
-        initial=90,
+    org = forms.ModelChoiceField(queryset=Organization.objects.none(), label="Organisation", empty_label=None)
+    role = forms.ChoiceField(
+        choices=Role.choices,
+        initial=Role.MEMBER,
+        help_text="At most your own role there. If yours is lowered, the token's follows.",
+    )
+    expires_in_days = forms.TypedChoiceField(label="Expires", coerce=int)
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="To confirm it is you.",
     )
 
-    def expires_at(self, now: datetime) -> datetime | None:
-        days = self.cleaned_data["expires_in_days"]
-        return now + timedelta(days=days) if days else None
+    def __init__(self, *args, request: HttpRequest, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = request
+        self.fields["org"].queryset = Organization.objects.for_user(request.user).order_by("name", "slug")
+        self.fields["expires_in_days"].choices = pat_expiry_choices()
+        self.fields["expires_in_days"].initial = settings.PAT_DEFAULT_DAYS
+
+    def clean_password(self) -> str:
+        if not is_own_password(self.request, self.cleaned_data["password"]):
+            raise ValidationError("That is not your password.")
+        return ""  # checked; not kept
+
+    def clean(self):
+        data = super().clean()
+        org, role = data.get("org"), data.get("role")
+        if org is not None and role:
+            membership = Membership.objects.filter(org=org, user=self.request.user).first()
+            if membership is None or lower_role(role, membership.role) != role:
+                self.add_error("role", "A token's role cannot be above your own in that organisation.")
+        return data
+
+    def expires_at(self, now: datetime) -> datetime:
+        return now + timedelta(days=self.cleaned_data["expires_in_days"])
+
+
+class ConfirmedPasswordChangeForm(PasswordChangeForm):
+    """Django's form, with the old password checked as a sign-in (throttled)."""
+
+    def __init__(self, user, *args, request: HttpRequest, **kwargs):
+        super().__init__(user, *args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        old_password = self.cleaned_data["old_password"]
+        if not is_own_password(self.request, old_password):
+            raise ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        return old_password
 
 
 class AcceptInvitationForm(forms.Form):

@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.actions import create_personal_access_token, revoke_personal_access_token
-from accounts.models import AuditLog
+from accounts.models import AuditLog, Role
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +28,7 @@ def test_anonymous_requests_get_401_with_a_bearer_challenge(org):
 
 
 def test_a_personal_access_token_authenticates_as_its_user(owner, org, key):
-    token, secret = create_personal_access_token(user=owner, name="ci")
+    token, secret = create_personal_access_token(user=owner, org=org, role=Role.OWNER, name="ci")
     response = bearer(secret).get(KEYS)
     assert response.status_code == 200
     assert [k["prefix"] for k in response.json()["results"]] == [key.prefix]
@@ -37,21 +37,21 @@ def test_a_personal_access_token_authenticates_as_its_user(owner, org, key):
 
 
 def test_writes_with_a_token_are_audited_with_its_prefix(owner, org):
-    token, secret = create_personal_access_token(user=owner, name="ci")
+    token, secret = create_personal_access_token(user=owner, org=org, role=Role.OWNER, name="ci")
     assert bearer(secret).post(KEYS, {"name": "from ci"}, format="json").status_code == 201
     entry = AuditLog.objects.get(action="key.created")
     assert entry.actor == owner and entry.actor_label == f"api-token:{token.prefix}"
 
 
 def test_a_token_has_only_its_users_roles(member, org, key):
-    _, secret = create_personal_access_token(user=member, name="ci")
+    _, secret = create_personal_access_token(user=member, org=org, name="ci")
     assert bearer(secret).get(KEYS).status_code == 403
     assert bearer(secret).get("/api/orgs/acme/usage/").status_code == 200
 
 
 @pytest.mark.parametrize("state", ["revoked", "expired", "unknown", "wrong-prefix", "inactive-user"])
 def test_unusable_tokens_get_401(owner, org, state):
-    token, secret = create_personal_access_token(user=owner, name="ci")
+    token, secret = create_personal_access_token(user=owner, org=org, role=Role.OWNER, name="ci")
     if state == "revoked":
         revoke_personal_access_token(token=token)
     elif state == "expired":
@@ -76,12 +76,12 @@ def test_the_session_works_for_reads_and_needs_csrf_for_writes(owner, org):
 
 
 def test_a_token_needs_no_csrf(owner, org):
-    _, secret = create_personal_access_token(user=owner, name="ci")
+    _, secret = create_personal_access_token(user=owner, org=org, role=Role.OWNER, name="ci")
     client = Client(enforce_csrf_checks=True, HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.post(KEYS, {"name": "x"}, content_type="application/json").status_code == 201
 
 
 def test_org_list_shows_my_orgs_and_roles(api_admin, org, other_org):
     assert api_admin.get("/api/orgs/").json() == [
-        {"slug": "acme", "name": "Acme", "role": "admin", "monthly_budget_micros": None}
+        {"slug": "acme", "name": "Acme", "role": "admin", "monthly_budget_micros": None, "share_id": org.share_id}
     ]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import AuditLog
+from accounts.actions import add_member
+from accounts.models import AuditLog, Role
 from accounts.secrets import hash_secret
 from dashboard.tests.conftest import connector_info
 from deployments.models import ConnectorToken, Deployment, ModelGrant
@@ -14,6 +17,10 @@ pytestmark = pytest.mark.django_db
 
 def detail(deployment) -> str:
     return reverse("dashboard:deployment_detail", args=[deployment.pk])
+
+
+def _without_csrf(page: str) -> str:
+    return re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', "", page)
 
 
 @pytest.mark.parametrize("persona", ["as_owner", "as_admin"])
@@ -106,9 +113,10 @@ def test_without_a_connector_the_page_shows_the_command_to_run(as_owner, deploym
     page = as_owner.get(detail(deployment)).text
     assert "No connector yet — run this command" in page
     assert (
-        "python -m tokios_connector --server http://testserver --token &lt;token&gt; "
+        "TOKIOS_CONNECTOR_TOKEN=&lt;token&gt; python -m tokios_connector --server http://testserver "
         "--upstream http://127.0.0.1:8080/v1"
     ) in page
+    assert "--token" not in page.replace("--token-file", "")
     assert "create one first" in page
 
 
@@ -119,7 +127,8 @@ def test_a_connector_token_is_shown_once_and_stored_hashed(as_owner, deployment)
     token = ConnectorToken.objects.get(name="gpu-2")
     secret = response.context["secret"]
     assert secret.startswith("ctk-tokios-") and token.token_hash == hash_secret(secret)
-    assert f"--token {secret} --upstream" in response.text
+    assert f"TOKIOS_CONNECTOR_TOKEN={secret} python -m tokios_connector --server" in response.text
+    assert "--token" not in response.text.replace("--token-file", "")  # `ps` would show it to every local user
     assert 'data-copy="secret-value"' in response.text
     assert secret not in as_owner.get(detail(deployment)).text
     assert token.prefix in as_owner.get(detail(deployment)).text
@@ -159,7 +168,8 @@ def test_negative_or_too_precise_prices_are_refused(as_owner, deployment):
     assert deployment.price_input_micros == 100_000
 
 
-def test_granting_and_revoking_access_for_another_org(as_owner, deployment, other_org):
+def test_granting_and_revoking_access_for_another_org_i_belong_to(as_owner, owner, deployment, other_org):
+    add_member(org=other_org, user=owner, role=Role.MEMBER)
     response = as_owner.post(reverse("dashboard:deployment_grant_create", args=[deployment.pk]), {"org": "globex"})
     assert response.status_code == 302
     grant = ModelGrant.objects.get(deployment=deployment, org=other_org)
@@ -169,10 +179,50 @@ def test_granting_and_revoking_access_for_another_org(as_owner, deployment, othe
     assert not ModelGrant.objects.filter(pk=grant.pk).exists()
 
 
-def test_granting_to_an_unknown_or_own_org_shows_an_error(as_owner, deployment):
+def test_granting_by_share_id_lets_in_an_org_i_do_not_belong_to(as_owner, deployment, other_org):
     url = reverse("dashboard:deployment_grant_create", args=[deployment.pk])
-    assert "No organisation with slug" in as_owner.post(url, {"org": "nobody"}).text
+    response = as_owner.post(url, {"org": f" {other_org.share_id} "}, follow=True)
+    assert ModelGrant.objects.filter(deployment=deployment, org=other_org).exists()
+    assert [str(m) for m in response.context["messages"]] == ["globex can now call gemma-tunnel."]
+    assert "Globex" in as_owner.get(detail(deployment)).text
+
+
+def test_granting_to_an_unknown_or_own_org_shows_an_error(as_owner, org, deployment):
+    url = reverse("dashboard:deployment_grant_create", args=[deployment.pk])
+    assert "No organisation with this share ID or slug among yours." in as_owner.post(url, {"org": "nobody"}).text
     assert "owners always have access" in as_owner.post(url, {"org": "acme"}).text
+    assert "owners always have access" in as_owner.post(url, {"org": org.share_id}).text
+    assert ModelGrant.objects.count() == 0
+
+
+def _unknown_share_id(known: str) -> str:
+    """Well-formed, and not `known`: the last character changed."""
+    return known[:-1] + ("A" if known[-1] != "A" else "B")
+
+
+@pytest.mark.parametrize(
+    "hidden_value",
+    [
+        pytest.param(lambda other: "globex", id="another-orgs-slug"),
+        pytest.param(lambda other: other.share_id.upper(), id="a-share-id-in-the-wrong-case"),
+        pytest.param(lambda other: "org_" + other.slug, id="a-slug-dressed-as-a-share-id"),
+    ],
+)
+def test_the_grant_form_answers_alike_for_a_missing_org_and_one_i_may_not_see(
+    as_owner, deployment, other_org, hidden_value
+):
+    url = reverse("dashboard:deployment_grant_create", args=[deployment.pk])
+    hidden_text = hidden_value(other_org)
+    missing_text = "nobody"
+    hidden = as_owner.post(url, {"org": hidden_text})
+    missing = as_owner.post(url, {"org": missing_text})
+    unknown_share_id = as_owner.post(url, {"org": _unknown_share_id(other_org.share_id)})
+    assert missing.status_code == hidden.status_code == unknown_share_id.status_code == 200
+    errors = {"org": ["No organisation with this share ID or slug among yours."]}
+    assert missing.context["grant_form"].errors == hidden.context["grant_form"].errors == errors
+    assert unknown_share_id.context["grant_form"].errors == errors
+    assert _without_csrf(hidden.text).replace(hidden_text, missing_text) == _without_csrf(missing.text)
+    assert "Globex" not in hidden.text
     assert ModelGrant.objects.count() == 0
 
 

@@ -42,11 +42,30 @@ def test_another_orgs_membership_is_a_404(as_outsider, org, member):
     assert membership(member, org).role == Role.MEMBER
 
 
-def test_adding_an_existing_user_makes_them_a_member_at_once(as_owner, org, outsider):
-    response = as_owner.post(reverse("dashboard:member_add"), {"email": "BOSS@globex.test", "role": "admin"})
-    assert response.status_code == 302
+def test_adding_an_existing_user_invites_them_and_says_the_same_as_for_anyone(as_owner, org, outsider, client):
+    existing = as_owner.post(
+        reverse("dashboard:member_add"), {"email": "BOSS@globex.test", "role": "admin"}, follow=True
+    )
+    fresh = as_owner.post(reverse("dashboard:member_add"), {"email": "new@acme.test", "role": "admin"}, follow=True)
+    said = [[str(m) for m in r.context["messages"]] for r in (existing, fresh)]
+    assert said == [
+        [f"Invitation sent to {e}; the link works for 7 days."] for e in ("boss@globex.test", "new@acme.test")
+    ]
+    assert not Membership.objects.filter(org=org, user=outsider).exists()
+    assert [m.to for m in mail.outbox] == [["boss@globex.test"], ["new@acme.test"]]
+    # They join when they accept, signed in as themselves: not at their next sign-in.
+    link = re.search(r"http://testserver(/invitations/\S+/)", mail.outbox[0].body).group(1)
+    client.force_login(outsider)
+    assert not Membership.objects.filter(org=org, user=outsider).exists()
+    assert "Accept invitation" in client.get(link).text
+    assert client.post(link).status_code == 302
     assert membership(outsider, org).role == Role.ADMIN
-    assert mail.outbox == []
+
+
+def test_inviting_someone_already_in_the_org_is_refused(as_owner, org, member):
+    response = as_owner.post(reverse("dashboard:member_add"), {"email": member.email, "role": "member"})
+    assert response.status_code == 200 and "already a member" in response.text
+    assert Invitation.objects.count() == 0 and mail.outbox == []
 
 
 def test_inviting_a_new_email_sends_a_link_that_creates_the_account(as_owner, org, client):
@@ -173,3 +192,10 @@ def test_the_members_page_makes_a_fixed_number_of_queries(as_owner, org, django_
     with django_assert_max_num_queries(12):
         response = as_owner.get(reverse("dashboard:members"))
     assert response.text.count("@acme.test</td>") + response.text.count("@acme.test <small>") == 21
+
+
+def test_an_address_too_long_for_the_column_is_a_form_error(as_owner, org):
+    email = "a" * 64 + "@" + ".".join(["b" * 60] * 4) + ".test"  # valid, and 315 characters
+    response = as_owner.post(reverse("dashboard:member_add"), {"email": email, "role": "member"})
+    assert response.status_code == 200 and "at most 254 characters" in response.text
+    assert Invitation.objects.count() == 0

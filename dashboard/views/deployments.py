@@ -67,7 +67,7 @@ def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dic
             }
         ),
         "token_form": ConnectorTokenForm(),
-        "grant_form": GrantForm(),
+        "grant_form": GrantForm(user=request.user),
     }
     context.update(forms)
     context["has_active_token"] = any(t.revoked_at is None for t in context["tokens"])
@@ -138,7 +138,7 @@ def token_revoke(request: OrgRequest, pk: int, token_pk: int) -> HttpResponse:
 @require_POST
 def grant_create(request: OrgRequest, pk: int) -> HttpResponse:
     deployment = owned_or_404(Deployment, request.org, pk=pk)
-    form = GrantForm(request.POST)
+    form = GrantForm(request.POST, user=request.user)
     if form.is_valid():
         try:
             grant_model(deployment=deployment, org=form.cleaned_data["org"], actor=request.user)

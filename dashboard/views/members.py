@@ -1,4 +1,5 @@
-"""Members and invitations. Owners and admins manage; only owners touch owners (accounts.tenancy)."""
+"""Members and invitations. Owners and admins manage; only owners touch owners (accounts.tenancy).
+Adding someone is always an invitation they accept (accounts.invitations)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts.actions import change_role, remove_member
-from accounts.invitations import add_or_invite, revoke_invitation
+from accounts.actions import change_role, remove_member, rotate_share_id
+from accounts.invitations import invite_member, revoke_invitation
 from accounts.models import Invitation, Membership
 from accounts.tenancy import OrgRequest, assignable_roles, check_can_manage_member, org_view, owned_or_404
 
@@ -27,6 +28,7 @@ def _context(request: OrgRequest, form: MemberAddForm | None = None) -> dict:
         "invitations": Invitation.objects.for_org(request.org).pending().select_related("invited_by"),
         "form": form or MemberAddForm(roles=assignable_roles(request.membership)),
         "roles": assignable_roles(request.membership),
+        "share_id": request.org.share_id,
     }
 
 
@@ -42,7 +44,7 @@ def member_add(request: OrgRequest) -> HttpResponse:
     if form.is_valid():
         check_can_manage_member(request.membership, None, form.cleaned_data["role"])
         try:
-            result = add_or_invite(
+            invitation = invite_member(
                 org=request.org,
                 email=form.cleaned_data["email"],
                 role=form.cleaned_data["role"],
@@ -52,11 +54,8 @@ def member_add(request: OrgRequest) -> HttpResponse:
         except ValidationError as exc:
             form.add_error("email", exc)
         else:
-            email = form.cleaned_data["email"]
-            if result.invitation is not None:
-                messages.success(request, f"Invitation sent to {email}; the link works for 7 days.")
-            else:
-                messages.success(request, f"{email} already had an account and is now a member.")
+            # The same words whether the address has an account or not (accounts.invitations).
+            messages.success(request, f"Invitation sent to {invitation.email}; the link works for 7 days.")
             return redirect("dashboard:members")
     return render(request, "dashboard/members.html", _context(request, form))
 
@@ -114,4 +113,14 @@ def invitation_revoke(request: OrgRequest, pk: int) -> HttpResponse:
         check_can_manage_member(request.membership, None, "owner")
     revoke_invitation(invitation=invitation, actor=request.user)
     messages.success(request, f"Invitation for {invitation.email} revoked.")
+    return redirect("dashboard:members")
+
+
+@org_view(manage=True)
+@require_POST
+def share_id_rotate(request: OrgRequest) -> HttpResponse:
+    rotate_share_id(org=request.org, actor=request.user)
+    messages.success(
+        request, "New share ID made. The old one no longer finds this organisation; models already shared stay."
+    )
     return redirect("dashboard:members")

@@ -20,6 +20,8 @@ from hypothesis import currently_in_test_context, event, note
 from schemathesis.checks import not_a_server_error
 
 from accounts.actions import create_personal_access_token
+from alerts.actions import create_endpoint
+from alerts.models import Alert, AlertKind, Channel, Delivery
 from deployments.actions import grant_model
 
 from .budget import LONG, RANDOM, fuzz
@@ -55,7 +57,7 @@ def connection_kept():
 def real_objects(client, owner, org, member, deployment, other_org, connector_token, key):
     """Acme's owner's token, and the ids of one real object behind each id in a path."""
     grant = grant_model(deployment=deployment, org=other_org)
-    _, secret = create_personal_access_token(user=owner, name="fuzz")
+    _, secret = create_personal_access_token(user=owner, org=org, role="owner", name="fuzz")
     headers = {"Authorization": f"Bearer {secret}"}
     client.post(
         f"/api/orgs/{org.slug}/members/",
@@ -66,6 +68,9 @@ def real_objects(client, owner, org, member, deployment, other_org, connector_to
     invitations = client.get(f"/api/orgs/{org.slug}/invitations/", HTTP_AUTHORIZATION=headers["Authorization"])
     members = client.get(f"/api/orgs/{org.slug}/members/", HTTP_AUTHORIZATION=headers["Authorization"])
     member_id = next(m["id"] for m in members.json()["results"] if m["email"] == member.email)
+    endpoint, _ = create_endpoint(org=org, url="https://hooks.example.com/tokios")
+    alert = Alert.objects.create(org=org, kind=AlertKind.choices[0][0], title="fuzz")
+    delivery = Delivery.objects.create(org=org, alert=alert, channel=Channel.WEBHOOK, endpoint=endpoint)
     ids = {
         "/keys/": key.id,
         "/tokens/": connector_token.id,
@@ -73,6 +78,9 @@ def real_objects(client, owner, org, member, deployment, other_org, connector_to
         "/invitations/": invitations.json()["results"][0]["id"],
         "/members/": member_id,
         "/deployments/": deployment.id,
+        "/alerts/webhooks/": endpoint.id,
+        "/alerts/history/": alert.id,
+        "/alerts/deliveries/": delivery.id,
     }
     return {"headers": headers, "org": org.slug, "deployment_pk": deployment.id, "ids": ids}
 
