@@ -13,4 +13,6 @@ def server_url(request: HttpRequest) -> str:
 
 
 def connector_command(server: str, token: str = "<token>") -> str:
-    return f"python -m tokios_connector --server {server} --token {token} --upstream {DEFAULT_UPSTREAM}"
+    # The token goes in the environment, not in an argument: `ps` shows every process's command
+    # line to every user of the machine, but its environment only to its owner (and root).
+    return f"TOKIOS_CONNECTOR_TOKEN={token} python -m tokios_connector --server {server} --upstream {DEFAULT_UPSTREAM}"

@@ -142,9 +142,12 @@ def test_commands_exit_non_zero_with_the_message_on_stderr():
 
 def test_demo_setup_prints_a_working_connector_command_and_key_and_reuses_the_demo_org():
     lines = run("demo_setup", "--server", "http://tokios.test")
-    command = next(line.strip() for line in lines if line.strip().startswith("python -m tokios_connector"))
-    token = command.split("--token ")[1].split()[0]
-    assert command.startswith("python -m tokios_connector --server http://tokios.test --token ctk-tokios-")
+    command = next(line.strip() for line in lines if "python -m tokios_connector" in line)
+    token = command.split("TOKIOS_CONNECTOR_TOKEN=")[1].split()[0]
+    assert token.startswith("ctk-tokios-")
+    assert command.endswith(
+        " python -m tokios_connector --server http://tokios.test --upstream http://127.0.0.1:8080/v1"
+    )
     assert ConnectorToken.objects.get(token_hash=hash_secret(token)).deployment.name == "gemma-tunnel"
     key = next(line.split()[-1] for line in lines if line.strip().startswith("API key:"))
     assert ApiKey.objects.get(key_hash=hash_secret(key)).org.slug == "demo"

@@ -147,7 +147,7 @@ async def test_sigterm_while_disconnected_exits_0_at_once(upstream: Upstream) ->
     ("args", "message"),
     [
         (["--token", "t", "--upstream", "http://127.0.0.1:1/v1"], "--server is required (or set TOKIOS_SERVER)"),
-        (["--server", "https://x", "--upstream", "http://127.0.0.1:1/v1"], "--token is required"),
+        (["--server", "https://x", "--upstream", "http://127.0.0.1:1/v1"], "a connector token is required"),
         (["--server", "https://x", "--token", "t"], "--upstream is required"),
         (
             ["--server", "tokios.example", "--token", "t", "--upstream", "http://127.0.0.1:1/v1"],
