@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("TOKIOS_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
+# uvicorn as Tokios runs it: uvicorn's httptools protocol with the bounds it lacks (a request's head
+# in bytes and in time, a body in time: lib/contract.py BoundedHttpToolsProtocol, docs/security.md).
+UVICORN_ARGS = ["--http", "lib.contract:BoundedHttpToolsProtocol", "--no-access-log"]
 
 
 def sh(*args: str, **kwargs) -> None:
@@ -70,7 +73,7 @@ def run() -> None:
     print(f"Serving Tokios on http://{host}:{port} (Ctrl-C to stop) …", flush=True)
     os.execv(
         str(PY),
-        [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port, "--no-access-log"],
+        [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port, *UVICORN_ARGS],
     )
 
 

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import io
+import socket
+import tempfile
 import threading
+import time
 from importlib.metadata import version
 
 import channels
 import django
 import httpx
 import pytest
+import uvicorn
+import websockets
 from asgiref.sync import iscoroutinefunction
 from channels.consumer import AsyncConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -27,7 +33,8 @@ from django.core.management import call_command
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 
-from lib.contract import VERIFIED, BareASGIHandler, WhiteNoiseStaticFiles
+from lib import contract
+from lib.contract import VERIFIED, BareASGIHandler, BoundedHttpToolsProtocol, WhiteNoiseStaticFiles
 from tests.v1_client import call_v1
 
 
@@ -49,7 +56,6 @@ def test_the_installed_release_is_one_the_contract_was_verified_on(library):
 # --- Django: BareASGIHandler (proxy/handler.py's GatewayHandler) ------------------------------------
 
 STEPS = {
-    "read_body": (["self", "receive"], True),
     "create_request": (["self", "scope", "body_file"], False),
     "listen_for_disconnect": (["self", "receive"], True),
     "send_response": (["self", "response", "send"], True),
@@ -92,30 +98,28 @@ def messages(*items):
     return receive
 
 
-@pytest.mark.asyncio
-async def test_read_body_gathers_the_body_and_a_client_that_left_aborts_it():
-    handler = BareASGIHandler()
-    body = await handler.read_body(
-        messages({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"})
+def test_create_request_makes_djangos_request_from_the_scope():
+    request, error = BareASGIHandler().create_request(
+        http_scope(headers=[(b"x-thing", b"yes")]), io.BytesIO(b'{"x":1}')
     )
-    assert body.read() == b"abc", (
-        f"Django {django.__version__}: ASGIHandler.read_body no longer returns the body as a file"
-    )
-
-    with pytest.raises(RequestAborted):
-        await handler.read_body(messages({"type": "http.disconnect"}))
-
-
-@pytest.mark.asyncio
-async def test_create_request_makes_djangos_request_from_the_scope():
-    handler = BareASGIHandler()
-    body = await handler.read_body(messages({"type": "http.request", "body": b'{"x":1}'}))
-
-    request, error = handler.create_request(http_scope(headers=[(b"x-thing", b"yes")]), body)
 
     assert error is None, f"Django {django.__version__}: ASGIHandler.create_request refused a good scope: {error}"
     assert (request.method, request.path, request.GET["a"]) == ("POST", "/v1/chat/completions", "1")
     assert (request.headers["X-Thing"], request.body) == ("yes", b'{"x":1}')
+
+
+def test_the_request_reads_its_body_file_only_when_the_body_is_asked_for():
+    """proxy/handler.py makes the request on an empty file and writes the body into it later."""
+    body_file = tempfile.SpooledTemporaryFile(mode="w+b")
+    request, _ = BareASGIHandler().create_request(http_scope(), body_file)
+
+    body_file.write(b'{"late":true}')
+    body_file.seek(0)
+
+    assert request.body == b'{"late":true}', (
+        f"Django {django.__version__}: ASGIHandler.create_request reads the body file when it makes the "
+        "request; proxy/handler.py must then read the body before making it"
+    )
 
 
 @pytest.mark.asyncio
@@ -251,3 +255,178 @@ async def test_a_channels_consumer_sends_through_base_send_as_the_connector_cons
     what = f"Channels {channels.__version__}: AsyncWebsocketConsumer no longer sends through base_send"
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"], what
     assert "channel_layer_alias" in vars(AsyncConsumer), f"Channels {channels.__version__}: no channel_layer_alias"
+
+
+# --- uvicorn: BoundedHttpToolsProtocol (dev.py's --http) -------------------------------------------------
+
+
+async def plain_app(scope, receive, send):
+    """Reads the whole body, as Django's handler does, and answers its length; accepts a WebSocket and
+    echoes."""
+    if scope["type"] == "http":
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"read %d" % size
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+
+class BoundedServer:
+    def __init__(self):
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> BoundedServer:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(plain_app, http=BoundedHttpToolsProtocol, lifespan="off", log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve(sockets=[sock]))
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        assert self.server is not None and self.task is not None
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+
+async def answer(reader: asyncio.StreamReader, timeout: float = 5) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout)
+
+
+HEAD = b"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+
+
+@pytest.fixture
+def bounds(settings, monkeypatch):
+    settings.MAX_HEADER_BYTES = 4096
+    settings.HEADER_TIMEOUT = 0.5
+    settings.BODY_TIMEOUT = 0.5
+    monkeypatch.setattr(contract, "BODY_GRACE", 0.1)
+    return settings
+
+
+@pytest.mark.asyncio
+async def test_uvicorn_serves_requests_on_a_kept_alive_connection_through_the_bounded_protocol(bounds):
+    async with BoundedServer() as server:
+        reader, writer = await server.connect()
+        for _ in range(2):
+            writer.write(HEAD + b"content-length: 5\r\n\r\nhello")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), f"uvicorn {uvicorn.__version__}: {head!r}"
+            assert await asyncio.wait_for(reader.readuntil(b"read 5"), 5)
+            await asyncio.sleep(0.7)  # past both timeouts, between requests: uvicorn's keep-alive (5 s) rules
+        writer.close()
+
+
+def send_headers_until_refused(port: int, limit: int = 1024 * 1024) -> tuple[int, bytes]:
+    """Header lines, one read each as over a network, until the server stops taking them or `limit`
+    bytes went out; then all it answered. (A blocking socket: asyncio's reader drops what arrived
+    once a write failed.)"""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(HEAD)
+        sent = len(HEAD)
+        line = b"x-padding: " + b"p" * 1000 + b"\r\n"
+        try:
+            while sent < limit:
+                sock.sendall(line)
+                sent += len(line)
+                time.sleep(0.001)
+        except OSError:
+            pass
+        sock.settimeout(5)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:
+            pass
+    return sent, received
+
+
+@pytest.mark.asyncio
+async def test_a_head_over_the_limit_is_a_431_from_the_server_and_the_connection_closes(bounds):
+    async with BoundedServer() as server:
+        sent, received = await asyncio.to_thread(send_headers_until_refused, server.port)
+
+    assert sent < 1024 * 1024, f"uvicorn {uvicorn.__version__}: the protocol took {sent} bytes of headers"
+    assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), received[:200]
+    assert b'"code":"request_headers_too_large"' in received
+
+
+@pytest.mark.asyncio
+async def test_a_head_that_stops_coming_is_a_408_from_the_server(bounds):
+    async with BoundedServer() as server:
+        reader, writer = await server.connect()
+        writer.write(HEAD)
+        started = time.monotonic()
+        received = await answer(reader)
+
+    assert 0.5 <= time.monotonic() - started < 3
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), received[:200]
+
+
+@pytest.mark.asyncio
+async def test_a_connection_that_sends_nothing_is_closed(bounds):
+    async with BoundedServer() as server:
+        reader, _ = await server.connect()
+        assert await answer(reader) == b""
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_stops_coming_is_closed_by_the_server_whatever_the_app(bounds):
+    async with BoundedServer() as server:
+        reader, writer = await server.connect()
+        writer.write(HEAD + b"content-length: 100\r\n\r\nsome")
+        started = time.monotonic()
+        received = await answer(reader)
+
+    assert received == b""  # the app was still reading: closed, no answer
+    assert 0.6 <= time.monotonic() - started < 3
+
+
+@pytest.mark.asyncio
+async def test_a_request_that_comes_in_pieces_within_the_timeouts_is_served(bounds):
+    async with BoundedServer() as server:
+        reader, writer = await server.connect()
+        for piece in (b"POST /x HTTP/1.1\r\n", b"host: 127.0.0.1\r\n", b"content-length: 6\r\n\r\n", b"abc", b"def"):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.2)  # five reads, 1 s in all: each phase within its 0.5 s
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
+@pytest.mark.asyncio
+async def test_a_websocket_upgrade_through_the_bounded_protocol_outlives_its_timers(bounds):
+    async with BoundedServer() as server:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+            await asyncio.sleep(1.0)  # past the head and body deadlines of the upgrade request
+            await ws.send("still here")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still here", (
+                f"uvicorn {uvicorn.__version__}: the bounded protocol's timers reached an upgraded connection"
+            )

@@ -33,7 +33,7 @@ class Response:
 
 async def call_v1(method: str, path: str, body: dict | bytes = b"", **headers: str) -> Response:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = {"content-type": "application/json", "content-length": str(len(raw)), **headers}
+    headers = {"host": "testserver", "content-type": "application/json", "content-length": str(len(raw)), **headers}
     scope = {
         "type": "http",
         "http_version": "1.1",

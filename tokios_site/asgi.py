@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP /v1 to the gateway's handler, /static/ to WhiteNoise (served here, so
-Tokios works air-gapped), the rest to Django; WebSocket `/v1/connector` to the connector consumer."""
+Tokios works air-gapped), the rest to Django; WebSocket `/v1/connector` to the connector consumer,
+once its Host (and, with TOKIOS_HTTPS, wss://) passed proxy/handler.py's check."""
 
 import gc
 import os
@@ -16,7 +17,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from lib.contract import WhiteNoiseStaticFiles  # noqa: E402
-from proxy.handler import GatewayHandler  # noqa: E402
+from proxy.handler import AdmittedWebSocket, GatewayHandler  # noqa: E402
 from proxy.tunnel.consumer import ConnectorConsumer  # noqa: E402
 
 gateway_app = GatewayHandler()
@@ -35,7 +36,7 @@ async def http_app(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": URLRouter([path("v1/connector", ConnectorConsumer.as_asgi())]),
+        "websocket": AdmittedWebSocket(URLRouter([path("v1/connector", ConnectorConsumer.as_asgi())])),
     }
 )
 
