@@ -21,6 +21,8 @@ def test_the_beat_schedule_names_only_registered_tasks():
         "billing.build_statements",
         "billing.prune_usage_events",
         "proxy.prune_stored_responses",
+        "alerts.evaluate",
+        "alerts.prune",
     }
     assert names <= set(app.tasks)
 
