@@ -2,6 +2,7 @@
 
 Pages read the rollups only. The one exception is "this month so far", which adds the events the
 roll-up has not reached yet (those above the watermark), so it is exact to the last written event.
+Totals saturate at 2^63 - 1 rather than fail (billing.sums).
 """
 
 from __future__ import annotations
@@ -16,32 +17,35 @@ from deployments.models import Deployment
 
 from .models import Period, RollupWatermark, UsageEvent, UsageRollup
 from .periods import DAY, HOUR, floor_day, floor_hour, month_start, next_month_start
+from .sums import saturated, split_sums, totals
 
 TOTAL_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
+LARGE_FIELDS = ("input_tokens", "output_tokens", "cost_micros")  # summed in halves (billing.sums)
+_ROLLUP_SUMS = {"requests": Sum("requests"), "errors": Sum("errors"), **split_sums(*LARGE_FIELDS)}
 
 
 def _zero() -> dict:
     return dict.fromkeys(TOTAL_FIELDS, 0)
 
 
+def _totals(row: dict) -> dict:
+    return {"requests": int(row["requests"] or 0), "errors": int(row["errors"] or 0), **totals(row, *LARGE_FIELDS)}
+
+
 def _rollup_totals(qs: QuerySet[UsageRollup]) -> dict:
-    sums = qs.aggregate(**{name: Sum(name) for name in TOTAL_FIELDS})
-    return {name: int(sums[name] or 0) for name in TOTAL_FIELDS}
+    return _totals(qs.aggregate(**_ROLLUP_SUMS))
 
 
 def _event_totals(qs: QuerySet[UsageEvent]) -> dict:
-    sums = qs.order_by().aggregate(
-        requests=Count("id"),
-        errors=Count("id", filter=Q(status_code__gte=400)),
-        input_tokens=Sum("input_tokens"),
-        output_tokens=Sum("output_tokens"),
-        cost_micros=Sum("cost_micros"),
+    return _totals(
+        qs.order_by().aggregate(
+            requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=400)), **split_sums(*LARGE_FIELDS)
+        )
     )
-    return {name: int(sums[name] or 0) for name in TOTAL_FIELDS}
 
 
 def _add(a: dict, b: dict) -> dict:
-    return {name: a[name] + b[name] for name in TOTAL_FIELDS}
+    return {name: saturated(a[name] + b[name]) for name in TOTAL_FIELDS}
 
 
 def rolled_up_to() -> int:
@@ -72,14 +76,13 @@ def usage_series(
         qs = qs.filter(api_key=key)
     if deployment is not None:
         qs = qs.filter(deployment=deployment)
-    rows = qs.values("bucket_start").annotate(**{name: Sum(name) for name in TOTAL_FIELDS}).order_by("bucket_start")
+    rows = qs.values("bucket_start").annotate(**_ROLLUP_SUMS).order_by("bucket_start")
     found = {floor(row["bucket_start"]): row for row in rows}
     series = []
     bucket = first
     while bucket < end:
         row = found.get(bucket)
-        totals = {name: int(row[name] or 0) for name in TOTAL_FIELDS} if row else _zero()
-        series.append({"bucket_start": bucket, **totals})
+        series.append({"bucket_start": bucket, **(_totals(row) if row else _zero())})
         bucket += step
     return series
 

@@ -17,6 +17,8 @@ How it stays exact and idempotent:
 - Usage events have no foreign-key constraints (they cost every insert). A run first clears the
   ids of orgs, keys and deployments that no longer exist from the events it is about to read,
   which is what the constraints' SET NULL would have done for an event written after the delete.
+- No sum can fail: tokens and cost are summed with `billing.sums` and saturate at 2^63 - 1, so an
+  org's absurd rows (say, from a price stored before prices were bounded) cannot stop the watermark.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Max, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -36,11 +38,14 @@ from deployments.models import Deployment
 
 from .models import Period, RollupWatermark, UsageEvent, UsageRollup
 from .periods import DAY, HOUR, floor_day, floor_hour
+from .sums import saturated, saturating_add, split_sums, totals
 
 log = logging.getLogger("tokios.billing")
 
 WATERMARK = "usage"
 SUM_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
+# Summed in halves (billing.sums): a count of rows cannot pass 2^63, these can.
+LARGE_FIELDS = ("input_tokens", "output_tokens", "cost_micros")
 GROUP = ("org_id", "api_key_id", "deployment_id")
 PRUNE_BATCH = 5000
 
@@ -57,17 +62,20 @@ def _locked_watermark() -> RollupWatermark:
     return RollupWatermark.objects.select_for_update().get(name=WATERMARK)
 
 
+def _with_totals(rows) -> list[dict]:
+    """Rows of `split_sums` annotations with the saturated totals put together."""
+    return [{**row, **totals(row, *LARGE_FIELDS)} for row in rows]
+
+
 def _event_sums(events) -> list[dict]:
-    return list(
+    return _with_totals(
         events.order_by()
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("hour", *GROUP)
         .annotate(
             requests=Count("id"),
             errors=Count("id", filter=Q(status_code__gte=400)),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cost_micros=Sum("cost_micros"),
+            **split_sums(*LARGE_FIELDS),
         )
     )
 
@@ -105,7 +113,7 @@ def _rollup_row(period: str, bucket: datetime, row: dict) -> UsageRollup:
         org_id=row["org_id"],
         api_key_id=row["api_key_id"],
         deployment_id=row["deployment_id"],
-        **{name: int(row[name] or 0) for name in SUM_FIELDS},
+        **{name: saturated(int(row[name] or 0)) for name in SUM_FIELDS},
     )
 
 
@@ -136,18 +144,18 @@ def _top_up_pruned_hours(hours: set[datetime], after_id: int, upto_id: int) -> N
             org_id=row["org_id"],
             api_key_id=row["api_key_id"],
             deployment_id=row["deployment_id"],
-        ).update(**{name: F(name) + int(row[name] or 0) for name in SUM_FIELDS})
+        ).update(**{name: saturating_add(name, int(row[name] or 0)) for name in SUM_FIELDS})
         if not updated:
             _rollup_row(Period.HOUR, bucket, row).save()
 
 
 def _recompute_days(days: set[datetime]) -> None:
     for day in sorted(days):
-        rows = (
+        rows = _with_totals(
             UsageRollup.objects.hourly()
             .between(day, day + DAY)
             .values(*GROUP)
-            .annotate(**{name: Sum(name) for name in SUM_FIELDS})
+            .annotate(requests=Sum("requests"), errors=Sum("errors"), **split_sums(*LARGE_FIELDS))
             .order_by()
         )
         fresh = [_rollup_row(Period.DAY, day, row) for row in rows]

@@ -7,7 +7,6 @@ NULL as one value), so the deleted object's rows are first folded into that row.
 
 from __future__ import annotations
 
-from django.db.models import F
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 
@@ -15,6 +14,7 @@ from accounts.models import ApiKey
 from deployments.models import Deployment
 
 from .models import UsageRollup
+from .sums import saturating_add
 
 SUM_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
 
@@ -28,7 +28,7 @@ def _fold_into_null(field: str, pk: int) -> None:
             api_key=None if field == "api_key_id" else row.api_key_id,
             deployment=None if field == "deployment_id" else row.deployment_id,
         )
-        if target.update(**{name: F(name) + getattr(row, name) for name in SUM_FIELDS}):
+        if target.update(**{name: saturating_add(name, getattr(row, name)) for name in SUM_FIELDS}):
             row.delete()
         else:
             setattr(row, field, None)

@@ -13,8 +13,10 @@ from deployments.models import Deployment
 
 from .models import Statement, StatementLine, UsageRollup
 from .periods import month_start, next_month_start
+from .sums import saturated, split_sums, totals
 
 LINE_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
+LARGE_FIELDS = ("input_tokens", "output_tokens", "cost_micros")  # summed saturating (billing.sums)
 
 
 def build_statement(org: Organization, month: date | datetime) -> Statement:
@@ -33,7 +35,7 @@ def build_statement(org: Organization, month: date | datetime) -> Statement:
             .daily()
             .between(start, end)
             .values("deployment_id")
-            .annotate(**{name: Sum(name) for name in LINE_FIELDS})
+            .annotate(requests=Sum("requests"), errors=Sum("errors"), **split_sums(*LARGE_FIELDS))
             .order_by("deployment_id")
         )
         names = dict(
@@ -48,15 +50,17 @@ def build_statement(org: Organization, month: date | datetime) -> Statement:
                 deployment_id=row["deployment_id"],
                 # Usage of deleted deployments (and of unknown models) lands on the line without one.
                 deployment_name=names.get(row["deployment_id"], ""),
-                **{name: int(row[name] or 0) for name in LINE_FIELDS},
+                requests=int(row["requests"] or 0),
+                errors=int(row["errors"] or 0),
+                **totals(row, *LARGE_FIELDS),
             )
             for row in rows
         ]
         StatementLine.objects.bulk_create(lines)
-        statement.requests = sum(line.requests for line in lines)
-        statement.input_tokens = sum(line.input_tokens for line in lines)
-        statement.output_tokens = sum(line.output_tokens for line in lines)
-        statement.total_micros = sum(line.cost_micros for line in lines)
+        statement.requests = saturated(sum(line.requests for line in lines))
+        statement.input_tokens = saturated(sum(line.input_tokens for line in lines))
+        statement.output_tokens = saturated(sum(line.output_tokens for line in lines))
+        statement.total_micros = saturated(sum(line.cost_micros for line in lines))
         statement.save()
     return statement
 

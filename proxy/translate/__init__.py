@@ -7,6 +7,7 @@ SSE events or final object. See ``/work/shared/reference/wire-formats.md`` §2, 
 
 from __future__ import annotations
 
+from ._common import ReportedUsage, log_odd_usage, read_usage
 from .errors import TranslationError
 
-__all__ = ["TranslationError"]
+__all__ = ["ReportedUsage", "TranslationError", "log_odd_usage", "read_usage"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from .errors import TranslationError
@@ -36,6 +38,7 @@ def check_number(body: dict, key: str, low: float, high: float | None, param: st
 
 
 MAX_INT32 = 2**31 - 1  # token counts: what the usage table and the model servers hold
+log = logging.getLogger("tokios.usage")
 
 
 def check_int(body: dict, key: str, low: int, high: int, param: str | None = None) -> int | None:
@@ -72,19 +75,53 @@ def check_str(body: dict, key: str, param: str | None = None, *, required: bool 
     return value
 
 
-def usage_numbers(usage: dict) -> tuple[int | None, int | None, int, int]:
-    """(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens) from a chat usage dict."""
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    details = usage.get("prompt_tokens_details") or {}
-    out_details = usage.get("completion_tokens_details") or {}
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    reasoning = out_details.get("reasoning_tokens") if isinstance(out_details, dict) else 0
-    return (
-        prompt if is_int(prompt) else None,
-        completion if is_int(completion) else None,
-        cached if is_int(cached) else 0,
-        reasoning if is_int(reasoning) else 0,
+@dataclass(frozen=True, slots=True)
+class ReportedUsage:
+    """The token counts of a chat `usage` object, each an integer in 0..MAX_INT32 or None.
+
+    A count past MAX_INT32 is clamped to it; a value that is not a count at all (a string, a float,
+    a negative number, a boolean) is None, as if it were missing. Either way `odd` names it
+    (`prompt_tokens='999…'`), and whoever bills the request marks its usage estimated."""
+
+    prompt: int | None
+    completion: int | None
+    cached: int
+    reasoning: int
+    odd: tuple[str, ...]
+
+
+def _count(container: object, key: str, odd: list[str]) -> int | None:
+    value = container.get(key) if isinstance(container, dict) else None
+    if value is None:
+        return None
+    if is_int(value) and value >= 0:
+        if value <= MAX_INT32:
+            return value
+        odd.append(f"{key}={value!r}"[:60])
+        return MAX_INT32
+    odd.append(f"{key}={value!r}"[:60])
+    return None
+
+
+def read_usage(usage: object) -> ReportedUsage:
+    """The counts of an upstream's chat `usage` object, parsed and bounded (see ReportedUsage)."""
+    odd: list[str] = []
+    prompt = _count(usage, "prompt_tokens", odd)
+    completion = _count(usage, "completion_tokens", odd)
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    out_details = usage.get("completion_tokens_details") if isinstance(usage, dict) else None
+    cached = _count(details, "cached_tokens", odd) or 0
+    reasoning = _count(out_details, "reasoning_tokens", odd) or 0
+    return ReportedUsage(prompt, completion, cached, reasoning, tuple(odd))
+
+
+def log_odd_usage(odd: tuple[str, ...], request: str) -> None:
+    log.warning(
+        "the model server reported usage that is not a token count in 0..%d (%s) for %s; its usage is recorded "
+        "as estimated",
+        MAX_INT32,
+        ", ".join(odd),
+        request or "a request",
     )
 
 
@@ -126,6 +163,7 @@ class UsageTally:
         self._cached_tokens = 0
         self._reasoning_tokens = 0
         self._delta_chunks = 0
+        self._odd_usage = False
 
     @property
     def input_tokens(self) -> int:
@@ -137,13 +175,17 @@ class UsageTally:
 
     @property
     def usage_estimated(self) -> bool:
-        return self._completion_tokens is None
+        return self._completion_tokens is None or self._odd_usage
 
     def _take_usage(self, usage: dict) -> None:
-        prompt, completion, cached, reasoning = usage_numbers(usage)
-        if prompt is not None:
-            self._prompt_tokens = prompt
-        if completion is not None:
-            self._completion_tokens = completion
-        self._cached_tokens = cached
-        self._reasoning_tokens = reasoning
+        reported = read_usage(usage)
+        if reported.prompt is not None:
+            self._prompt_tokens = reported.prompt
+        if reported.completion is not None:
+            self._completion_tokens = reported.completion
+        self._cached_tokens = reported.cached
+        self._reasoning_tokens = reported.reasoning
+        if reported.odd and not self._odd_usage:
+            self._odd_usage = True
+            # The translators' ids carry the request id ("msg_…" / "resp_…" for "req_…").
+            log_odd_usage(reported.odd, str(getattr(self, "message_id", "") or getattr(self, "response_id", "")))
