@@ -1,8 +1,8 @@
-from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import requests, views
 
 app_name = "api"
 
@@ -21,7 +21,14 @@ urlpatterns = [
     path("", views.ApiRoot.as_view(), name="root"),
     path("orgs/", views.OrgList.as_view(), name="orgs"),
     path("orgs/<slug:org>/usage/", views.UsageView.as_view(), name="usage"),
+    path("orgs/<slug:org>/requests/", requests.RequestLogView.as_view(), name="requests"),
+    path("orgs/<slug:org>/alerts/", include("api.alerts_urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    # The split view serves its start-up script as a file: the Content-Security-Policy runs no inline script.
+    path(
+        "docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api:schema", template_name="api/swagger_ui.html"),
+        name="docs",
+    ),
     *router.urls,
 ]

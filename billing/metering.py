@@ -11,12 +11,19 @@ What a process killed with SIGKILL loses is the current window, plus a batch who
 come back; a graceful shutdown flushes everything (see `flush` and the `atexit` hook below). Because
 request ids are unique and inserts ignore conflicts, writing a record twice is harmless, so every
 retry path prefers writing again to risking a loss.
+
+A batch holds many tenants' requests, so one row must never hold the others back (see
+`write_isolating`): a batch that fails on its data is split until each refused row is alone, and
+that row is written again flagged (`usage_invalid`, every field forced into its column) or, if even
+that is refused, dropped with an error line naming it. Only a database that cannot be reached makes
+records wait, and then at most `settings.USAGE_MAX_QUEUED` of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import functools
 import logging
 import time
@@ -32,7 +39,14 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 
-from .models import UsageEvent
+from .models import (
+    MAX_CONNECTOR_ID_CHARS,
+    MAX_EVENT_COST_MICROS,
+    MAX_EVENT_TOKENS,
+    MAX_REQUESTED_MODEL_CHARS,
+    UsageEvent,
+)
+from .usage_rows import FLAGGED_ERROR_CODE, brief, figures, flagged_fields, is_unreachable
 
 log = logging.getLogger("tokios.usage")
 
@@ -58,6 +72,9 @@ class UsageRecord:
     streamed: bool = False
     cancelled: bool = False
     error_code: str = ""
+    requested_model: str = ""  # the `model` the client sent, whether or not a deployment has it
+    connector_id: str = ""  # the connector that took the call, if one did
+    queue_wait_ms: int = 0  # how long the request waited for a free slot of the model (proxy/tunnel/queue.py)
 
     def first_token(self) -> None:
         if self.ttft_ms is None:
@@ -90,12 +107,7 @@ def submit(record: UsageRecord) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        batch = _drain()
-        try:
-            write_batch(batch)
-        except Exception:
-            log.exception("could not write %d usage events; keeping them for the next try", len(batch))
-            _queue[:0] = batch
+        _keep(write_isolating(_drain()))
         return
     if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
         _flusher = loop.create_task(_flush_soon())
@@ -107,36 +119,83 @@ def _drain() -> list[UsageRecord]:
     return batch
 
 
+def _keep(records: list[UsageRecord]) -> None:
+    """Put records the database could not take back at the head of the queue, oldest first, and
+    drop the oldest beyond `USAGE_MAX_QUEUED` (a long outage must not exhaust the memory)."""
+    if not records:
+        return
+    _queue[:0] = records
+    excess = len(_queue) - settings.USAGE_MAX_QUEUED
+    if excess > 0:
+        dropped = _queue[:excess]
+        del _queue[:excess]
+        log.error(
+            "dropped %d usage events (%s … %s): the database has not taken them and TOKIOS_USAGE_MAX_QUEUED=%d "
+            "are waiting already",
+            excess,
+            dropped[0].request_id,
+            dropped[-1].request_id,
+            settings.USAGE_MAX_QUEUED,
+        )
+
+
+RETRY_MAX_DELAY = 30.0  # seconds between tries while the database cannot be reached (1, 2, 4 … 30)
+
+
 async def _flush_soon() -> None:
     # Each batch gathers what finished in one window. Writing what queued up during the previous
     # write straight away instead would make many tiny batches, and the database's cost per
     # statement (~0.3 ms of its CPU, plus a send and a wake-up on each side) would dominate: at
     # 700 requests/s a 20 ms window made 14-event batches at ~53 µs of PostgreSQL CPU per event,
     # 40-event batches cost ~37. The window is what a SIGKILL can lose.
+    failures = 0
     while True:
         await asyncio.sleep(settings.USAGE_BATCH_WINDOW)
         if not _queue:
             return
         batch = _drain()
         _writing.extend(batch)
+        # Cancelled (the server's loop is shutting down), the batch stays in `_writing`, and the
+        # exit flush writes it again: the rows that had landed are not written twice.
         try:
-            await _write(batch)
-        except Exception:
-            log.exception("could not write %d usage events; keeping them for the next try", len(batch))
-            _queue[:0] = batch
-            await asyncio.sleep(1.0)
-        finally:
-            done = {id(r) for r in batch}
-            _writing[:] = [r for r in _writing if id(r) not in done]
+            kept = await _write_or_isolate(batch)
+        except Exception:  # a bug of ours: keep the records rather than lose them, and go on
+            log.exception("the usage writer failed on a batch of %d events; keeping them for the next try", len(batch))
+            kept = batch
+        done = {id(r) for r in batch}
+        _writing[:] = [r for r in _writing if id(r) not in done]
+        if kept:
+            _keep(kept)
+            failures += 1
+            await asyncio.sleep(min(RETRY_MAX_DELAY, 2.0 ** (failures - 1)))
+        else:
+            failures = 0
 
 
 async def flush() -> None:
-    """Write everything queued now (used at shutdown and by tests)."""
+    """Write everything queued now (used by tests). What the database cannot take stays queued."""
     batch = _drain()
     if batch:
-        await _write(batch)
+        _keep(await _write_or_isolate(batch))
     if _flusher is not None and not _flusher.done():
         await _flusher
+
+
+async def _write_or_isolate(batch: list[UsageRecord]) -> list[UsageRecord]:
+    """Write a batch; returns what must wait for the database (nothing, unless it is unreachable).
+
+    The fast path is one statement. Only when it fails on something other than the connection are
+    the refused rows looked for, in the writer thread (`write_isolating`): that path is rare, so
+    it may cost a statement per row."""
+    try:
+        await _write(batch)
+    except Exception as exc:
+        if is_unreachable(exc):
+            _log_unreachable(len(batch), exc)
+            return batch
+        log.warning("a batch of %d usage events was refused (%s); looking for the refused rows", len(batch), brief(exc))
+        return await asyncio.get_running_loop().run_in_executor(_writer, write_isolating, batch)
+    return []
 
 
 async def _write(batch: list[UsageRecord]) -> None:
@@ -214,8 +273,9 @@ async def _write_postgres(batch: list[UsageRecord]) -> None:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
             await conn.execute(_json_insert_sql(), [_json_payload(batch)])
-    except (psycopg.Error, TimeoutError):
-        conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
+    except (psycopg.Error, TimeoutError) as exc:
+        if is_unreachable(exc):
+            conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
         raise
 
 
@@ -245,10 +305,10 @@ def write_batch(batch: list[UsageRecord]) -> None:
         else:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(_insert_sql(connection), _rows(batch, connection))
-    except DatabaseError:
+    except DatabaseError as exc:
         # The writer keeps its connection between batches (no health-check query per batch); a
         # broken one is dropped here so that the retry reconnects.
-        if not connection.in_atomic_block:
+        if is_unreachable(exc) and not connection.in_atomic_block:
             connection.close()
         raise
     due = _keys_due({r.key_id for r in batch if r.key_id})
@@ -273,6 +333,9 @@ _COLUMNS = (
     "streamed",
     "cancelled",
     "error_code",
+    "requested_model",
+    "connector_id",
+    "queue_wait_ms",
 )
 
 
@@ -309,12 +372,15 @@ def _rows(batch: list[UsageRecord], connection) -> list[tuple]:
             _int32(r.input_tokens),
             _int32(r.output_tokens),
             r.usage_estimated,
-            max(0, r.cost_micros),
+            min(max(0, r.cost_micros), MAX_EVENT_COST_MICROS),
             _int32(r.latency_ms),
             None if r.ttft_ms is None else _int32(r.ttft_ms),
             r.streamed,
             r.cancelled,
             r.error_code[:64],
+            r.requested_model[:MAX_REQUESTED_MODEL_CHARS],
+            r.connector_id[:MAX_CONNECTOR_ID_CHARS],
+            _int32(r.queue_wait_ms),
         )
         for r in batch
     ]
@@ -335,7 +401,7 @@ def _json_insert_sql() -> str:
     """PostgreSQL: insert the events of a JSON array, each either a UsageRecord as orjson writes it
     or a row keyed by column name (the fallback); the same clamps as `_rows` in SQL."""
     quote = connection.ops.quote_name
-    int32 = "least(greatest(coalesce({}, 0), 0), 2147483647)"
+    int32 = "least(greatest(coalesce({}, 0), 0), " + str(MAX_EVENT_TOKENS) + ")"
     values = {
         "request_id": "r.request_id",
         "created_at": "coalesce(to_timestamp(r.created_at), r.created)",
@@ -347,18 +413,22 @@ def _json_insert_sql() -> str:
         "input_tokens": int32.format("r.input_tokens"),
         "output_tokens": int32.format("r.output_tokens"),
         "usage_estimated": "coalesce(r.usage_estimated, false)",
-        "cost_micros": "least(greatest(coalesce(r.cost_micros, 0), 0), 9223372036854775807)",
+        "cost_micros": f"least(greatest(coalesce(r.cost_micros, 0), 0), {MAX_EVENT_COST_MICROS})",
         "latency_ms": int32.format("r.latency_ms"),
         "ttft_ms": f"CASE WHEN r.ttft_ms IS NULL THEN NULL ELSE {int32.format('r.ttft_ms')} END",
         "streamed": "coalesce(r.streamed, false)",
         "cancelled": "coalesce(r.cancelled, false)",
         "error_code": "left(coalesce(r.error_code, ''), 64)",
+        "requested_model": f"left(coalesce(r.requested_model, ''), {MAX_REQUESTED_MODEL_CHARS})",
+        "connector_id": f"left(coalesce(r.connector_id, ''), {MAX_CONNECTOR_ID_CHARS})",
+        "queue_wait_ms": int32.format("r.queue_wait_ms"),
     }
     shape = (
         "request_id text, created_at float8, created timestamptz, org_id bigint, key_id bigint, "
         "api_key_id bigint, deployment_id bigint, surface text, status_code int, input_tokens numeric, "
         "output_tokens numeric, usage_estimated boolean, cost_micros numeric, latency_ms numeric, "
-        "ttft_ms numeric, streamed boolean, cancelled boolean, error_code text"
+        "ttft_ms numeric, streamed boolean, cancelled boolean, error_code text, requested_model text, "
+        "connector_id text, queue_wait_ms numeric"
     )
     return (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
@@ -369,18 +439,128 @@ def _json_insert_sql() -> str:
 
 def _int32(value: int) -> int:
     """Token counts and timings fit the columns: a bogus upstream number must not poison a batch."""
-    return min(max(0, int(value)), 2_147_483_647)
+    return min(max(0, int(value)), MAX_EVENT_TOKENS)
 
 
 @atexit.register
 def _flush_at_exit() -> None:
     """A graceful shutdown (uvicorn, Celery) writes what is still queued or was mid-write."""
     batch = _writing[:] + _drain()
-    if batch and settings.configured:
+    if not batch or not settings.configured:
+        return
+    try:
+        lost = write_isolating(batch)
+    except Exception:
+        log.exception("the usage writer failed at exit")
+        lost = batch
+    if lost:
+        log.error(
+            "%d usage events could not be written at exit (the database is unreachable): %s",
+            len(lost),
+            ", ".join(f"{r.request_id} org {r.org_id}" for r in lost[:20]) + (" …" if len(lost) > 20 else ""),
+        )
+
+
+# --- a batch the database refuses ------------------------------------------------------------------
+#
+# A refused batch is split in halves until each refused row is alone: good rows land at the cost
+# of about 2·log2(n) statements per bad row. A row refused alone is written again as
+# `flagged_copy`; a row refused even so is dropped with an error line carrying its figures, but
+# only once a probe row (written and rolled back) shows that the database takes rows at all: if
+# even that is refused, the database is at fault (a missing table, a full disk), not the rows, and
+# they all wait.
+
+
+def _log_unreachable(count: int, exc: BaseException) -> None:
+    log.error("could not write %d usage events (%s); kept for the next try", count, brief(exc))
+
+
+def write_isolating(batch: list[UsageRecord]) -> list[UsageRecord]:
+    """Write a batch whatever rows it holds (see above). Returns the records that must wait
+    because the database cannot be reached; every other record is written, flagged or dropped."""
+    waiting: list[UsageRecord] = []
+    unwritable: list[tuple[UsageRecord, BaseException]] = []
+    landed = 0
+
+    def attempt(rows: list[UsageRecord]) -> None:
+        nonlocal landed
+        if waiting:  # the database went away meanwhile: do not knock on it once per row
+            waiting.extend(rows)
+            return
         try:
-            write_batch(batch)
-        except Exception:
-            log.exception("lost %d usage events at exit: the database is unreachable", len(batch))
+            write_batch(rows)
+            landed += len(rows)
+        except Exception as exc:
+            if is_unreachable(exc):
+                _log_unreachable(len(rows), exc)
+                waiting.extend(rows)
+            elif len(rows) > 1:
+                attempt(rows[: len(rows) // 2])
+                attempt(rows[len(rows) // 2 :])
+            else:
+                landed += _write_flagged(rows[0], exc, unwritable, waiting)
+
+    attempt(batch)
+    if unwritable and not landed and not waiting and not _database_takes_rows():
+        log.error("the database refuses every usage row, even a probe; keeping %d for the next try", len(unwritable))
+        return [r for r, _ in unwritable]
+    for r, exc in unwritable:
+        log.error(
+            "usage event %s of org %s was refused by the database (%s), even as a flagged copy; dropped: %s",
+            r.request_id,
+            r.org_id,
+            brief(exc),
+            figures(r),
+        )
+    return waiting
+
+
+def _write_flagged(
+    record: UsageRecord,
+    refused: BaseException,
+    unwritable: list[tuple[UsageRecord, BaseException]],
+    waiting: list[UsageRecord],
+) -> int:
+    """Write the flagged copy of a row refused alone; returns 1 if it landed."""
+    try:
+        write_batch([flagged_copy(record)])
+    except Exception as exc:
+        if is_unreachable(exc):
+            _log_unreachable(1, exc)
+            waiting.append(record)
+        else:
+            unwritable.append((record, refused))
+        return 0
+    log.error(
+        "usage event %s of org %s was refused by the database (%s); written flagged %s instead, was: %s",
+        record.request_id,
+        record.org_id,
+        brief(refused),
+        FLAGGED_ERROR_CODE,
+        figures(record),
+    )
+    return 1
+
+
+def flagged_copy(record: UsageRecord) -> UsageRecord:
+    """The record with every field forced into its column, marked estimated and `usage_invalid`."""
+    return dataclasses.replace(record, **flagged_fields(record))
+
+
+def probe_record() -> UsageRecord:
+    """A row any working database takes (written and rolled back by `_database_takes_rows`)."""
+    return UsageRecord(request_id=f"req_probe_{time.time_ns():x}", surface="chat", status_code=0)
+
+
+def _database_takes_rows() -> bool:
+    try:
+        with transaction.atomic():
+            write_batch([probe_record()])
+            transaction.set_rollback(True)
+    except Exception as exc:
+        log.warning("a probe usage row was refused too (%s)", brief(exc))
+        return False
+    return True
 
 
 _last_touch: dict[int, float] = {}

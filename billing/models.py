@@ -19,9 +19,37 @@ class Surface(models.TextChoices):
     MODELS = "models", "Models"
 
 
+# What one usage event may hold, whatever the upstream or a stored price said: the writer clamps
+# every record to these before it is stored (billing.metering), so that no sum over events can fail
+# on a single absurd row. Tokens are the columns' own range; a cost of 2^53 - 1 micro-USD (9 billion
+# USD) is far above the dearest bounded request (2 × (2^31 - 1) tokens at 1,000 USD / MTok: 4.3e12)
+# and exact as a double (Lua, JSON).
+MAX_EVENT_TOKENS = 2**31 - 1
+MAX_EVENT_COST_MICROS = 2**53 - 1
+MAX_BIGINT = 2**63 - 1  # a 64-bit column: rollups and statements saturate their sums here
+# The model name a client sent, as the request log shows it (also when no deployment has it: the
+# 404s and 403s). Deployment names are at most 64 characters; more than 200 is cut.
+MAX_REQUESTED_MODEL_CHARS = 200
+MAX_CONNECTOR_ID_CHARS = 40  # `conn_` and 12 hex digits today; as alerts' connect history stores it
+
+
 class UsageEventQuerySet(models.QuerySet["UsageEvent"]):
     def for_org(self, org: Organization) -> UsageEventQuerySet:
         return self.filter(org=org)
+
+    def for_keys(self, key_ids: list[int]) -> UsageEventQuerySet:
+        return self.filter(api_key_id__in=key_ids)
+
+    def errors(self) -> UsageEventQuerySet:
+        return self.filter(status_code__gte=400)
+
+    def for_model(self, name: str, deployment_id: int | None) -> UsageEventQuerySet:
+        """Requests for the model `name`: by the name the client sent, or, for events written before
+        that name was stored, by the deployment of that name (`deployment_id`, if one exists)."""
+        match = models.Q(requested_model=name)
+        if deployment_id is not None:
+            match |= models.Q(deployment_id=deployment_id)
+        return self.filter(match)
 
 
 class UsageEvent(models.Model):
@@ -39,7 +67,10 @@ class UsageEvent(models.Model):
     org = models.ForeignKey(
         Organization, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False, db_constraint=False
     )
-    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False)
+    # Served by the (api_key, created_at) index: the request log's key filter and member scope.
+    api_key = models.ForeignKey(
+        ApiKey, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False, db_constraint=False
+    )
     deployment = models.ForeignKey(
         Deployment, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
     )
@@ -54,16 +85,36 @@ class UsageEvent(models.Model):
     streamed = models.BooleanField(default=False)
     cancelled = models.BooleanField(default=False)
     error_code = models.CharField(max_length=64, blank=True)
+    # A default in the database too: a process still running the code of before these columns (a
+    # rolling deploy) inserts without them, and its rows must not be refused.
+    requested_model = models.CharField(max_length=MAX_REQUESTED_MODEL_CHARS, blank=True, default="", db_default="")
+    connector_id = models.CharField(max_length=MAX_CONNECTOR_ID_CHARS, blank=True, default="", db_default="")
+    queue_wait_ms = models.PositiveIntegerField(default=0, db_default=0)  # waiting for a slot of the model
 
     objects = UsageEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["org", "created_at"])]
+        indexes = [
+            models.Index(fields=["org", "created_at"]),
+            models.Index(fields=["api_key", "created_at"], name="billing_event_key_created"),
+            # The request log's "errors only": a few rows per thousand in a healthy org, so a partial
+            # index finds them without reading the successes, and a successful insert only evaluates its condition.
+            models.Index(
+                fields=["org", "created_at"],
+                name="billing_event_org_errors",
+                condition=models.Q(status_code__gte=400),
+            ),
+        ]
         constraints = [models.UniqueConstraint(fields=["request_id"], name="billing_usageevent_request_id_unique")]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.status_code}"
+
+    @property
+    def model_name(self) -> str:
+        """The model the client asked for; for an event written before that was stored, its deployment's."""
+        return self.requested_model or (self.deployment.name if self.deployment is not None else "")
 
 
 class Period(models.TextChoices):

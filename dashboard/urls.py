@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path, re_path
 
-from .views import audit, auth, deployments, keys, members, overview, statements, usage
+from .views import audit, auth, deployments, keys, members, overview, requests, statements, usage
 
 app_name = "dashboard"
 
@@ -39,6 +39,8 @@ urlpatterns = [
     path("keys/<int:pk>/revoke/", keys.key_revoke, name="key_revoke"),
     path("usage/", usage.usage, name="usage"),
     path("usage.csv", usage.usage_csv, name="usage_csv"),
+    path("requests/", requests.request_log, name="requests"),
+    re_path(r"^requests/(?P<request_id>[A-Za-z0-9_]{1,64})/$", requests.request_detail, name="request_detail"),
     path("statements/", statements.statement_list, name="statements"),
     path("statements/<str:month>/", statements.statement_detail, name="statement_detail"),
     path("members/", members.member_list, name="members"),
@@ -46,5 +48,7 @@ urlpatterns = [
     path("members/<int:pk>/role/", members.member_role, name="member_role"),
     path("members/<int:pk>/remove/", members.member_remove, name="member_remove"),
     path("members/invitations/<int:pk>/revoke/", members.invitation_revoke, name="invitation_revoke"),
+    path("members/share-id/", members.share_id_rotate, name="share_id_rotate"),
     path("audit/", audit.audit_log, name="audit"),
+    path("alerts/", include("dashboard.alerts_urls")),
 ]

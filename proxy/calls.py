@@ -57,8 +57,26 @@ class UpstreamCall(Protocol):
         """True once `Ended` or `Failed` was read, or the call was cancelled."""
         ...
 
+    @property
+    def connector_id(self) -> str:
+        """The connector that took the request ("" until one did): for the request log."""
+        ...
+
+    @property
+    def queue_wait_ms(self) -> int:
+        """How long the request waited for a free slot of the model (0 if it did not)."""
+        ...
+
+    async def admit(self, timeout: float, notice: float | None = None) -> int:
+        """Send the request, waiting (at most `timeout` seconds) while the model has no free slot;
+        0 once it is sent. With `notice`, returns the request's place in line after each `notice`
+        seconds it still waits (call again to wait on). CallError on failure (503 `queue_full`,
+        `queue_timeout`, `connector_offline`)."""
+        ...
+
     async def start(self, timeout: float) -> Started:
-        """Send the request and wait for the response's status; CallError on failure."""
+        """Send the request (admitting it first, if `admit` did not) and wait for the response's
+        status; CallError on failure."""
         ...
 
     async def next_item(self, timeout: float) -> Data | Ended | Failed | None:

@@ -23,6 +23,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase
 
 from billing import limits, metering
+from billing.models import MAX_EVENT_COST_MICROS, MAX_EVENT_TOKENS, MAX_REQUESTED_MODEL_CHARS
 
 from .access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 from .calls import UpstreamCall
@@ -30,8 +31,6 @@ from .errors import GatewayError, anthropic_error_body, json_response, openai_er
 
 log = logging.getLogger("tokios.gateway")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-MAX_TOKENS = 2**31 - 1  # per request and direction, as the usage table stores them
-MAX_COST_MICROS = 2**63 - 1  # what a 64-bit column holds
 
 
 def new_request_id() -> str:
@@ -72,6 +71,9 @@ class RequestScope:
         self.reservation: limits.Reservation | None = None
         self.call: UpstreamCall | None = None  # the call in flight, so that every exit can cancel it
         self.usage_source: UsageSource | None = None
+        # Why proxy/handler.py left the body unread (401, 413, 408; 500: no key lookup): the surface
+        # answers it in its shape.
+        self.refusal: GatewayError | None = None
         self.closed = False
 
     async def __aenter__(self) -> RequestScope:
@@ -102,11 +104,11 @@ class RequestScope:
         if self.usage_source is not None:
             input_tokens, output_tokens, record.usage_estimated = self.usage_source.usage()
             # The model's own figures: bounded before any arithmetic (a connector may report anything).
-            record.input_tokens = min(max(0, input_tokens), MAX_TOKENS)
-            record.output_tokens = min(max(0, output_tokens), MAX_TOKENS)
+            record.input_tokens = min(max(0, input_tokens), MAX_EVENT_TOKENS)
+            record.output_tokens = min(max(0, output_tokens), MAX_EVENT_TOKENS)
         if self.deployment is not None:
             cost = self.deployment.cost_micros(record.input_tokens, record.output_tokens)
-            record.cost_micros = min(max(0, cost), MAX_COST_MICROS)
+            record.cost_micros = min(max(0, cost), MAX_EVENT_COST_MICROS)
         record.finish()
         limits.settle(self.reservation, record)
         metering.submit(record)
@@ -114,6 +116,8 @@ class RequestScope:
     # --- the steps every surface takes ------------------------------------------------------------
 
     async def authenticate(self) -> KeyRecord:
+        if self.key is not None:  # proxy/handler.py checked it before reading the body
+            return self.key
         try:
             key = await authenticate_key(presented_secret(self.request))
         except AccessDenied as exc:
@@ -136,6 +140,10 @@ class RequestScope:
         return self.deployment
 
     async def resolve_model(self, model: object) -> DeploymentRecord:
+        if isinstance(model, str):
+            # For the request log, also when no deployment has the name (404) or the key may not use
+            # it (403). A NUL would make PostgreSQL refuse the row: the text is stored without it.
+            self.record.requested_model = model[:MAX_REQUESTED_MODEL_CHARS].replace("\x00", "")
         try:
             deployment = await deployment_for(self.authenticated_key(), model)
         except AccessDenied as exc:
@@ -268,6 +276,8 @@ async def handle(
     scope.anthropic = anthropic
     scope.metered = True
     try:
+        if scope.refusal is not None:
+            raise scope.refusal
         await scope.authenticate()
         if parse_body:
             scope.body = read_json(request)

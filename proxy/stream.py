@@ -8,6 +8,11 @@ on what is held in memory, cancellation and in-band errors live here and nowhere
 A streamed request (`emit=True`) yields bytes for the client; a failure after the response began
 becomes an in-band error event. A non-streamed one (`emit=False`) yields nothing: the surface
 builds its answer from the translator afterwards, and a failure raises GatewayError.
+
+`stream_response()` opens a streamed request's call. When the model is busy and the request waits
+in its deployment's queue for longer than a moment, the client gets its 200 and headers at once
+and reads `: queued, position N` comments (which SSE clients ignore) until a slot frees; what
+fails after that (the wait, the model's answer status) comes as an in-band error event.
 """
 
 from __future__ import annotations
@@ -17,13 +22,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from django.conf import settings
+from django.http import StreamingHttpResponse
 
-from .calls import Data, Ended, Failed, UpstreamCall
+from .calls import CallError, Data, Ended, Failed, UpstreamCall
 from .errors import GatewayError
-from .gateway import RequestScope
+from .gateway import STREAM_HEADERS, RequestScope
 from .translate.sse import DONE, SSEParser
 from .tunnel.router import call_error
-from .upstream import gateway_error, request_deadline, response_too_large
+from .upstream import (
+    call_failed,
+    first_byte_budget,
+    gateway_error,
+    new_call,
+    note_call,
+    read_body,
+    request_deadline,
+    response_too_large,
+    upstream_error,
+)
+
+# Seconds between `: queued` comments to a streamed request waiting for a slot; the first one, and
+# the response's headers, go out once it has waited that long (never later than a keep-alive).
+QUEUE_NOTICE = 2.0
 
 
 class Translator(Protocol):
@@ -131,6 +151,65 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
                     return
                 if emit:
                     yield translator.keepalive()
+
+
+async def stream_response(
+    scope: RequestScope, path: str, payload: dict, translator: Translator
+) -> StreamingHttpResponse:
+    """Open a streamed request's call and answer with its stream; GatewayError for what fails
+    before the client was answered."""
+    call = new_call(scope, path, payload)
+    notice = min(QUEUE_NOTICE, settings.KEEPALIVE_INTERVAL)
+    began = time.monotonic()
+    try:
+        position = await call.admit(first_byte_budget(scope), notice)
+        if not position:
+            started = await call.start(_budget_left(scope, began))
+    except CallError as exc:
+        raise call_failed(scope, exc) from None
+    finally:
+        note_call(scope, call)
+    if position:
+        body = _queued(scope, call, translator, position, notice, began)
+    elif started.status != 200:
+        raise upstream_error(scope, started.status, await read_body(scope, call))
+    else:
+        scope.usage_source = translator
+        body = relay(scope, call, translator, emit=True)
+    scope.record.streamed = True
+    return StreamingHttpResponse(body, content_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+def _budget_left(scope: RequestScope, began: float) -> float:
+    """What is left of `first_byte_budget` for a call opened at `began`."""
+    return max(0.0, min(settings.FIRST_BYTE_TIMEOUT - (time.monotonic() - began), scope.seconds_left()))
+
+
+async def _queued(
+    scope: RequestScope, call: UpstreamCall, translator: Translator, position: int, notice: float, began: float
+) -> AsyncIterator[bytes]:
+    """A streamed request whose client has its headers while it waits in line for a slot."""
+    error: GatewayError | None = None
+    try:
+        while position:
+            yield b": queued, position %d\n\n" % position
+            position = await call.admit(_budget_left(scope, began), notice)
+        started = await call.start(_budget_left(scope, began))
+        if started.status != 200:
+            error = upstream_error(scope, started.status, await read_body(scope, call))
+    except CallError as exc:
+        error = call_failed(scope, exc)
+    except GatewayError as exc:
+        error = exc
+    finally:
+        note_call(scope, call)
+    if error is not None:
+        scope.record.status_code = error.status  # what it would have been before any byte
+        yield _failure(translator, scope.record, error.code or "upstream_error", error.message)
+        return
+    scope.usage_source = translator
+    async for out in relay(scope, call, translator, emit=True):
+        yield out
 
 
 def _failure(translator: Translator, record, code: str, message: str) -> bytes:

@@ -12,12 +12,18 @@ from .errors import GatewayError
 from .gateway import RequestScope
 from .tunnel.router import TunnelCall, call_error
 
+# The model is busy and the request could not wait for it (proxy/tunnel/queue.py).
+QUEUE_ERRORS = frozenset({"queue_full", "queue_timeout"})
 
-def gateway_error(exc: CallError) -> GatewayError:
+
+def gateway_error(exc: CallError, *, anthropic: bool = False) -> GatewayError:
     headers = {"retry-after": "1"} if exc.status == 503 else {}
     if exc.status >= 500:
         # A 502/504 from the model is not the client's fault, but repeating it thrice won't help.
         headers["x-should-retry"] = "true" if exc.status in (503, 504) else "false"
+    if anthropic and exc.code in QUEUE_ERRORS:
+        # Anthropic's word for "busy, retry" is 529 overloaded_error (wire-formats §6.7).
+        return GatewayError(529, exc.message, code=exc.code, headers=headers)
     return GatewayError(exc.status, exc.message, code=exc.code, headers=headers)
 
 
@@ -59,23 +65,55 @@ def upstream_error(scope: RequestScope, status: int, raw: bytes) -> GatewayError
     )
 
 
+def new_call(scope: RequestScope, path: str, payload: dict | None, method: str = "POST") -> UpstreamCall:
+    """The call for a request to the model, not sent yet. It is the scope's from here on: whatever
+    happens, the scope's close() ends it."""
+    body = orjson.dumps(payload) if payload is not None else b""
+    key = scope.authenticated_key()
+    call = (settings.UPSTREAM_CALL or TunnelCall)(
+        deployment_id=scope.resolved_deployment().id,
+        request_id=scope.request_id,
+        method=method,
+        path=path,
+        body=body,
+        org_id=key.org_id,
+        key_id=key.id,
+    )
+    scope.call = call
+    return call
+
+
+def first_byte_budget(scope: RequestScope) -> float:
+    """Seconds a call may take to send its request (queueing included) and get the status."""
+    return min(settings.FIRST_BYTE_TIMEOUT, max(0.0, scope.seconds_left()))
+
+
+def call_failed(scope: RequestScope, exc: CallError) -> GatewayError:
+    """A call that failed before its response began, in the surface's terms."""
+    scope.call = None  # a call that failed to start has ended: nothing to cancel, nothing cancelled
+    if exc.status == 504 and scope.seconds_left() <= 0:
+        return request_deadline()
+    return gateway_error(exc, anthropic=scope.anthropic)
+
+
+def note_call(scope: RequestScope, call: UpstreamCall) -> None:
+    """What the request log shows of the call: also for one that was taken, then failed."""
+    scope.record.connector_id = call.connector_id
+    scope.record.queue_wait_ms = call.queue_wait_ms
+
+
 async def open_call(
     scope: RequestScope, path: str, payload: dict | None, method: str = "POST"
 ) -> tuple[UpstreamCall, int]:
     """Send the request to the model and wait for its status; GatewayError on failure. The call is
     the scope's from here on: whatever happens, the scope's close() ends it."""
-    body = orjson.dumps(payload) if payload is not None else b""
-    call = (settings.UPSTREAM_CALL or TunnelCall)(
-        deployment_id=scope.resolved_deployment().id, request_id=scope.request_id, method=method, path=path, body=body
-    )
-    scope.call = call
+    call = new_call(scope, path, payload, method)
     try:
-        started = await call.start(min(settings.FIRST_BYTE_TIMEOUT, max(0.0, scope.seconds_left())))
+        started = await call.start(first_byte_budget(scope))
     except CallError as exc:
-        scope.call = None  # a call that failed to start has ended: nothing to cancel, nothing cancelled
-        if exc.status == 504 and scope.seconds_left() <= 0:
-            raise request_deadline() from None
-        raise gateway_error(exc) from None
+        raise call_failed(scope, exc) from None
+    finally:
+        note_call(scope, call)
     return call, started.status
 
 

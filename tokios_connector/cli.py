@@ -1,4 +1,4 @@
-"""Command line: ``python -m tokios_connector --server ... --token ... --upstream ...``."""
+"""Command line: ``TOKIOS_CONNECTOR_TOKEN=... python -m tokios_connector --server ... --upstream ...``."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ T = TypeVar("T")
 DESCRIPTION = """\
 Connect a local OpenAI-compatible model server (llama.cpp, Ollama, vLLM, ...) to a Tokios
 deployment. The connector dials out over one WebSocket, so the model needs no inbound port.
-Every option can also be given as an environment variable (shown in brackets); prefer
-TOKIOS_CONNECTOR_TOKEN over --token, which other local users can read in the process list.
+Every option can also be given as an environment variable (shown in brackets). Give the token
+in TOKIOS_CONNECTOR_TOKEN or in a file (--token-file), not with --token: other local users can
+read a command line in the process list.
 """
+
+# A connector token is ~60 characters; a file much longer than that is not a token file.
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 def _concurrency(text: str) -> int:
@@ -49,13 +53,24 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokios_connector", description=DESCRIPTION)
     p.add_argument("--server", help="Tokios base URL, e.g. https://tokios.example [TOKIOS_SERVER]")
-    p.add_argument("--token", help="connector token from the deployment page [TOKIOS_CONNECTOR_TOKEN]")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the connector token from FILE, readable by you only [TOKIOS_CONNECTOR_TOKEN_FILE]",
+    )
+    token.add_argument(
+        "--token",
+        help="the connector token; visible to other local users in the process list, so prefer "
+        "TOKIOS_CONNECTOR_TOKEN or --token-file [TOKIOS_CONNECTOR_TOKEN]",
+    )
     p.add_argument("--upstream", help="model server base URL, e.g. http://127.0.0.1:8080/v1 [TOKIOS_UPSTREAM]")
     p.add_argument("--model", help="rewrite the request's `model` to this upstream model name [TOKIOS_MODEL]")
     p.add_argument(
         "--max-concurrency",
         metavar="N",
-        help="in-flight requests before answering overloaded (default 64) [TOKIOS_MAX_CONCURRENCY]",
+        help="requests sent to the model server at once (default 64); the server queues the rest. "
+        "llama.cpp's own slot count is used when it is lower [TOKIOS_MAX_CONCURRENCY]",
     )
     p.add_argument(
         "--upstream-key",
@@ -83,10 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Config, str]:
-    """Command line first, then environment. Errors exit with status 2 via argparse."""
+def read_token_file(path: str) -> tuple[str, str | None]:
+    """The token a file holds (its first line, stripped), and a warning if others may read it.
+
+    Raises ValueError with a message that never shows the file's content."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TOKEN_FILE_BYTES + 1)
+            mode = os.fstat(file.fileno()).st_mode
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise ValueError(f"is over {MAX_TOKEN_FILE_BYTES} bytes: it holds no connector token")
+    lines = data.decode("utf-8", errors="replace").strip().splitlines()
+    if not lines:
+        raise ValueError("is empty")
+    warning = None
+    if os.name == "posix" and mode & 0o077:
+        warning = f"token file {path} can be read by other users (mode {mode & 0o777:o}): chmod 600 it"
+    return lines[0].strip(), warning
+
+
+def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Config, str, list[str]]:
+    """Command line first, then environment; also returns warnings to log once logging is set up.
+    Errors exit with status 2 via argparse."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings: list[str] = []
 
     def pick(name: str, env_name: str, convert: Callable[[str], T], default: T, what: str) -> T:
         raw = getattr(args, name)
@@ -108,8 +146,31 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
             parser.error(f"--{name} is required (or set {env_name})")
         return value
 
+    def token_from_file(path: str, source: str) -> str:
+        try:
+            token, warning = read_token_file(path)
+        except ValueError as exc:
+            parser.error(f"{source} {path} {exc}")
+            raise  # unreachable: parser.error exits
+        if warning:
+            warnings.append(warning)
+        return token
+
     server = required("server", "TOKIOS_SERVER")
-    token = required("token", "TOKIOS_CONNECTOR_TOKEN")
+    if args.token:
+        token = args.token
+        warnings.append(
+            "--token puts the connector token in the process list, where other local users can read it: "
+            "set TOKIOS_CONNECTOR_TOKEN or use --token-file instead"
+        )
+    elif args.token_file:
+        token = token_from_file(args.token_file, "--token-file")
+    elif env.get("TOKIOS_CONNECTOR_TOKEN"):
+        token = env["TOKIOS_CONNECTOR_TOKEN"]
+    elif env.get("TOKIOS_CONNECTOR_TOKEN_FILE"):
+        token = token_from_file(env["TOKIOS_CONNECTOR_TOKEN_FILE"], "TOKIOS_CONNECTOR_TOKEN_FILE")
+    else:
+        parser.error("a connector token is required: set TOKIOS_CONNECTOR_TOKEN or pass --token-file FILE")
     upstream = required("upstream", "TOKIOS_UPSTREAM")
     try:
         server_url = websocket_url(server)
@@ -139,7 +200,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
     level = args.log_level or env.get("TOKIOS_LOG_LEVEL", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         parser.error(f"TOKIOS_LOG_LEVEL must be one of debug, info, warning, error (got {level!r})")
-    return config, level
+    return config, level, warnings
 
 
 def configure_logging(level: str) -> None:
@@ -164,9 +225,12 @@ def run(main_coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, level = parse_config(argv, os.environ)
+    config, level, warnings = parse_config(argv, os.environ)
     configure_logging(level)
-    logging.getLogger("tokios_connector").info(
+    logger = logging.getLogger("tokios_connector")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    logger.info(
         "tokios_connector %s: server %s, upstream %s%s, max concurrency %d",
         __version__,
         public_url(config.server_url),

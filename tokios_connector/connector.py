@@ -19,7 +19,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import __version__
+from . import __version__, slots
 from .config import Config, public_url
 from .contract import coalesce_writes
 from .protocol import (
@@ -42,6 +42,7 @@ from .protocol import (
     ResponseEnd,
     ResponseError,
     ResponseStart,
+    Slots,
     Welcome,
     chunk_prefix,
     credit_cost,
@@ -275,28 +276,39 @@ class Connector:
 
     async def _serve_connection(self, ws: ClientConnection) -> None:
         cfg = self.config
+        assert self._http is not None
+        # Asked on every connection: the model server may have restarted with another slot count.
+        slot_count = await slots.count(self._http, cfg)
         hello = Hello(
             protocol=PROTOCOL_VERSION,
             version=__version__,
             upstream=public_url(cfg.upstream),
             model=cfg.model,
             max_concurrency=cfg.max_concurrency,
+            slots=slot_count,
         )
         await ws.send(encode(hello))
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return
         log.info(
-            "connected to %s as connector %s for deployment %s (window %d credit blocks)",
+            "connected to %s as connector %s for deployment %s (window %d credit blocks, %d slots)",
             public_url(cfg.server_url),
             welcome.connector_id,
             welcome.deployment,
             welcome.window,
+            slot_count,
         )
         loop = asyncio.get_running_loop()
         session = Session(ws, welcome.window, loop.time())
         self.session = session
-        watchdog = asyncio.create_task(self._watchdog(session, heartbeat_timeout(welcome, cfg.heartbeat_timeout)))
+        helpers = [asyncio.create_task(self._watchdog(session, heartbeat_timeout(welcome, cfg.heartbeat_timeout)))]
+        if welcome.slot_updates:  # an older server would close the connection on a `slots` frame
+
+            async def announce(count: int) -> None:
+                await self._send_quietly(ws, encode(Slots(count)))
+
+            helpers.append(asyncio.create_task(slots.follow(self._http, cfg, slot_count, announce)))
         try:
             async for message in ws:
                 session.last_rx = loop.time()
@@ -305,7 +317,8 @@ class Connector:
                 else:
                     log.warning("ignoring unexpected binary frame from server (%d bytes)", len(message))
         finally:
-            watchdog.cancel()
+            for helper in helpers:
+                helper.cancel()
             self.session = None
             await self._abandon(session)
 

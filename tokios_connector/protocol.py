@@ -52,6 +52,9 @@ DEFAULT_WINDOW = 256  # credit blocks in flight per request: at most 1 MiB of bo
 MAX_WINDOW = 4096
 MAX_BODY_PARTS = 4096  # 1 GiB of request body: refuse nonsense before buffering it
 MAX_CONCURRENCY = 100_000
+# Requests a connector's model server works on at once (llama.cpp's slots). The server queues what
+# is beyond them, fairly across tenants; it trusts no connector with more than this.
+MAX_SLOTS = 1024
 MAX_HEADERS = 64
 MAX_HEADER_NAME = 256
 MAX_HEADER_VALUE = 8192
@@ -99,6 +102,8 @@ class Hello:
     upstream: str
     model: str | None
     max_concurrency: int
+    # Absent in older connectors: the server then assumes min(max_concurrency, MAX_SLOTS).
+    slots: int | None = None
     type: str = field(default="hello", init=False)
 
 
@@ -137,6 +142,14 @@ class Draining:
     type: str = field(default="draining", init=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """The connector learned a new slot count (sent only to a server whose welcome allows it)."""
+
+    slots: int
+    type: str = field(default="slots", init=False)
+
+
 @dataclass(slots=True)
 class Chunk:
     """A binary frame: a piece of a response body. (Not frozen: one is made per body chunk, and a
@@ -157,6 +170,8 @@ class Welcome:
     heartbeat_timeout: float
     window: int = DEFAULT_WINDOW
     protocol: int = PROTOCOL_VERSION
+    # The server reads `slots` frames (older servers close a connection on a frame they do not know).
+    slot_updates: bool = False
     type: str = field(default="welcome", init=False)
 
 
@@ -197,7 +212,7 @@ class Ping:
     type: str = field(default="ping", init=False)
 
 
-ConnectorFrame = Hello | ResponseStart | ResponseEnd | ResponseError | Pong | Draining
+ConnectorFrame = Hello | ResponseStart | ResponseEnd | ResponseError | Pong | Draining | Slots
 ServerFrame = Welcome | Request | RequestBody | Cancel | Credit | Ping
 
 
@@ -368,6 +383,8 @@ def decode_from_connector(raw: str | bytes) -> ConnectorFrame:
         return Pong(_number(data, "t", optional=True))
     if kind == "draining":
         return Draining()
+    if kind == "slots":
+        return Slots(_int(data, "slots", 1, MAX_SLOTS))
     if kind == "hello":
         return Hello(
             protocol=_int(data, "protocol", 0, 2**31 - 1),
@@ -375,6 +392,7 @@ def decode_from_connector(raw: str | bytes) -> ConnectorFrame:
             upstream=_text(data, "upstream", optional=True) or "",
             model=_text(data, "model", optional=True),
             max_concurrency=_int(data, "max_concurrency", 1, MAX_CONCURRENCY),
+            slots=_int(data, "slots", 1, MAX_SLOTS) if data.get("slots") is not None else None,
         )
     raise ProtocolError(f"unexpected frame type {kind[:40]!r}")
 
@@ -416,5 +434,6 @@ def decode_from_server(raw: str | bytes) -> ServerFrame:
             heartbeat_timeout=_number(data, "heartbeat_timeout"),
             window=_int(data, "window", 1, MAX_WINDOW, default=DEFAULT_WINDOW),
             protocol=_int(data, "protocol", 0, 2**31 - 1, default=1),
+            slot_updates=data.get("slot_updates") is True,
         )
     raise ProtocolError(f"unexpected frame type {kind[:40]!r}")

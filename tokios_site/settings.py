@@ -14,10 +14,11 @@ from pathlib import Path
 from celery.schedules import crontab
 
 from lib.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+from lib.private_files import private_sqlite
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("TOKIOS_DATA_DIR", str(BASE_DIR / ".tokios")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # 0700 when created here: it holds the secret key
 
 
 def _secret_key() -> str:
@@ -80,6 +81,7 @@ INSTALLED_APPS = [
 # proxy/handler.py; WhiteNoise, which is sync-only, serves /static/ in front of it: tokios_site/asgi.py.)
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "tokios_site.csp.content_security_policy",  # outermost but one: also on the pages other middleware answer
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -131,6 +133,7 @@ else:
             "CONN_MAX_AGE": 600,
         }
     }
+    private_sqlite(DATABASES["default"]["NAME"])  # 0600, and its -wal/-shm: lib/private_files.py
 
 if REDIS_URL:
     CACHES = {
@@ -232,7 +235,17 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG or not STATIC_ROOT.is_dir()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# --- E-mail (invitations, password resets). They carry working links, so the default keeps each
+# message in a file only this user can read (DATA_DIR/mail, 0600) and logs where, never the body.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "lib.mail.PrivateFileEmailBackend")
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = min(max(env_float("EMAIL_TIMEOUT", 10.0), 1.0), 300.0)  # an SMTP server that hangs holds a request
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tokios@localhost")
 
 REST_FRAMEWORK = {
@@ -285,6 +298,15 @@ REQUEST_DEADLINE = env_float("TOKIOS_REQUEST_DEADLINE", 1200.0)
 TUNNEL_WINDOW = min(max(env_int("TOKIOS_TUNNEL_WINDOW", 256), 2), 4096)  # the protocol allows 1..4096
 # Seconds between a process republishing its own connectors' presence in Redis.
 PRESENCE_REFRESH = env_float("TOKIOS_PRESENCE_REFRESH", 1.0)
+# Fair queueing when a deployment is busy (proxy/tunnel/queue.py): when every live connector has
+# all its slots taken, a request waits in line, at most this many per deployment (0: none waits,
+# a busy deployment answers 503 at once) and at most this many seconds (then 503 / Anthropic 529).
+QUEUE_MAX_DEPTH = env_int("TOKIOS_QUEUE_MAX_DEPTH", 256)
+if not 0 <= QUEUE_MAX_DEPTH <= 1024:  # Redis mode rewrites the whole line on every change
+    raise ValueError(f"TOKIOS_QUEUE_MAX_DEPTH must be between 0 and 1024, got {QUEUE_MAX_DEPTH}")
+QUEUE_MAX_WAIT = env_float("TOKIOS_QUEUE_MAX_WAIT", 30.0)
+if not 0 <= QUEUE_MAX_WAIT <= 600:
+    raise ValueError(f"TOKIOS_QUEUE_MAX_WAIT must be between 0 and 600 seconds, got {QUEUE_MAX_WAIT}")
 METERING_ENABLED = env_bool("TOKIOS_METERING", True)
 LIMITS_ENABLED = env_bool("TOKIOS_LIMITS", True)
 USAGE_RETENTION_DAYS = env_int("TOKIOS_USAGE_RETENTION_DAYS", 90)
@@ -297,11 +319,140 @@ USAGE_BATCH_WINDOW = env_float("TOKIOS_USAGE_BATCH_WINDOW", 0.05)
 if not 0.001 <= USAGE_BATCH_WINDOW <= 10:  # 0 would write a statement per event, flat out
     raise ValueError(f"TOKIOS_USAGE_BATCH_WINDOW must be between 0.001 and 10 seconds, got {USAGE_BATCH_WINDOW}")
 
+# Every line goes through one handler, which masks secrets and the paths that carry them
+# (/invitations/<secret>/, /password/reset/<uid>/<token>/: lib/redact.py). Django's own "django"
+# handlers (a second console copy under DEBUG, mail to ADMINS) are dropped, so nothing bypasses it.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "lib.redact.RedactSecrets"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_secrets"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "propagate": True},
+        "django.request": {"level": "ERROR"},
+        "httpx": {"level": "WARNING"},  # it logs each URL at INFO; an alert webhook's may hold a token (alerts/)
+    },
 }
+
+# --- Accounts: sign-in throttling, password resets, sessions, personal access tokens ---------------
+# (docs/security.md.) Failed sign-ins are counted by django-axes in the database, so every process
+# shares the counts, on SQLite too: SIGNIN_FAILURE_LIMIT failures lock the account, and lock the client
+# address, until SIGNIN_LOCKOUT_MINUTES have passed since the last counted failure; meanwhile even the
+# right password is refused (429, with the reason). The dashboard's password re-entry counts too.
+SIGNIN_FAILURE_LIMIT = env_int("TOKIOS_SIGNIN_FAILURE_LIMIT", 10)
+SIGNIN_LOCKOUT_MINUTES = env_int("TOKIOS_SIGNIN_LOCKOUT_MINUTES", 15)
+if not 1 <= SIGNIN_FAILURE_LIMIT <= 1000 or not 1 <= SIGNIN_LOCKOUT_MINUTES <= 10080:
+    raise ValueError("TOKIOS_SIGNIN_FAILURE_LIMIT must be 1..1000 and TOKIOS_SIGNIN_LOCKOUT_MINUTES 1..10080")
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # async-capable; turns a lockout into the 429 page
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = SIGNIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = SIGNIN_LOCKOUT_MINUTES / 60  # a float is hours to axes
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one alone locks
+AXES_USERNAME_CALLABLE = "accounts.throttle.signin_username"
+AXES_CLIENT_IP_CALLABLE = "accounts.throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "dashboard.views.auth.signin_locked_out"
+# Attempts while locked are refused without being recorded: the lockout ends on time, and a client
+# hammering a locked account cannot grow its row.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Axes' reset-on-success would also clear the client address's count: a stranger with an account
+# could sign in to it between guesses at others'. Counts expire with the lockout time instead.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True  # else a row per successful sign-in, never pruned
+# No start-up banner; its log lines mask the e-mail and address (AXES_SENSITIVE_PARAMETERS), never
+# show a password.
+AXES_VERBOSE = False
+# Password-reset e-mails per hour (accounts/throttle.py): beyond either, the same "check your email"
+# page, and no e-mail.
+PASSWORD_RESET_PER_EMAIL = min(max(env_int("TOKIOS_PASSWORD_RESET_PER_EMAIL", 3), 1), 100)
+PASSWORD_RESET_PER_IP = min(max(env_int("TOKIOS_PASSWORD_RESET_PER_IP", 10), 1), 10_000)
+# A dashboard session ends after this many hours without a request (saved on every request, so the
+# expiry moves with activity).
+SESSION_IDLE_HOURS = env_float("TOKIOS_SESSION_IDLE_HOURS", 12.0)
+if not 0.1 <= SESSION_IDLE_HOURS <= 720:
+    raise ValueError(f"TOKIOS_SESSION_IDLE_HOURS must be between 0.1 and 720, got {SESSION_IDLE_HOURS}")
+SESSION_COOKIE_AGE = round(SESSION_IDLE_HOURS * 3600)
+SESSION_SAVE_EVERY_REQUEST = True
+# Personal access tokens: the expiry offered by default, and the longest allowed (days).
+PAT_MAX_DAYS = env_int("TOKIOS_PAT_MAX_DAYS", 365)
+PAT_DEFAULT_DAYS = env_int("TOKIOS_PAT_DEFAULT_DAYS", 90)
+if not 1 <= PAT_MAX_DAYS <= 3650 or not 1 <= PAT_DEFAULT_DAYS <= PAT_MAX_DAYS:
+    raise ValueError("TOKIOS_PAT_MAX_DAYS must be 1..3650 and TOKIOS_PAT_DEFAULT_DAYS 1..TOKIOS_PAT_MAX_DAYS")
+
+# --- /v1 refusals: what a request may cost before it is refused (docs/security.md) ------------------
+# Bytes of request headers: the /v1 app answers 431 in the caller's shape above this (names and
+# values), and the server protocol dev.py runs (lib/contract.py BoundedHttpToolsProtocol) closes a
+# connection whose request line and headers pass it, for every path.
+MAX_HEADER_BYTES = env_int("TOKIOS_MAX_HEADER_BYTES", 64 * 1024)
+if not 4096 <= MAX_HEADER_BYTES <= 1024 * 1024:
+    raise ValueError(f"TOKIOS_MAX_HEADER_BYTES must be between 4096 and 1048576, got {MAX_HEADER_BYTES}")
+# Seconds a client has to send a /v1 body once its key was accepted: then 408 and the connection is
+# closed. (The server protocol closes any request's body that is still coming 5 s after this.)
+BODY_TIMEOUT = env_float("TOKIOS_BODY_TIMEOUT", 30.0)
+if not 1 <= BODY_TIMEOUT <= 3600:
+    raise ValueError(f"TOKIOS_BODY_TIMEOUT must be between 1 and 3600 seconds, got {BODY_TIMEOUT}")
+# Seconds the server protocol gives a connection to send a request's line and headers (from its
+# first byte, or from the connection's start): then 408 and the connection is closed.
+HEADER_TIMEOUT = env_float("TOKIOS_HEADER_TIMEOUT", 10.0)
+if not 1 <= HEADER_TIMEOUT <= 600:
+    raise ValueError(f"TOKIOS_HEADER_TIMEOUT must be between 1 and 600 seconds, got {HEADER_TIMEOUT}")
+
+# --- Alerts (alerts/, docs/operations.md "Alert set-up"): budgets, connectors, error rate ---------
+INSTALLED_APPS += ["alerts"]
+# Seconds between two evaluations of every org's alert rules (the alerts.evaluate task).
+ALERTS_INTERVAL = env_float("TOKIOS_ALERTS_INTERVAL", 60.0)
+if not 10 <= ALERTS_INTERVAL <= 3600:
+    raise ValueError(f"TOKIOS_ALERTS_INTERVAL must be between 10 and 3600 seconds, got {ALERTS_INTERVAL}")
+# Days alerts, their delivery log and the connectors' connect history are kept (flapping looks back a week).
+ALERTS_RETENTION_DAYS = env_int("TOKIOS_ALERTS_RETENTION_DAYS", 30)
+if not 7 <= ALERTS_RETENTION_DAYS <= 3650:
+    raise ValueError(f"TOKIOS_ALERTS_RETENTION_DAYS must be between 7 and 3650, got {ALERTS_RETENTION_DAYS}")
+# Webhook URLs are dialled by the server: https only (http also with DEBUG or this), and public
+# addresses only unless TOKIOS_WEBHOOK_ALLOW_PRIVATE (an internal receiver; the tests' local one).
+WEBHOOK_ALLOW_HTTP = env_bool("TOKIOS_WEBHOOK_ALLOW_HTTP", DEBUG)
+WEBHOOK_ALLOW_PRIVATE = env_bool("TOKIOS_WEBHOOK_ALLOW_PRIVATE", False)
+# Attempts per delivery (webhook or e-mail), the first retry after WEBHOOK_BACKOFF_SECONDS, each
+# next one after twice as long (at most an hour apart).
+WEBHOOK_MAX_ATTEMPTS = env_int("TOKIOS_WEBHOOK_MAX_ATTEMPTS", 6)
+WEBHOOK_BACKOFF_SECONDS = env_int("TOKIOS_WEBHOOK_BACKOFF_SECONDS", 30)
+if not 1 <= WEBHOOK_MAX_ATTEMPTS <= 20 or not 1 <= WEBHOOK_BACKOFF_SECONDS <= 3600:
+    raise ValueError("TOKIOS_WEBHOOK_MAX_ATTEMPTS must be 1..20 and TOKIOS_WEBHOOK_BACKOFF_SECONDS 1..3600")
+CELERY_BEAT_SCHEDULE["evaluate-alerts"] = {
+    "task": "alerts.evaluate",
+    "schedule": ALERTS_INTERVAL,
+    "options": {"expires": ALERTS_INTERVAL},
+}
+CELERY_BEAT_SCHEDULE["prune-alerts"] = {
+    "task": "alerts.prune",
+    "schedule": crontab(hour=3, minute=53),  # daily, off the hour and off the other prunes
+    "options": {"expires": 3600},
+}
+
+# --- Metering: what waits for the database --------------------------------------------------------
+# Usage events kept in memory while the database cannot be reached (~0.3 KB each: 30 MB); beyond, the
+# oldest are dropped with an error line. Rows the database refuses never wait (billing/metering.py).
+USAGE_MAX_QUEUED = env_int("TOKIOS_USAGE_MAX_QUEUED", 100_000)
+if not 1_000 <= USAGE_MAX_QUEUED <= 10_000_000:
+    raise ValueError(f"TOKIOS_USAGE_MAX_QUEUED must be between 1000 and 10000000, got {USAGE_MAX_QUEUED}")
+
+# --- Content-Security-Policy (tokios_site/csp.py, docs/security.md) ------------------------------------
+# Same-origin scripts, styles, images and fonts only; no inline script or style, no eval, no plugins,
+# no framing, forms post to this origin only. A path prefix may get its own policy (none needs one).
+CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],  # data: for the icons Swagger UI's stylesheet embeds
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+if HTTPS:
+    CONTENT_SECURITY_POLICY["upgrade-insecure-requests"] = []
+CONTENT_SECURITY_POLICY_PATHS: dict[str, dict[str, list[str]]] = {}

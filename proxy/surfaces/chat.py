@@ -8,11 +8,12 @@ that did not ask for it; the non-streamed one holds the body and rewrites the sa
 from __future__ import annotations
 
 import orjson
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponseBase
 
 from ..errors import GatewayError, json_response
-from ..gateway import STREAM_HEADERS, RequestScope
-from ..stream import relay
+from ..gateway import RequestScope
+from ..stream import relay, stream_response
+from ..translate import log_odd_usage, read_usage
 from ..translate.sse import DONE, SSEParser
 from ..upstream import open_call, read_body, upstream_error, upstream_model
 
@@ -126,14 +127,6 @@ def upstream_body(scope: RequestScope, body: dict, *, stream: bool) -> dict:
     return payload
 
 
-def reported_usage(usage: object) -> tuple[int, int] | None:
-    """(prompt, completion) tokens as the model reported them, if it did."""
-    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        prompt = usage.get("prompt_tokens")
-        return (prompt if isinstance(prompt, int) else 0), usage["completion_tokens"]
-    return None
-
-
 async def chat_completions(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
@@ -141,17 +134,13 @@ async def chat_completions(scope: RequestScope) -> HttpResponseBase:
     stream = body.get("stream") is True
     max_out = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_OUTPUT_RESERVATION
     await scope.check_limits(estimate_prompt_tokens(body["messages"]) + max_out * (body.get("n") or 1))
-    call, status = await open_call(scope, "/chat/completions", upstream_body(scope, body, stream=stream))
-    if status != 200:
-        raise upstream_error(scope, status, await read_body(scope, call))
     if stream:
-        scope.record.streamed = True
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         streamer = ChatStream(scope, include_usage)
-        scope.usage_source = streamer
-        return StreamingHttpResponse(
-            relay(scope, call, streamer, emit=True), content_type="text/event-stream", headers=STREAM_HEADERS
-        )
+        return await stream_response(scope, "/chat/completions", upstream_body(scope, body, stream=True), streamer)
+    call, status = await open_call(scope, "/chat/completions", upstream_body(scope, body, stream=False))
+    if status != 200:
+        raise upstream_error(scope, status, await read_body(scope, call))
     collector = ChatBody(scope)
     scope.usage_source = collector
     async for _ in relay(scope, call, collector, emit=False):
@@ -168,19 +157,40 @@ class _ChatTranslator:
 
     def __init__(self, scope: RequestScope):
         self.record = scope.record
+        self.request_id = scope.request_id
         self.completion_id = "chatcmpl-" + scope.request_id[4:]
         self.model = scope.resolved_deployment().name
         self.messages = scope.body.get("messages") or []
-        self.reported: tuple[int, int] | None = None
+        self.prompt_tokens: int | None = None  # as the model reported them, parsed and bounded
+        self.completion_tokens: int | None = None
+        self.odd_usage = False
         self.deltas = 0
         self.failed = False
         self.has_output = False
 
+    def take_usage(self, usage: object) -> bool:
+        """Read the model's usage; True if it was clean (both counts there, and counts)."""
+        reported = read_usage(usage)
+        if reported.prompt is not None:
+            self.prompt_tokens = reported.prompt
+        if reported.completion is not None:
+            self.completion_tokens = reported.completion
+        if reported.odd and not self.odd_usage:
+            self.odd_usage = True
+            log_odd_usage(reported.odd, self.request_id)
+        return not reported.odd and reported.prompt is not None and reported.completion is not None
+
     def usage(self) -> tuple[int, int, bool]:
-        if self.reported is not None:
-            return self.reported[0], self.reported[1], False
-        # Chunks that carried a delta approximate generated tokens when no usage arrived.
-        return estimate_prompt_tokens(self.messages), max(0, self.deltas - 1), True
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else estimate_prompt_tokens(self.messages)
+        if self.completion_tokens is None:
+            # Chunks that carried a delta approximate generated tokens when no usage arrived.
+            return prompt, max(0, self.deltas - 1), True
+        return prompt, self.completion_tokens, self.odd_usage
+
+    def usage_shown(self) -> dict:
+        """The usage a client is shown in place of one that was missing or not counts: what is recorded."""
+        prompt, completion, _ = self.usage()
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def keepalive(self) -> bytes:
         return b": keep-alive\n\n"
@@ -224,9 +234,11 @@ class ChatStream(_ChatTranslator):
             choices = event.get("choices")
             if event.get("usage"):
                 # Older llama.cpp put usage on the finish chunk; the SDK wants it on the last only.
-                self.reported = reported_usage(event["usage"]) or self.reported
+                clean = self.take_usage(event["usage"])
                 if not choices and not self.include_usage:
                     continue
+                if not clean and self.include_usage:
+                    event["usage"] = self.usage_shown()
             if not self.include_usage:
                 event.pop("usage", None)
             if choices:
@@ -270,14 +282,8 @@ class ChatBody(_ChatTranslator):
         data["model"] = self.model
         data["id"] = self.completion_id
         data.setdefault("object", "chat.completion")
-        self.reported = reported_usage(data.get("usage"))
-        if self.reported is None:
-            prompt, completion, _ = self.usage()
-            data["usage"] = {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            }
+        if not self.take_usage(data.get("usage")):
+            data["usage"] = self.usage_shown()
         self.result = data
         return b""
 

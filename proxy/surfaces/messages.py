@@ -21,6 +21,8 @@ def _invalid(exc: TranslationError) -> GatewayError:
 
 
 def _error_type(code: str) -> str:
+    if code in ("queue_full", "queue_timeout"):  # the model stayed busy (proxy/tunnel/queue.py)
+        return "overloaded_error"
     return "timeout_error" if code in ("upstream_timeout", "request_deadline") else "api_error"
 
 

@@ -10,26 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponseBase
 
 from ..errors import GatewayError, json_response
-from ..gateway import STREAM_HEADERS, RequestScope
-from ..stream import EventTranslator, relay
+from ..gateway import RequestScope
+from ..stream import EventTranslator, relay, stream_response
 from ..upstream import open_call, read_body, upstream_error
 
 
 async def run(
     scope: RequestScope, chat_body: dict, translator: EventTranslator, *, stream: bool, final: Callable[[], dict]
 ) -> HttpResponseBase:
+    if stream:
+        return await stream_response(scope, "/chat/completions", chat_body, translator)
     call, status = await open_call(scope, "/chat/completions", chat_body)
     if status != 200:
         raise upstream_error(scope, status, await read_body(scope, call))
     scope.usage_source = translator
-    if stream:
-        scope.record.streamed = True
-        return StreamingHttpResponse(
-            relay(scope, call, translator, emit=True), content_type="text/event-stream", headers=STREAM_HEADERS
-        )
     async for _ in relay(scope, call, translator, emit=False):
         pass
     if translator.failed:

@@ -35,6 +35,7 @@ from proxy.calls import CallError, Data, Ended, Failed, Started
 from proxy.tunnel.router import call_error
 
 SILENCE = "silence"
+CONNECTOR_ID = "conn_scripted01"
 PROMPT_TOKENS, COMPLETION_TOKENS = 1000, 500
 
 
@@ -55,7 +56,9 @@ class Upstream:
     def answer(self, *items) -> None:
         self.scripts.append(list(items))
 
-    def __call__(self, *, deployment_id: int, request_id: str, method: str, path: str, body: bytes) -> ScriptedCall:
+    def __call__(
+        self, *, deployment_id: int, request_id: str, method: str, path: str, body: bytes, org_id: int, key_id: int
+    ) -> ScriptedCall:
         script = self.scripts.pop(0) if self.scripts else [SILENCE]
         call = ScriptedCall(
             self, script, deployment_id=deployment_id, request_id=request_id, method=method, path=path, body=body
@@ -92,9 +95,17 @@ class ScriptedCall:
         self.raw_body = body
         self.body = orjson.loads(body) if body else None
         self.finished = False
+        # The connector that took the call: none when no connector did (a CallError first).
+        self.connector_id = "" if script and isinstance(script[0], CallError) else CONNECTOR_ID
         self.cancels = 0
         self.cancel_takes = upstream.cancel_takes
         self.reading = False  # someone is waiting in start() or next_item() right now
+        self.queue_wait_ms = 0  # the scripted model always has a free slot
+
+    async def admit(self, timeout: float, notice: float | None = None) -> int:
+        if self.items and isinstance(self.items[0], CallError):
+            raise self.items.popleft()  # no connector took it, as TunnelCall's admission raises it
+        return 0
 
     async def start(self, timeout: float) -> Started:
         item = await self._next(timeout)

@@ -1,4 +1,4 @@
-"""The tunnel's process-wide state (sessions, presence, dispatch counts), emptied between tests.
+"""The tunnel's process-wide state (sessions, presence, dispatch counts, queues), emptied between tests.
 
 Sessions and presence belong to the process; a test must not see another test's connectors. Used
 by proxy/tests/conftest.py and by the connector's tests against the real server (tests/connector/).
@@ -6,7 +6,7 @@ by proxy/tests/conftest.py and by the connector's tests against the real server 
 
 from __future__ import annotations
 
-from proxy.tunnel import presence, router, session
+from proxy.tunnel import presence, queue, router, session
 
 
 def clear() -> None:
@@ -14,6 +14,9 @@ def clear() -> None:
     presence._local.clear()
     presence._read_cache.clear()
     router._dispatched.clear()
+    queue.WAITERS.clear()
+    queue._local.clear()
+    queue._maybe_waiting.clear()
 
 
 def stop_keeper() -> None:

@@ -30,7 +30,7 @@ from tokios_connector import protocol
 from tokios_connector.protocol import ProtocolError
 
 from . import layer as layer_messages
-from . import presence
+from . import presence, queue, signals
 from .session import LOCAL, ConnectorSession
 
 log = logging.getLogger("tokios.tunnel")
@@ -137,6 +137,9 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             if isinstance(frame, protocol.Draining):
                 await presence.publish(session.info)
                 log.info("connector %s draining", session.info.connector_id)
+            elif isinstance(frame, protocol.Slots):
+                await presence.publish(session.info)
+                log.info("connector %s now takes %d requests at once", session.info.connector_id, session.info.slots)
         except ProtocolError as exc:
             who = session.info.connector_id if session is not None else self._remote()
             log.warning("connector %s broke the protocol: %s", who, exc.message)
@@ -173,18 +176,24 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         session = self.session = ConnectorSession(
             info=info, send_text=self._send_text, layer=self.channel_layer, window=window
         )
+        # A connector that does not say (an older one) works on as many requests as it accepts.
+        session.set_slots(frame.slots or frame.max_concurrency)
         LOCAL[self.channel_name] = session
         await self.channel_layer.group_add(presence.token_group(token_id), self.channel_name)
+        await self.channel_layer.group_add(queue.group(deployment_id), self.channel_name)
         welcome = protocol.Welcome(
             deployment=deployment_name,
             connector_id=info.connector_id,
             heartbeat_interval=settings.HEARTBEAT_INTERVAL,
             heartbeat_timeout=settings.HEARTBEAT_TIMEOUT,
             window=window,
+            slot_updates=True,
         )
         await self._send_text(protocol.encode(welcome))
         await presence.publish(info)
         self.heartbeat_task = asyncio.create_task(self._heartbeat(session))
+        await queue.fill(session, force=True)  # requests may be waiting for a connector to come
+        await signals.connector_connected.asend_robust(sender=ConnectorConsumer, info=info)
         log.info(
             "connector %s online for %s (version %s, from %s)",
             info.connector_id,
@@ -211,6 +220,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             if not await sync_to_async(_token_still_valid)(session.info.token_id):
                 await self.tunnel_revoked({})
                 return
+            await session.drop_orphans()
             await self._send_text(protocol.encode(protocol.Ping(time.time())))
             session.info.last_heartbeat = time.time()
 
@@ -234,22 +244,44 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             await presence.withdraw(session.info)
             await session.fail_all(failure, message)
             await self.channel_layer.group_discard(presence.token_group(session.info.token_id), self.channel_name)
+            await self.channel_layer.group_discard(queue.group(session.info.deployment_id), self.channel_name)
         if close_code is not None:
             try:
                 await self.close(code=close_code, reason=reason)
             except OSError:
                 pass
+        if session is not None:  # the history alerts keep (flapping); after the close, not before it
+            await signals.connector_disconnected.asend_robust(
+                sender=ConnectorConsumer, info=session.info, reason=failure
+            )
 
     # --- messages from other processes --------------------------------------------------------------
 
     async def tunnel_request(self, event: dict) -> None:
-        reply = event["reply"]
+        reply, rid = event["reply"], event["id"]
         session = self.session
         live = session if session is not None and not session.closed and not session.info.draining else None
-        ack = {"type": "tunnel.ack", "accepted": live is not None, "window": live.window if live is not None else 0}
+        # A request takes the slot promised to it, or a free one; else it queues (`busy`).
+        accepted = live is not None and live.admits(rid, granted=bool(event.get("granted")))
+        process = str(event.get("process") or "")
+        if accepted and live is not None and rid not in live.reserved:
+            live.reserve(rid, process)  # taken now: sending the acknowledgement lets others run
+        ack = {
+            "type": "tunnel.ack",
+            "accepted": accepted,
+            "busy": live is not None and not accepted,
+            "window": live.window if live is not None else 0,
+            "connector": live.info.connector_id if live is not None else "",
+        }
         await layer_messages.send(self.channel_layer, reply, ack)
-        if live is not None:
-            await live.submit(event["id"], event["method"], event["path"], event["body"], reply=reply)
+        if accepted and live is not None:
+            await live.submit(rid, event["method"], event["path"], event["body"], reply=reply, process=process)
+
+    async def tunnel_waiting(self, event: dict) -> None:
+        """Another process queued a request for this deployment."""
+        if self.session is not None:
+            queue.heard_waiting(self.session.info.deployment_id)
+            await queue.fill(self.session)
 
     async def tunnel_cancel(self, event: dict) -> None:
         if self.session is not None:

@@ -24,6 +24,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
+from tokios_connector.protocol import MAX_SLOTS
 
 log = logging.getLogger("tokios.tunnel")
 
@@ -48,11 +49,18 @@ class ConnectorInfo:
     remote: str
     connected_since: float
     last_heartbeat: float
-    inflight: int = 0
+    inflight: int = 0  # requests it holds, and slots promised to queued requests
     max_concurrency: int = 0
+    # Requests it takes at once (1..protocol.MAX_SLOTS); more wait in the deployment's queue. 0 in
+    # entries of a version that did not publish it: see `capacity`.
+    slots: int = 0
     draining: bool = False
     upstream_model: str | None = None
     refreshed: float = 0.0  # when its process last republished it (0: never, i.e. a local entry)
+
+    @property
+    def capacity(self) -> int:
+        return self.slots or max(1, min(self.max_concurrency, MAX_SLOTS))
 
     @property
     def alive(self) -> bool:
@@ -62,10 +70,16 @@ class ConnectorInfo:
         return not self.refreshed or now - self.refreshed < stale_after()
 
 
+_FIELDS = frozenset(ConnectorInfo.__dataclass_fields__)
+
+
 def _parse(raw: bytes) -> ConnectorInfo | None:
     try:
-        return ConnectorInfo(**orjson.loads(raw))
-    except (orjson.JSONDecodeError, TypeError):  # written by another version, or damaged
+        data = orjson.loads(raw)
+        # Fields a newer version added are left out, so that processes of two versions side by
+        # side (a rolling upgrade) do not take each other's connectors for damaged entries.
+        return ConnectorInfo(**{name: value for name, value in data.items() if name in _FIELDS})
+    except (orjson.JSONDecodeError, TypeError, AttributeError):  # written by another version, or damaged
         return None
 
 

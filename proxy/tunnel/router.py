@@ -1,17 +1,21 @@
 """Sending one HTTP request through a connector and reading its response, from any process.
 
 `TunnelCall` is the tunnel's `UpstreamCall` (proxy/calls.py). It picks the least loaded live
-connector of the deployment; if this process holds it, the request goes straight to its session
-and the answer comes back into the call's inbox; otherwise it goes over the channel layer to the
-process that does, and a small receiver task moves that process's replies into the same inbox.
-Either way the call hands credit back to the connector as it reads (see session.py), and a call
-waiting on another process checks, while nothing arrives, that the connector is still alive there.
+connector of the deployment that has a free slot; if this process holds it, the request goes
+straight to its session and the answer comes back into the call's inbox; otherwise it goes over
+the channel layer to the process that does, and a small receiver task moves that process's replies
+into the same inbox. Either way the call hands credit back to the connector as it reads (see
+session.py), and a call waiting on another process checks, while nothing arrives, that the
+connector is still alive there. When every live connector is busy, the call waits in the
+deployment's queue (queue.py) until a slot is handed to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -19,14 +23,21 @@ from collections import defaultdict
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
+
+from lib.redis import redis_enabled, report_outage
 
 from ..calls import CallError, Data, Ended, Failed, Item, Started
 from . import layer as layer_messages
-from . import presence
+from . import lease, presence, queue
 from .inbox import Inbox
 from .session import LOCAL, ConnectorSession
 
+log = logging.getLogger("tokios.tunnel")
+
 OFFLINE_MESSAGE = "Connector offline — the tunnel is not active"
+QUEUE_FULL_MESSAGE = "The model is busy and too many requests are waiting for it; try again shortly."
+QUEUE_TIMEOUT_MESSAGE = "The model stayed busy for as long as a request may wait for it; try again shortly."
 # A remote process acknowledges a dispatched request once its consumer has it. A busy process can
 # be slow to: after ACK_FIRST_CHECK, then after each ACK_TIMEOUT, without an answer the router asks presence whether that
 # connector is still live. If it is, it waits on (retrying elsewhere could run the request twice);
@@ -61,62 +72,172 @@ def call_error(failure: Failed) -> CallError:
 
 
 class TunnelCall:
-    """One request through the tunnel: `start()`, then `next_item()` until `Ended` or `Failed`."""
+    """One request through the tunnel: `start()` (or `admit()` first), then `next_item()` until
+    `Ended` or `Failed`."""
 
-    def __init__(self, *, deployment_id: int, request_id: str, method: str, path: str, body: bytes):
+    def __init__(
+        self,
+        *,
+        deployment_id: int,
+        request_id: str,
+        method: str,
+        path: str,
+        body: bytes,
+        org_id: int = 0,
+        key_id: int = 0,
+    ):
         self.deployment_id = deployment_id
         self.request_id = request_id
         self.method = method
         self.path = path
         self.body = body
+        self.org_id = org_id  # who the request is for: its turn in a queue is fair across orgs and keys
+        self.key_id = key_id
         self.inbox = Inbox()
         self.session: ConnectorSession | None = None  # the connector's session, when in this process
         self.channel: str | None = None  # the connector's consumer channel
         self.reply: str | None = None  # our reply channel, when the connector is in another process
         self.receiver: asyncio.Task | None = None
-        self.acknowledged: asyncio.Future[bool] | None = None
+        self.acknowledged: asyncio.Future[str] | None = None
         self.window = settings.TUNNEL_WINDOW  # replaced by the chosen connector's own window
         self.reading = 0  # credit of the last item returned, consumed when the next is asked for
         self.consumed = 0  # credit consumed since it was last handed back
         self.finished = False
         self.counted: str | None = None  # the connector this call is counted against in _dispatched
+        self.connector_id = ""  # the connector that took the request (the request log shows it)
+        self.dispatched = False
+        self.waiter: queue.Waiter | None = None  # its place in the deployment's queue, while it waits
+        self.queued_at: float | None = None  # time.monotonic() when it started waiting
+        self.queue_deadline = 0.0
+        self.queue_wait_ms = 0  # how long it waited for a slot
 
     def _count(self, channel: str) -> None:
         self.counted = channel
         _dispatched[channel] += 1
 
+    # --- admission --------------------------------------------------------------------------------
+
+    async def admit(self, timeout: float, notice: float | None = None) -> int:
+        """Send the request to a connector with a free slot; 0 once it is sent. While every live
+        connector is busy the request waits in the deployment's queue, at most `timeout` seconds
+        and `TOKIOS_QUEUE_MAX_WAIT` in all; with `notice`, it returns its place in line (1: next)
+        whenever it has waited `notice` seconds more, and waits on at the next call. CallError:
+        503 `connector_offline`, `queue_full` or `queue_timeout`."""
+        if self.dispatched:
+            return 0
+        if self.finished:
+            raise CallError(502, "cancelled", "The request was cancelled before it was sent.")
+        if self.waiter is None:
+            if await self._dispatch():
+                return 0
+            await self._enqueue(max(0.0, min(settings.QUEUE_MAX_WAIT, timeout)))
+        deadline = min(self.queue_deadline, time.monotonic() + timeout)
+        return await self._wait_turn(deadline, notice)
+
+    async def _enqueue(self, wait: float) -> None:
+        try:
+            self.waiter = await queue.enqueue(
+                deployment_id=self.deployment_id, rid=self.request_id, org=self.org_id, key=self.key_id, wait=wait
+            )
+        except queue.QueueFull:
+            self._finish()
+            raise CallError(503, "queue_full", QUEUE_FULL_MESSAGE) from None
+        except (RedisError, OSError) as exc:  # no shared line: busy is busy, as before the queue
+            report_outage(log, "could not queue a request in Redis", exc)
+            self._finish()
+            raise CallError(503, "overloaded", CONNECTOR_ERRORS["overloaded"][1]) from None
+        if self.queued_at is None:
+            self.queued_at = time.monotonic()
+            self.queue_deadline = self.queued_at + wait
+        # This process's connectors may have a slot free by now (a request ended in between).
+        for info in presence.local_connectors(self.deployment_id):
+            session = LOCAL.get(info.channel)
+            if session is not None:
+                await queue.fill(session)
+
+    async def _wait_turn(self, deadline: float, notice: float | None) -> int:
+        notice_at = time.monotonic() + notice if notice is not None else math.inf
+        while True:
+            waiter = self.waiter
+            if waiter is None or self.finished:  # cancelled meanwhile
+                raise CallError(502, "cancelled", "The request was cancelled while it waited for a slot.")
+            now = time.monotonic()
+            if now >= deadline:
+                await self.cancel()
+                raise CallError(503, "queue_timeout", QUEUE_TIMEOUT_MESSAGE)
+            channel = await queue.wait(waiter, min(queue.POLL, deadline - now, notice_at - now))
+            if channel is not None:
+                queue.done(waiter)
+                self.waiter = None
+                if await self._dispatch_to(channel, granted=True) == "sent":
+                    self._waited()
+                    return 0
+                # The slot went with its connector: back in line, with the time left.
+                await self._enqueue(max(0.0, self.queue_deadline - time.monotonic()))
+                continue
+            if time.monotonic() >= notice_at:
+                return max(1, await queue.position(waiter))
+            if all(info.draining for info in await presence.live_connectors(self.deployment_id)):
+                await self.cancel()  # no connector left that could take it
+                raise CallError(503, "connector_offline", OFFLINE_MESSAGE)
+            await queue.remind(self.deployment_id)
+
+    def _waited(self) -> None:
+        if self.queued_at is not None:
+            self.queue_wait_ms = round((time.monotonic() - self.queued_at) * 1000)
+
     # --- dispatch ---------------------------------------------------------------------------------
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self) -> bool:
+        """Send the request to the least loaded connector with a free slot: True once sent, False
+        if every live connector is busy. CallError if none is live."""
         tried: set[str] = set()
+        busy = False
         for attempt in range(4):
             candidates = [
                 info
                 for info in await presence.live_connectors(self.deployment_id, fresh=attempt > 0)
                 if info.channel not in tried and not info.draining
             ]
-            if not candidates:
+            free = [info for info in candidates if _admits(info, self.request_id)]
+            if not free:
+                busy = busy or bool(candidates)
                 break
-            choice = min(candidates, key=lambda i: (_load(i), random.random()))
-            self.channel = choice.channel
-            session = LOCAL.get(choice.channel)
-            if session is not None and not session.closed:
-                self.session = session
-                self.window = session.window
-                self._count(choice.channel)
-                await session.submit(self.request_id, self.method, self.path, self.body, inbox=self.inbox)
-                return
-            if await self._dispatch_remote(choice):
-                return
+            choice = min(free, key=lambda i: (_load(i) / i.capacity, random.random()))
+            outcome = await self._dispatch_to(choice.channel, granted=False)
+            if outcome == "sent":
+                return True
+            busy = busy or outcome == "busy"
             tried.add(choice.channel)
+        if busy:
+            return False
         raise CallError(503, "connector_offline", OFFLINE_MESSAGE)
 
-    async def _dispatch_remote(self, choice: presence.ConnectorInfo) -> bool:
+    async def _dispatch_to(self, channel: str, *, granted: bool) -> str:
+        """ "sent", "busy" (no slot for it there) or "gone" (the connector is)."""
+        session = LOCAL.get(channel)
+        if session is None:
+            return await self._dispatch_remote(channel, granted=granted)
+        if session.closed:
+            return "gone"
+        if not session.admits(self.request_id, granted=granted):
+            return "busy"
+        self.channel = channel
+        self.session = session
+        self.window = session.window
+        self._count(channel)
+        self.connector_id = session.info.connector_id
+        self.dispatched = True
+        await session.submit(self.request_id, self.method, self.path, self.body, inbox=self.inbox)
+        return "sent"
+
+    async def _dispatch_remote(self, channel: str, *, granted: bool) -> str:
         layer = get_channel_layer()
         self.reply = await layer.new_channel()
         acknowledged = self.acknowledged = asyncio.get_running_loop().create_future()
         self.receiver = asyncio.create_task(self._receive(layer, self.reply))
-        self._count(choice.channel)
+        self._count(channel)
+        self.channel = channel  # a cancel while the acknowledgement is on its way goes there too
         message = {
             "type": "tunnel.request",
             "reply": self.reply,
@@ -124,21 +245,27 @@ class TunnelCall:
             "method": self.method,
             "path": self.path,
             "body": self.body,
+            "granted": granted,
+            # The holder cancels the request if this process dies (proxy/tunnel/lease.py).
+            "process": await lease.hold() if redis_enabled() else "",
         }
         try:
-            await layer_messages.send(layer, choice.channel, message, patience=ACK_TIMEOUT)
-            accepted = await self._acknowledgement(choice, acknowledged)
+            await layer_messages.send(layer, channel, message, patience=ACK_TIMEOUT)
+            outcome = await self._acknowledgement(channel, acknowledged)
         except ChannelFull:  # that process has not read its channel for ACK_TIMEOUT
-            accepted = False
-        if not accepted:
+            outcome = "gone"
+        if outcome == "sent":
+            self.dispatched = True
+            return outcome
+        if outcome == "gone":
             with contextlib.suppress(ChannelFull):
-                await layer_messages.send(layer, choice.channel, {"type": "tunnel.cancel", "id": self.request_id})
-            self._release()
-            self.reply = None
-            self.inbox = Inbox()  # nothing of this attempt may reach the next one
-        return accepted
+                await layer_messages.send(layer, channel, {"type": "tunnel.cancel", "id": self.request_id})
+        self._release()
+        self.reply = self.channel = None
+        self.inbox = Inbox()  # nothing of this attempt may reach the next one
+        return outcome
 
-    async def _acknowledgement(self, choice: presence.ConnectorInfo, acknowledged: asyncio.Future[bool]) -> bool:
+    async def _acknowledgement(self, channel: str, acknowledged: asyncio.Future[str]) -> str:
         waited, slice_ = 0.0, ACK_FIRST_CHECK  # the first check early: our presence read may be stale
         while waited < ACK_PATIENCE:
             try:
@@ -147,10 +274,10 @@ class TunnelCall:
             except TimeoutError:
                 waited += slice_
                 slice_ = ACK_TIMEOUT
-            if not await presence.is_alive(self.deployment_id, choice.channel):
-                await presence.forget(self.deployment_id, choice.channel)
-                return False
-        return False
+            if not await presence.is_alive(self.deployment_id, channel):
+                await presence.forget(self.deployment_id, channel)
+                return "gone"
+        return "gone"
 
     async def _receive(self, layer, reply: str) -> None:
         """Move another process's replies into the inbox (one reader of the reply channel for the
@@ -161,12 +288,14 @@ class TunnelCall:
             except Exception as exc:  # the channel layer (Redis) failed: so has this call
                 self.inbox.put(Failed("connector_disconnected", f"the channel layer failed: {exc!r}"[:200]))
                 if self.acknowledged is not None and not self.acknowledged.done():
-                    self.acknowledged.set_result(False)
+                    self.acknowledged.set_result("gone")
                 return
             if message.get("type") == "tunnel.ack":
                 if self.acknowledged is not None and not self.acknowledged.done():
                     self.window = message.get("window") or self.window  # that connector's window
-                    self.acknowledged.set_result(bool(message.get("accepted")))
+                    self.connector_id = str(message.get("connector") or "")[:64]
+                    accepted, busy = message.get("accepted"), message.get("busy")
+                    self.acknowledged.set_result("sent" if accepted else "busy" if busy else "gone")
                 continue
             item = layer_messages.message_item(message)
             if item is not None:
@@ -175,8 +304,11 @@ class TunnelCall:
     # --- reading ----------------------------------------------------------------------------------
 
     async def start(self, timeout: float) -> Started:
-        await self._dispatch()
-        item = await self._wait(timeout)
+        """Admit the request (waiting in line if need be) and wait for the response's status; the
+        time in line counts against `timeout`."""
+        began = time.monotonic()
+        await self.admit(timeout)
+        item = await self._wait(max(0.0, timeout - (time.monotonic() - began)))
         match item:
             case Started():
                 return item
@@ -239,6 +371,13 @@ class TunnelCall:
         if self.finished:
             return
         self._finish()
+        if self.waiter is not None:  # still in line: leave it, and give back a slot handed over meanwhile
+            waiter, self.waiter = self.waiter, None
+            self._waited()
+            channel = await queue.leave(waiter)
+            if channel is not None:
+                await self._give_back(channel)
+            return
         if self.session is not None:
             await self.session.cancel(self.request_id)
         elif self.reply is not None and self.channel is not None:
@@ -246,6 +385,14 @@ class TunnelCall:
                 await layer_messages.send(
                     get_channel_layer(), self.channel, {"type": "tunnel.cancel", "id": self.request_id}
                 )
+
+    async def _give_back(self, channel: str) -> None:
+        session = LOCAL.get(channel)
+        if session is not None:
+            await session.cancel(self.request_id)
+            return
+        with contextlib.suppress(ChannelFull):
+            await layer_messages.send(get_channel_layer(), channel, {"type": "tunnel.cancel", "id": self.request_id})
 
     def _finish(self) -> None:
         self.finished = True
@@ -266,5 +413,14 @@ class TunnelCall:
 def _load(info: presence.ConnectorInfo) -> int:
     session = LOCAL.get(info.channel)
     if session is not None:
-        return len(session.pending)
+        return len(session.pending) + len(session.reserved)
     return info.inflight + _dispatched.get(info.channel, 0)
+
+
+def _admits(info: presence.ConnectorInfo, rid: str) -> bool:
+    """Whether a request that did not queue may try this connector. Exact for this process's
+    connectors; for another's, a guess from presence (a second old) that its process checks."""
+    session = LOCAL.get(info.channel)
+    if session is not None:
+        return session.admits(rid, granted=False)
+    return not queue.maybe_waiting(info.deployment_id) and _load(info) < info.capacity

@@ -48,6 +48,7 @@ async def test_it_says_hello_and_waits_for_welcome(
         upstream=upstream.base,  # credentials stripped
         model="local-llama",
         max_concurrency=7,
+        slots=7,  # the fake upstream does not say how many it has: as many as it may be sent
     )
     with pytest.raises(asyncio.TimeoutError):
         await peer.next_control(timeout=0.2)  # nothing else before welcome

@@ -194,9 +194,29 @@ async def test_a_client_that_leaves_before_the_model_answers_stops_it_too(
     assert (stats["aborted"], stats["completed"]) == (1, 0)
 
 
-async def test_a_connector_at_its_concurrency_limit_answers_overloaded(
+async def test_a_request_beyond_the_connector_s_concurrency_waits_for_the_slot(
     tokios: Tokios, connect: StartConnector, upstream: Upstream, deployment, key
 ) -> None:
+    await connect(max_concurrency=1)
+    await tokios.wait_online(deployment.id)
+
+    async with client(tokios, key) as http:
+        slow = asyncio.create_task(
+            http.post("/v1/chat/completions", json=chat(deployment.name, "[[words=4 delay_ms=150]]", stream=True))
+        )
+        await upstream.wait_for("started", 1)
+        waited = await http.post("/v1/chat/completions", json=chat(deployment.name))
+        finished = await slow
+
+    assert waited.status_code == 200, waited.text  # it waited in the deployment's queue
+    assert finished.status_code == 200 and sse_text(finished.text)[0] == "w0 w1 w2 w3"
+    assert upstream.stats()["completed"] == 2
+
+
+async def test_with_no_queue_a_connector_at_its_concurrency_limit_is_503_at_once(
+    tokios: Tokios, connect: StartConnector, upstream: Upstream, deployment, key, settings
+) -> None:
+    settings.QUEUE_MAX_DEPTH = 0
     await connect(max_concurrency=1)
     await tokios.wait_online(deployment.id)
 
@@ -209,7 +229,7 @@ async def test_a_connector_at_its_concurrency_limit_answers_overloaded(
         finished = await slow
 
     assert refused.status_code == 503
-    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused.json()["error"]["code"] == "queue_full"
     assert refused.headers["retry-after"] == "1"
     assert finished.status_code == 200 and sse_text(finished.text)[0] == "w0 w1 w2 w3"
 

@@ -14,6 +14,8 @@ Endpoints (``/v1`` prefix optional, as with llama.cpp):
   ``usage.prompt_tokens`` is the number of whitespace-separated words in all message texts (min 1);
   ``completion_tokens`` the number of words (or tool-call fragments) emitted.
 - ``GET /v1/models``: one model, ``fake-model``.
+- ``GET /props``, ``GET /slots``: 404, not counted (the connector's slot probe; this fake does not
+  say how many slots it has).
 - ``POST /tokenize`` -> ``{"tokens": [...]}`` (one id per word of ``content``);
   ``POST /apply-template`` -> ``{"prompt": <message texts joined with newlines>}``.
 - ``GET /_fake/stats`` -> ``{"started", "completed", "aborted", "failed", "last_body", "last_headers",
@@ -420,6 +422,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if path.startswith("/v1/"):
         path = path[3:]
+    if method == "GET" and path in ("/props", "/slots"):
+        # The connector asks llama.cpp how many slots it has (tokios_connector/slots.py): this fake
+        # does not say, like vLLM or Ollama, and the question is not model traffic, so not counted.
+        await respond(send, 404, error_body(404, f"no route for {method} {scope['path']}", "not_found_error"))
+        return
 
     stats.started += 1
     stats.last_path = f"{method} {scope['path']}"
