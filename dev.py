@@ -2,6 +2,7 @@
 """Tokios developer entry point. Needs only Python ≥ 3.11.
 
     python3 dev.py run     set up a virtualenv, migrate, create a demo org/key/token, serve on :8000
+                           (with a Celery worker and its beat beside it, for usage rollups and alerts)
     python3 dev.py test    set up a virtualenv and run the whole test suite
     python3 dev.py demo    run the real Gemma 3 270M through the tunnel (builds llama.cpp once, ~10 min)
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -71,10 +74,50 @@ def run() -> None:
     port = os.environ.get("TOKIOS_PORT", "8000")
     manage("demo_setup", "--server", f"http://{host}:{port}")
     print(f"Serving Tokios on http://{host}:{port} (Ctrl-C to stop) …", flush=True)
-    os.execv(
-        str(PY),
-        [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port, *UVICORN_ARGS],
-    )
+    server = [str(PY), "-m", "uvicorn", "tokios_site.asgi:application", "--host", host, "--port", port, *UVICORN_ARGS]
+    if os.environ.get("TOKIOS_EMBEDDED_WORKER", "1") == "0":
+        os.execv(str(PY), server)
+    # The usage pages, statements and alerts are made by Celery's periodic tasks: one worker with its
+    # beat inside, on the same broker as the server (embedded: files under TOKIOS_DATA_DIR), started
+    # and stopped with it. Production runs a separate worker and beat instead (README, docs/billing.md).
+    worker = [str(PY), "-m", "celery", "-A", "tokios_site", "worker", "--beat", "--pool", "solo", "-l", "WARNING"]
+    sys.exit(supervise([server, worker]))
+
+
+def supervise(commands: list[list[str]]) -> int:
+    """Run `commands` side by side until one of them exits or this process is asked to stop (SIGINT,
+    SIGTERM); then stop the others (SIGTERM, SIGKILL after 30 s) and return the first one's exit code."""
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    # Each in its own process group, so that Ctrl-C reaches this process alone and every child is told
+    # to stop exactly once (a second signal makes uvicorn skip its graceful shutdown and the usage
+    # writer's last flush).
+    children = [subprocess.Popen(command, cwd=ROOT, process_group=0) for command in commands]
+    code = 0
+    while not stop_requested:
+        exited = [child for child in children if child.poll() is not None]
+        if exited:
+            code = exited[0].returncode
+            name = exited[0].args[2]  # every command is `python -m <module> …`
+            print(f"{name} exited ({code}); stopping the rest.", file=sys.stderr, flush=True)
+            break
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 30
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return code
 
 
 def test(extra: list[str]) -> None:

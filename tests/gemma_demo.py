@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,9 @@ def main() -> None:
                 [server, "-m", model, "--port", "18091", "--", *LLAMA_SAFE_ARGS],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Each process here gets its own session (process group): `llama-cpp-server` is a
+                # wrapper that starts the real `llama-server`, and stopping the group stops both.
+                start_new_session=True,
             )
         )
         wait("http://127.0.0.1:18091/health", 120, procs[-1])
@@ -86,6 +90,7 @@ def main() -> None:
                 ],
                 cwd=ROOT,
                 env=env,
+                start_new_session=True,
             )
         )
         wait("http://127.0.0.1:18090/healthz", 30, procs[-1])
@@ -104,6 +109,7 @@ def main() -> None:
                 ],
                 cwd=ROOT,
                 env=env,
+                start_new_session=True,
             )
         )
         client = openai.OpenAI(api_key=key, base_url="http://127.0.0.1:18090/v1", max_retries=0)
@@ -127,11 +133,32 @@ def main() -> None:
                     f"\n\n[{chunk.usage.prompt_tokens} prompt + {chunk.usage.completion_tokens} completion tokens, "
                     "streamed from Gemma through the Tokios tunnel]"
                 )
+        print(
+            "\n(Gemma 3 270M is a tiny base model and its file carries no chat template, so llama.cpp falls\n"
+            " back to a generic one: expect loosely related text. What the demo shows is the path — your\n"
+            " model behind NAT, reached through the tunnel, streamed, metered.)"
+        )
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop `proc` and everything it started: the group of its own session (see `main`), also when
+    `proc` itself has already exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 if __name__ == "__main__":
