@@ -14,3 +14,8 @@ urlpatterns = [
     path("api/", include("api.urls")),
     path("", include("dashboard.urls")),
 ]
+
+# Error pages in the dashboard's frame; /api/ keeps JSON (dashboard/views/errors.py).
+handler403 = "dashboard.views.errors.permission_denied"
+handler404 = "dashboard.views.errors.page_not_found"
+handler500 = "dashboard.views.errors.server_error"

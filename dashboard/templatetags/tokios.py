@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from django import template
+from django.forms import BaseForm, BoundField
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -64,6 +65,23 @@ def percent_value(part, whole) -> int:
     if not whole:
         return 0
     return max(0, min(100, int(Decimal(part or 0) * 100 / Decimal(whole))))
+
+
+@register.filter
+def autofocused(field: BoundField) -> str:
+    """The field's widget with `autofocus`: the first field of a page that is one form."""
+    return field.as_widget(attrs={"autofocus": True})
+
+
+@register.filter
+def error_items(form: BaseForm) -> list[dict[str, str]]:
+    """A form's errors for its error summary: the form's own first, then each visible field's with the
+    id of the input to link to (a list of checkboxes has none of its own: its first box)."""
+    items = [{"text": str(error), "target": "", "label": ""} for error in form.non_field_errors()]
+    for field in form.visible_fields():
+        target = field.id_for_label or (f"{field.auto_id}_0" if field.auto_id else "")
+        items += [{"text": str(error), "target": target, "label": str(field.label)} for error in field.errors]
+    return items
 
 
 @register.filter

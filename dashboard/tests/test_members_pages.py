@@ -191,7 +191,8 @@ def test_the_members_page_makes_a_fixed_number_of_queries(as_owner, org, django_
         add_member(org=org, user=User.objects.create_user(f"u{i}@acme.test"), role=Role.MEMBER)
     with django_assert_max_num_queries(12):
         response = as_owner.get(reverse("dashboard:members"))
-    assert response.text.count("@acme.test</td>") + response.text.count("@acme.test <small>") == 21
+    members_table = response.text.split('id="members"')[1].split("</table>")[0]
+    assert members_table.count('@acme.test">') == 21  # each e-mail cut to fit its cell, whole in its title
 
 
 def test_an_address_too_long_for_the_column_is_a_form_error(as_owner, org):

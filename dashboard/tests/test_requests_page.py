@@ -59,7 +59,7 @@ def test_owners_see_every_request_of_their_org_newest_first_with_what_the_log_pr
     row = response.text.split(f'data-request-id="{log["ok"].request_id}"')[1].split("</tr>")[0]
     for shown in (
         "2026-12-05 11:56:00",
-        "backend<br><code>",
+        ">backend</span><br><code>",
         f"{key.prefix}…",
         "gemma-tunnel",
         ">200<",

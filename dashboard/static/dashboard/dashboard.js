@@ -32,3 +32,19 @@ document.addEventListener("submit", (event) => {
 document.addEventListener("change", (event) => {
   if (event.target.matches("select[data-autosubmit]")) event.target.form.requestSubmit();
 });
+
+// A form sent back with errors starts with its error summary: focus it, so that on a phone the page
+// opens on the problem (not above the fold of a long form) and a screen reader reads it out.
+const errorSummary = document.querySelector("[data-error-summary]");
+if (errorSummary) errorSummary.focus();
+
+// A link in the summary focuses its field and brings the field's label into view with it.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("[data-error-summary] a[href^='#']");
+  if (!link) return;
+  const input = document.getElementById(decodeURIComponent(link.hash.slice(1)));
+  if (!input) return;
+  event.preventDefault();
+  (input.closest(".field") || input).scrollIntoView({ block: "start" });
+  input.focus({ preventScroll: true });
+});
