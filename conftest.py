@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 
 from billing import metering  # pytest-django has set Django up before it loads this file
 
@@ -35,3 +36,13 @@ def _close_usage_writer_connections():
     loop, and an open connection would keep the test database from being dropped."""
     yield
     metering.close_connections()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Every test starts with a new channel layer. Each test has its own event loop, and
+    channels-redis keeps per-channel receive locks (asyncio locks, bound to the loop that first used
+    them) in its layer object: a receive one test left waiting kept its lock held, and the next test
+    to receive on this process's channels failed with "bound to a different event loop"."""
+    yield
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)

@@ -8,7 +8,7 @@ Writing usage must add no latency before the client's last byte, so records are 
 and written by a background task, one statement per 50 ms window (`settings.USAGE_BATCH_WINDOW`). The insert goes
 straight to the database — not through Redis or Celery — so a Redis or worker outage loses nothing.
 What a process killed with SIGKILL loses is the current window, plus a batch whose commit had not
-come back; a graceful shutdown flushes everything (see `flush` and the `atexit` hook below). Because
+come back; a graceful shutdown flushes everything (see `flush` and `flush_at_exit` below). Because
 request ids are unique and inserts ignore conflicts, writing a record twice is harmless, so every
 retry path prefers writing again to risking a loss.
 
@@ -75,6 +75,13 @@ class UsageRecord:
     requested_model: str = ""  # the `model` the client sent, whether or not a deployment has it
     connector_id: str = ""  # the connector that took the call, if one did
     queue_wait_ms: int = 0  # how long the request waited for a free slot of the model (proxy/tunnel/queue.py)
+    # The connector's own timing of the model server (from its `end` frame), for metrics and the
+    # access log: what the model took, as against what Tokios added. Not stored in the usage row.
+    upstream_ms: int | None = None
+    upstream_ttfb_ms: int | None = None
+    # When `submit` queued it (time.monotonic()), for `writer_state().oldest_age`: a long stream's
+    # `started` is not when it began to wait for the database. Not stored in the usage row either.
+    submitted: float = 0.0
 
     def first_token(self) -> None:
         if self.ttft_ms is None:
@@ -89,6 +96,46 @@ class UsageRecord:
 _queue: list[UsageRecord] = []
 _writing: list[UsageRecord] = []  # drained but not yet known to be written
 _flusher: asyncio.Task | None = None
+_failing_since: float | None = None  # time.time() when the current run of failed batch writes began
+_batch_failures = 0  # batch writes that had to keep records for a later try, since the process started
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """How the usage writer of this process is doing, for /readyz and the metrics."""
+
+    queued: int  # records waiting to be written (queued + the batch being written)
+    oldest_age: float  # seconds since the oldest waiting record was submitted (0.0 when none)
+    failing_since: float | None  # time.time() when the current run of failed batch writes began; None after a success
+    batch_failures: int  # batch writes that failed (kept records for a later try) in this process since it started
+
+
+def writer_state() -> WriterState:
+    """A snapshot of the writer: cheap (no I/O, no lock), safe to call from a probe or a scrape.
+
+    Both lists are oldest first (`_keep` puts what waited back at the head), so the oldest waiting
+    record is the head of one of them."""
+    heads = [r.submitted for r in (*_writing[:1], *_queue[:1]) if r.submitted]
+    oldest_age = max(0.0, time.monotonic() - min(heads)) if heads else 0.0
+    return WriterState(
+        queued=len(_queue) + len(_writing),
+        oldest_age=oldest_age,
+        failing_since=_failing_since,
+        batch_failures=_batch_failures,
+    )
+
+
+def _settle(kept: list[UsageRecord]) -> None:
+    """After a batch write: what must wait goes back in the queue, and the writer's health is noted
+    (a batch counts as failed when any of its records must wait for the database)."""
+    global _failing_since, _batch_failures
+    if kept:
+        _keep(kept)
+        _batch_failures += 1
+        if _failing_since is None:
+            _failing_since = time.time()
+    else:
+        _failing_since = None
 
 
 def submit(record: UsageRecord) -> None:
@@ -103,11 +150,12 @@ def submit(record: UsageRecord) -> None:
         record.status_code = 499
         record.cancelled = True
     global _flusher
+    record.submitted = time.monotonic()
     _queue.append(record)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        _keep(write_isolating(_drain()))
+        _settle(write_isolating(_drain()))
         return
     if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
         _flusher = loop.create_task(_flush_soon())
@@ -164,8 +212,8 @@ async def _flush_soon() -> None:
             kept = batch
         done = {id(r) for r in batch}
         _writing[:] = [r for r in _writing if id(r) not in done]
+        _settle(kept)
         if kept:
-            _keep(kept)
             failures += 1
             await asyncio.sleep(min(RETRY_MAX_DELAY, 2.0 ** (failures - 1)))
         else:
@@ -176,7 +224,7 @@ async def flush() -> None:
     """Write everything queued now (used by tests). What the database cannot take stays queued."""
     batch = _drain()
     if batch:
-        _keep(await _write_or_isolate(batch))
+        _settle(await _write_or_isolate(batch))
     if _flusher is not None and not _flusher.done():
         await _flusher
 
@@ -443,8 +491,11 @@ def _int32(value: int) -> int:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
-    """A graceful shutdown (uvicorn, Celery) writes what is still queued or was mid-write."""
+def flush_at_exit() -> None:
+    """A graceful shutdown writes what is still queued or was mid-write: the server's from its ASGI
+    lifespan (tokios_site/asgi.py; uvicorn ends a SIGTERM'd process without running `atexit`),
+    any other process (Celery, a management command) from `atexit`. Safe to call twice: the queue
+    is empty the second time, and a row written twice is a no-op."""
     batch = _writing[:] + _drain()
     if not batch or not settings.configured:
         return

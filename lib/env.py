@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -61,3 +62,15 @@ def database_from_url(url: str) -> dict:
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def env_networks(name: str) -> list[str]:
+    """A comma-separated list of IP networks (`10.0.0.0/8`, `192.168.1.7`, `fd00::/8`), each in its
+    canonical form; a value that is no network (or has host bits set) raises, naming it."""
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}: {item!r} is not an IP network ({exc})") from None
+    return networks

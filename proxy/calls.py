@@ -49,6 +49,27 @@ class CallError(Exception):
         self.message = message
 
 
+class CallTrace(Protocol):
+    """What a call tells the request's trace (proxy/tracing.py) of its steps, when tracing is on:
+    a call made with `trace=None` reports nothing and pays nothing."""
+
+    def queued(self) -> None:
+        """Every connector was busy: the request waits in its deployment's line."""
+        ...
+
+    def dispatching(self) -> str:
+        """The request is about to be sent to a connector: the `traceparent` for its frame."""
+        ...
+
+    def dispatched(self, outcome: str, connector_id: str) -> None:
+        """The connector took it ("sent"), or had no slot ("busy"), or was gone ("gone")."""
+        ...
+
+    def response_started(self, status: int) -> None:
+        """The model's status arrived."""
+        ...
+
+
 class UpstreamCall(Protocol):
     """One request to the model server and its response, read item by item."""
 

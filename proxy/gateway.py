@@ -25,6 +25,7 @@ from django.http import HttpRequest, HttpResponseBase
 from billing import limits, metering
 from billing.models import MAX_EVENT_COST_MICROS, MAX_EVENT_TOKENS, MAX_REQUESTED_MODEL_CHARS
 
+from . import observe, tracing
 from .access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 from .calls import UpstreamCall
 from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
@@ -75,6 +76,9 @@ class RequestScope:
         # answers it in its shape.
         self.refusal: GatewayError | None = None
         self.closed = False
+        # Its spans while tracing is on (proxy/tracing.py); ended by observe.request_finished.
+        self.trace = tracing.request_trace(request, self.request_id) if tracing.TRACING.tracer is not None else None
+        observe.request_started(self)  # in flight until close() (proxy/request_metrics.py)
 
     async def __aenter__(self) -> RequestScope:
         return self
@@ -98,6 +102,7 @@ class RequestScope:
             # Even when cancelled here (a server shutting down): the request is recorded once.
             if self.metered:
                 self._record()
+            observe.request_finished(self)
 
     def _record(self) -> None:
         record = self.record
@@ -118,10 +123,11 @@ class RequestScope:
     async def authenticate(self) -> KeyRecord:
         if self.key is not None:  # proxy/handler.py checked it before reading the body
             return self.key
-        try:
-            key = await authenticate_key(presented_secret(self.request))
-        except AccessDenied as exc:
-            raise _denied(exc) from None
+        with tracing.step(self.trace, "auth"):
+            try:
+                key = await authenticate_key(presented_secret(self.request))
+            except AccessDenied as exc:
+                raise _denied(exc) from None
         self.key = key
         self.record.key_id = key.id
         self.record.org_id = key.org_id
@@ -150,22 +156,25 @@ class RequestScope:
             raise _denied(exc) from None
         self.deployment = deployment
         self.record.deployment_id = deployment.id
+        if self.trace is not None:  # named for a model that exists, not for whatever a client sent
+            self.trace.model_named(self.surface, self.record.requested_model)
         return deployment
 
     async def check_limits(self, estimated_tokens: int) -> None:
         """Admit the request and reserve its estimated usage, or raise a 429."""
-        try:
-            self.reservation = await limits.enforce(
-                self.authenticated_key(),
-                self.deployment,
-                estimated_tokens,
-                anthropic=self.anthropic,
-                headers=self.headers,
-            )
-        except limits.LimitExceeded as exc:
-            raise GatewayError(
-                exc.status, exc.message, code=exc.code, error_type=exc.error_type, headers=exc.headers
-            ) from None
+        with tracing.step(self.trace, "limits"):
+            try:
+                self.reservation = await limits.enforce(
+                    self.authenticated_key(),
+                    self.deployment,
+                    estimated_tokens,
+                    anthropic=self.anthropic,
+                    headers=self.headers,
+                )
+            except limits.LimitExceeded as exc:
+                raise GatewayError(
+                    exc.status, exc.message, code=exc.code, error_type=exc.error_type, headers=exc.headers
+                ) from None
 
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -275,6 +284,8 @@ async def handle(
     scope.surface = scope.record.surface = surface
     scope.anthropic = anthropic
     scope.metered = True
+    if scope.trace is not None and request.resolver_match is not None:
+        scope.trace.routed(request.resolver_match.route, surface)
     try:
         if scope.refusal is not None:
             raise scope.refusal

@@ -88,6 +88,8 @@ class GatewayHandler(BareASGIHandler):
                 refusal = head_refusal(request, scope.get("headers", ()))
                 if refusal is not None:
                     request_scope.anthropic = anthropic_caller(request)
+                    record = request_scope.record  # not metered (no key, no surface); the access log reports it
+                    record.status_code, record.error_code = refusal.status, refusal.code or ""
                     await self.send_response(_sealed(request_scope.error_response(refusal), close=True), send)
                     return
                 try:
@@ -138,6 +140,9 @@ class GatewayHandler(BareASGIHandler):
             response = await _view(request)
             if response.status_code == 405:
                 response = _method_not_allowed(request, response)
+            record = request.request_scope.record
+            if not record.status_code:  # no surface answered (an unknown path, a 405): for the access log
+                record.status_code = response.status_code
             try:
                 await self.send_response(_sealed(response, close=not body_read), send)
             except asyncio.CancelledError:

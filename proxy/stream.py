@@ -27,6 +27,7 @@ from django.http import StreamingHttpResponse
 from .calls import CallError, Data, Ended, Failed, UpstreamCall
 from .errors import GatewayError
 from .gateway import STREAM_HEADERS, RequestScope
+from .tracing import capture_output
 from .translate.sse import DONE, SSEParser
 from .tunnel.router import call_error
 from .upstream import (
@@ -80,6 +81,7 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
     limit = settings.MAX_RESPONSE_BYTES
     held = 0  # bytes a non-streamed response holds in memory so far
     idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
+    capture = capture_output(scope.trace)  # None unless the operator opted in to content on traces
     out = translator.start()
     if emit and out:
         yield out
@@ -91,6 +93,8 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
             case Data(data=data):
                 idle_until = time.monotonic() + settings.UPSTREAM_TIMEOUT
                 held += len(data) if not emit else 0
+                if capture is not None:
+                    capture(data)
                 out = translator.feed(data)
                 del item, data  # held no longer than needed while the client is written to
                 if record.ttft_ms is None and translator.has_output:
@@ -118,7 +122,8 @@ async def relay(scope: RequestScope, call: UpstreamCall, translator: Translator,
                     if emit and out:
                         yield out
                     return
-            case Ended():
+            case Ended(upstream_ms=upstream_ms, ttfb_ms=ttfb_ms):
+                record.upstream_ms, record.upstream_ttfb_ms = upstream_ms, ttfb_ms
                 out = await translator.end()
                 if record.ttft_ms is None and translator.has_output:
                     record.first_token()

@@ -78,6 +78,7 @@ def new_call(scope: RequestScope, path: str, payload: dict | None, method: str =
         body=body,
         org_id=key.org_id,
         key_id=key.id,
+        trace=scope.trace,
     )
     scope.call = call
     return call

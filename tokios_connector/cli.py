@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, tracing
+from . import metrics as connector_metrics
 from .config import Config, public_url, upstream_base, websocket_url
 from .connector import Connector
 from .protocol import MAX_CONCURRENCY
@@ -46,6 +47,13 @@ def _non_negative_float(text: str) -> float:
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
+        raise ValueError
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
         raise ValueError
     return value
 
@@ -94,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info [TOKIOS_LOG_LEVEL]")
     p.add_argument("--log-prompts", action="store_true", help="log request bodies (prompts); off by default")
+    p.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs the `metrics` extra) [TOKIOS_CONNECTOR_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="address the metrics port listens on (default 127.0.0.1) [TOKIOS_CONNECTOR_METRICS_HOST]",
+    )
     p.add_argument("--version", action="version", version=f"tokios_connector {__version__}")
     return p
 
@@ -196,7 +214,11 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
         ),
         read_timeout=pick("read_timeout", "TOKIOS_READ_TIMEOUT", _positive_float, 600.0, "a number of seconds > 0"),
         log_prompts=args.log_prompts,
+        metrics_port=pick("metrics_port", "TOKIOS_CONNECTOR_METRICS_PORT", _port, None, "a port number, 1-65535"),
+        metrics_host=args.metrics_host or env.get("TOKIOS_CONNECTOR_METRICS_HOST") or "127.0.0.1",
     )
+    if config.metrics_port is not None and not connector_metrics.available():
+        parser.error(f"--metrics-port needs the prometheus-client package: {connector_metrics.INSTALL_HINT}")
     level = args.log_level or env.get("TOKIOS_LOG_LEVEL", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         parser.error(f"TOKIOS_LOG_LEVEL must be one of debug, info, warning, error (got {level!r})")
@@ -238,4 +260,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         f", model {config.model}" if config.model else "",
         config.max_concurrency,
     )
-    return run(Connector(config).run())
+    metrics: connector_metrics.NoMetrics = connector_metrics.NO_METRICS
+    if config.metrics_port is not None:
+        try:
+            metrics = connector_metrics.serve(config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            where = f"{config.metrics_host}:{config.metrics_port}"
+            print(f"tokios_connector: cannot serve metrics on {where}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+    try:
+        traces, problem = tracing.setup(os.environ)
+    except ValueError as exc:
+        print(f"tokios_connector: {exc}", file=sys.stderr)
+        return 2
+    if problem:
+        logger.warning("%s", problem)
+    try:
+        return run(Connector(config, traces, metrics=metrics).run())
+    finally:
+        if traces is not None:
+            traces.shutdown()  # what is still batched goes out before the process ends

@@ -22,6 +22,9 @@ class Config:
     log_prompts: bool = False
     # Used until the server's welcome says otherwise (docs: 45 s without a frame = dead).
     heartbeat_timeout: float = 45.0
+    # Where the connector serves its own metrics (metrics.py); None: it does not.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 def websocket_url(server: str) -> str:

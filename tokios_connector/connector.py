@@ -13,7 +13,7 @@ import logging
 import random
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from . import __version__, slots
 from .config import Config, public_url
 from .contract import coalesce_writes
+from .metrics import NO_METRICS, NoMetrics
 from .protocol import (
     CLOSE_AUTH_REJECTED,
     CLOSE_TOKEN_REVOKED,
@@ -31,6 +32,7 @@ from .protocol import (
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Cancel,
+    ConnectorFrame,
     Credit,
     Draining,
     Hello,
@@ -53,6 +55,9 @@ from .protocol import (
 from .session import PendingBody, Session, Stream
 from .transport import make_transport
 from .upstream import Route, build_routes, request_headers, response_headers, rewrite_model
+
+if TYPE_CHECKING:
+    from .tracing import ConnectorTracing
 
 log = logging.getLogger("tokios_connector")
 # websockets logs handshake headers (our Bearer token) and frame contents (prompts) at debug level.
@@ -117,8 +122,10 @@ def _peek(raw: str | bytes) -> dict[str, Any]:
 
 
 class Connector:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, tracing: ConnectorTracing | None = None, *, metrics: NoMetrics = NO_METRICS):
         self.config = config
+        self.metrics = metrics  # counts nothing unless --metrics-port (metrics.py)
+        self.tracing = tracing  # a span per upstream call, when tracing is configured (tracing.py)
         self.routes = build_routes(config.upstream)
         self.draining = False
         self.session: Session | None = None
@@ -189,7 +196,7 @@ class Connector:
             return
         ws = session.ws
         try:
-            await ws.send(encode(Draining()))
+            await self._send(ws, Draining())
         except ConnectionClosed:
             return
         if session.inflight:
@@ -271,6 +278,7 @@ class Connector:
             delay = backoff_delay(attempt)
             attempt += 1
             log.warning("%s; reconnecting in %.1fs", problem, delay)
+            self.metrics.reconnecting()
             await asyncio.sleep(delay)
         return EXIT_OK
 
@@ -287,7 +295,7 @@ class Connector:
             max_concurrency=cfg.max_concurrency,
             slots=slot_count,
         )
-        await ws.send(encode(hello))
+        await self._send(ws, hello)
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return
@@ -302,11 +310,12 @@ class Connector:
         loop = asyncio.get_running_loop()
         session = Session(ws, welcome.window, loop.time())
         self.session = session
+        self.metrics.connected(True)
         helpers = [asyncio.create_task(self._watchdog(session, heartbeat_timeout(welcome, cfg.heartbeat_timeout)))]
         if welcome.slot_updates:  # an older server would close the connection on a `slots` frame
 
             async def announce(count: int) -> None:
-                await self._send_quietly(ws, encode(Slots(count)))
+                await self._send_quietly(ws, Slots(count))
 
             helpers.append(asyncio.create_task(slots.follow(self._http, cfg, slot_count, announce)))
         try:
@@ -315,8 +324,10 @@ class Connector:
                 if isinstance(message, str):
                     self._on_frame(session, message)
                 else:
+                    self.metrics.frame_in("invalid", len(message))
                     log.warning("ignoring unexpected binary frame from server (%d bytes)", len(message))
         finally:
+            self.metrics.connected(False)
             for helper in helpers:
                 helper.cancel()
             self.session = None
@@ -384,8 +395,10 @@ class Connector:
         try:
             frame = decode_from_server(raw)
         except ProtocolError as exc:
+            self.metrics.text_in("invalid", raw)
             self._on_bad_frame(session, raw, exc)
             return
+        self.metrics.text_in(frame.type, raw)
         match frame:
             case Credit(id=rid, blocks=blocks):
                 entry = session.inflight.get(rid)
@@ -477,18 +490,23 @@ class Connector:
 
     def _send_soon(self, session: Session, frame: Pong | ResponseError) -> None:
         """Send from the reader without awaiting it, so a full write buffer never blocks reading."""
-        task = asyncio.create_task(self._send_quietly(session.ws, encode(frame)))
+        task = asyncio.create_task(self._send_quietly(session.ws, frame))
         session.helpers.add(task)
         task.add_done_callback(session.helpers.discard)
 
-    @staticmethod
-    async def _send_quietly(ws: ClientConnection, text: str) -> None:
+    async def _send(self, ws: ClientConnection, frame: ConnectorFrame) -> None:
+        text = encode(frame)
+        self.metrics.text_out(frame.type, text)
+        await ws.send(text)
+
+    async def _send_quietly(self, ws: ClientConnection, frame: ConnectorFrame) -> None:
         try:
-            await ws.send(text)
+            await self._send(ws, frame)
         except ConnectionClosed:
             pass
 
     def _reject(self, session: Session, rid: str, code: str, message: str) -> None:
+        self.metrics.refused(code)
         self._send_soon(session, ResponseError(rid, code, message))
 
     # ----------------------------------------------------------------- one request
@@ -522,8 +540,12 @@ class Connector:
         headers = request_headers(request.headers, cfg.upstream_key)
         if body is not None and not any(name == "content-type" for name, _ in headers):
             headers.append(("content-type", "application/json"))
+        span = self.tracing.upstream_span(request, route.method, str(route.url)) if self.tracing else None
+        if span is not None:
+            headers.append(("traceparent", span.traceparent()))  # the model server may join the trace
         prefix = chunk_prefix(rid)
         started = loop.time()
+        self.metrics.request_started()
         first_byte: float | None = None
         status: int | None = None
         sent = 0
@@ -533,7 +555,7 @@ class Connector:
         try:
             async with self._http.stream(route.method, route.url, headers=headers, content=body) as response:
                 status = response.status_code
-                await ws.send(encode(ResponseStart(rid, status, response_headers(response.headers))))
+                await self._send(ws, ResponseStart(rid, status, response_headers(response.headers)))
                 async for chunk in response.aiter_raw():
                     if first_byte is None:
                         first_byte = loop.time()
@@ -547,16 +569,16 @@ class Connector:
                         piece = min(size - at, MAX_CHUNK_PAYLOAD, stream.credit * CREDIT_BLOCK)
                         stream.credit -= credit_cost(piece)
                         await ws.send(prefix + view[at : at + piece])
+                        self.metrics.frame_out("chunk", len(prefix) + piece)
                         at += piece
             done = loop.time()
-            await ws.send(
-                encode(
-                    ResponseEnd(
-                        rid,
-                        upstream_ms=round((done - started) * 1000),
-                        ttfb_ms=round(((first_byte or done) - started) * 1000),
-                    )
-                )
+            await self._send(
+                ws,
+                ResponseEnd(
+                    rid,
+                    upstream_ms=round((done - started) * 1000),
+                    ttfb_ms=round(((first_byte or done) - started) * 1000),
+                ),
             )
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -574,7 +596,7 @@ class Connector:
             if error is not None:
                 outcome = error[0]
                 try:
-                    await ws.send(encode(ResponseError(rid, error[0], error[1])))
+                    await self._send(ws, ResponseError(rid, error[0], error[1]))
                 except ConnectionClosed:
                     pass
             log.info(
@@ -588,3 +610,7 @@ class Connector:
                 f" (waited for credit {waits}x)" if waits else "",
                 "" if outcome == "ok" else f" ({outcome})",
             )
+            waited = None if first_byte is None else first_byte - started
+            self.metrics.request_finished(status, outcome, loop.time() - started, waited)
+            if span is not None:
+                span.end(status, None if first_byte is None else first_byte - started, outcome)

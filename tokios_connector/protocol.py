@@ -20,6 +20,7 @@ protocol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, overload
@@ -61,6 +62,9 @@ MAX_HEADER_VALUE = 8192
 MAX_TEXT = 1000  # characters kept of free text (error messages, versions, model names)
 MAX_MS = 2**31 - 1  # timing fields, in milliseconds
 MAX_CREDIT = 1_000_000
+# A W3C trace context `traceparent` of version 00 (https://www.w3.org/TR/trace-context/): version,
+# trace id, parent span id, flags, lower-case hex; all-zero ids are invalid.
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 # Close codes the server sends (docs: "Close codes").
 CLOSE_AUTH_REJECTED = 4001
@@ -183,6 +187,9 @@ class Request:
     headers: dict[str, str]
     body: str | None = None
     body_parts: int = 0
+    # The server's dispatch span, for the connector's own span (tracing). Optional both ways: an
+    # older server sends none, an older connector ignores it, and a malformed one reads as None.
+    traceparent: str | None = None
     type: str = field(default="request", init=False)
 
 
@@ -234,6 +241,8 @@ def encode(frame: ConnectorFrame | ServerFrame) -> str:
                 "body": frame.body,
                 "body_parts": frame.body_parts,
             }
+            if frame.traceparent is not None:
+                data["traceparent"] = frame.traceparent
         case ResponseStart():
             data = {"type": "response.start", "id": frame.id, "status": frame.status, "headers": frame.headers}
         case ResponseEnd():
@@ -258,6 +267,11 @@ def chunk_prefix(request_id: str) -> bytes:
 
 
 # --- parsing -------------------------------------------------------------------------------------
+
+
+def valid_traceparent(value: object) -> TypeGuard[str]:
+    """A `traceparent` of version 00, exactly (55 characters); anything else is not one."""
+    return isinstance(value, str) and len(value) == 55 and TRACEPARENT.fullmatch(value) is not None
 
 
 def valid_request_id(value: object) -> TypeGuard[str]:
@@ -412,7 +426,11 @@ def decode_from_server(raw: str | bytes) -> ServerFrame:
         parts = _int(data, "body_parts", 0, MAX_BODY_PARTS, default=0, rid=rid)
         if parts and body is not None:
             raise ProtocolError("request with both an inline body and body_parts", rid)
-        return Request(rid, method, path, _headers(data, rid), body, parts)
+        # Tracing is best effort: a malformed trace context is dropped, never a refused request.
+        traceparent = data.get("traceparent")
+        return Request(
+            rid, method, path, _headers(data, rid), body, parts, traceparent if valid_traceparent(traceparent) else None
+        )
     if kind == "request.body":
         rid = _id(data)
         part = data.get("data")

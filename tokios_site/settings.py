@@ -13,7 +13,7 @@ from pathlib import Path
 
 from celery.schedules import crontab
 
-from lib.env import database_from_url, env_bool, env_float, env_int, env_list, env_str
+from lib.env import database_from_url, env_bool, env_float, env_int, env_list, env_networks, env_str
 from lib.private_files import private_sqlite
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -438,6 +438,30 @@ USAGE_MAX_QUEUED = env_int("TOKIOS_USAGE_MAX_QUEUED", 100_000)
 if not 1_000 <= USAGE_MAX_QUEUED <= 10_000_000:
     raise ValueError(f"TOKIOS_USAGE_MAX_QUEUED must be between 1000 and 10000000, got {USAGE_MAX_QUEUED}")
 
+# --- Tracing: OpenTelemetry spans of /v1 requests over OTLP/HTTP (proxy/tracing.py) -------------------
+# Off unless an OTLP endpoint is configured (OTEL_EXPORTER_OTLP_ENDPOINT or
+# OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or TOKIOS_TRACING=otlp (then the SDK's default endpoint,
+# http://localhost:4318); TOKIOS_TRACING=off or OTEL_SDK_DISABLED=true keep it off whatever else is
+# set. Service name, sampler, export headers and batching are the SDK's own OTEL_* variables.
+TRACING_MODE = env_str("TOKIOS_TRACING", "").strip().lower()
+if TRACING_MODE not in ("", "otlp", "off"):
+    raise ValueError(
+        f"TOKIOS_TRACING must be otlp, off or empty (on when an OTLP endpoint is set), got {TRACING_MODE!r}"
+    )
+TRACING = (
+    TRACING_MODE != "off"
+    and not env_bool("OTEL_SDK_DISABLED", False)
+    and (
+        TRACING_MODE == "otlp"
+        or bool(env_str("OTEL_EXPORTER_OTLP_ENDPOINT").strip() or env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").strip())
+    )
+)
+# Prompts and answers on spans: off unless the operator opts in, and then cut to this many characters.
+TRACE_CONTENT = env_bool("TOKIOS_TRACE_CONTENT", False)
+TRACE_CONTENT_MAX_CHARS = env_int("TOKIOS_TRACE_CONTENT_MAX_CHARS", 4096)
+if not 1 <= TRACE_CONTENT_MAX_CHARS <= 1_000_000:
+    raise ValueError(f"TOKIOS_TRACE_CONTENT_MAX_CHARS must be between 1 and 1000000, got {TRACE_CONTENT_MAX_CHARS}")
+
 # --- Content-Security-Policy (tokios_site/csp.py, docs/security.md) ------------------------------------
 # Same-origin scripts, styles, images and fonts only; no inline script or style, no eval, no plugins,
 # no framing, forms post to this origin only. A path prefix may get its own policy (none needs one).
@@ -456,3 +480,48 @@ CONTENT_SECURITY_POLICY: dict[str, list[str]] = {
 if HTTPS:
     CONTENT_SECURITY_POLICY["upgrade-insecure-requests"] = []
 CONTENT_SECURITY_POLICY_PATHS: dict[str, dict[str, list[str]]] = {}
+
+# --- Access log and readiness (proxy/access_log.py, tokios_site/health.py) -------------------------
+# One line per /v1 request on the `tokios.access` logger, written bare to stderr (no prefix: a JSON
+# line stays JSON): `json` (one object per line), `text` (key=value pairs) or `off`. It has its own
+# level, so LOG_LEVEL=WARNING leaves it on. proxy/access_log.py masks secrets in the fields a client
+# writes itself; the handler goes without the redact filter, which would double the line's cost.
+ACCESS_LOG = env_str("TOKIOS_ACCESS_LOG", "json").strip().lower() or "json"
+if ACCESS_LOG not in {"json", "text", "off"}:
+    raise ValueError(f"TOKIOS_ACCESS_LOG must be json, text or off, got {ACCESS_LOG!r}")
+# (LOGGING's values are `object` to mypy until narrowed.)
+assert isinstance(LOGGING["formatters"], dict) and isinstance(LOGGING["handlers"], dict)
+assert isinstance(LOGGING["loggers"], dict) and isinstance(LOGGING["filters"], dict)
+LOGGING["formatters"]["bare"] = {"format": "%(message)s"}
+LOGGING["handlers"]["access"] = {"class": "logging.StreamHandler", "formatter": "bare"}
+LOGGING["loggers"]["tokios.access"] = {"handlers": ["access"], "level": "INFO", "propagate": False}
+# A 503 from /readyz is not logged as a django.request error per probe (tokios_site/probe_logging.py).
+LOGGING["filters"]["quiet_readiness"] = {"()": "tokios_site.probe_logging.QuietReadiness"}
+LOGGING["loggers"]["django.request"] = {**LOGGING["loggers"]["django.request"], "filters": ["quiet_readiness"]}
+# /readyz: the database and Redis must each answer within READY_TIMEOUT seconds; the usage writer is
+# not ready once its batch writes have failed for READY_WRITER_FAILING seconds in a row, or once a
+# record has waited READY_WRITER_MAX_AGE seconds for the database (0 turns either check off).
+READY_TIMEOUT = env_float("TOKIOS_READY_TIMEOUT", 2.0)
+READY_WRITER_FAILING = env_float("TOKIOS_READY_WRITER_FAILING", 60.0)
+READY_WRITER_MAX_AGE = env_float("TOKIOS_READY_WRITER_MAX_AGE", 120.0)
+if not 0.1 <= READY_TIMEOUT <= 30:
+    raise ValueError(f"TOKIOS_READY_TIMEOUT must be between 0.1 and 30 seconds, got {READY_TIMEOUT}")
+if not (0 <= READY_WRITER_FAILING <= 86_400 and 0 <= READY_WRITER_MAX_AGE <= 86_400):
+    raise ValueError("TOKIOS_READY_WRITER_FAILING and TOKIOS_READY_WRITER_MAX_AGE must be between 0 and 86400 seconds")
+SECURE_REDIRECT_EXEMPT += [r"^readyz$"]  # probes speak plain http to the pod, as for /healthz
+
+# --- Metrics (lib/metrics.py, tokios_site/metrics.py): GET /metrics in Prometheus's format ------------
+# Off (404) unless a bearer token or admin networks are configured; with both, a scrape needs both:
+# an address in TOKIOS_METRICS_ALLOW (comma-separated networks, e.g. 10.0.0.0/8,127.0.0.1; else 403) and
+# `Authorization: Bearer <TOKIOS_METRICS_TOKEN>` (else 401). With DEBUG and neither, loopback may scrape.
+# Several uvicorn workers: set PROMETHEUS_MULTIPROC_DIR (prometheus_client's own variable) to an empty
+# directory of this server, and a scrape sums every worker.
+METRICS_TOKEN = env_str("TOKIOS_METRICS_TOKEN").strip()
+if METRICS_TOKEN and (len(METRICS_TOKEN) < 16 or not METRICS_TOKEN.isprintable() or " " in METRICS_TOKEN):
+    raise ValueError("TOKIOS_METRICS_TOKEN must be at least 16 printable characters without spaces")
+METRICS_ALLOW = env_networks("TOKIOS_METRICS_ALLOW")
+# Distinct `deployment` label values per process; the deployments seen after these are labelled `other`.
+METRICS_MAX_DEPLOYMENTS = env_int("TOKIOS_METRICS_MAX_DEPLOYMENTS", 1000)
+if not 1 <= METRICS_MAX_DEPLOYMENTS <= 100_000:
+    raise ValueError(f"TOKIOS_METRICS_MAX_DEPLOYMENTS must be between 1 and 100000, got {METRICS_MAX_DEPLOYMENTS}")
+SECURE_REDIRECT_EXEMPT += [r"^metrics$"]  # a scraper's request was sent already: a redirect protects nothing

@@ -1,16 +1,15 @@
 from django.contrib import admin
-from django.http import HttpResponse
 from django.urls import include, path
 
-
-def healthz(request):
-    return HttpResponse("ok", content_type="text/plain")
-
+from . import health
+from .metrics import metrics_view
 
 urlpatterns = [
     path("v1/", include("proxy.urls")),
     path("admin/", admin.site.urls),
-    path("healthz", healthz),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("metrics", metrics_view, name="metrics"),
     path("api/", include("api.urls")),
     path("", include("dashboard.urls")),
 ]

@@ -176,7 +176,7 @@ def test_a_graceful_exit_writes_around_a_refused_row(org):
     )
     metering._writing.append(record("req_in_flight", org_id=org.pk))
 
-    metering._flush_at_exit()
+    metering.flush_at_exit()
 
     assert set(events()) == {"req_x1", "req_x2", "req_poison", "req_in_flight"}
     assert events()["req_poison"].error_code == "usage_invalid"
@@ -192,7 +192,7 @@ def test_a_graceful_exit_without_a_database_logs_how_many_it_could_not_write(org
     monkeypatch.setattr(metering, "write_batch", unreachable)
     metering._queue.extend([record(f"req_{i}", org_id=org.pk) for i in range(3)])
 
-    metering._flush_at_exit()
+    metering.flush_at_exit()
 
     [line] = [r.getMessage() for r in caplog.records if "at exit" in r.getMessage()]
     assert "3 usage events" in line and "req_0" in line and "req_2" in line
@@ -253,6 +253,6 @@ async def test_a_batch_whose_write_was_cancelled_at_shutdown_is_written_by_the_e
         await metering._flusher
     monkeypatch.undo()
 
-    await sync_to_async(metering._flush_at_exit, thread_sensitive=True)()
+    await sync_to_async(metering.flush_at_exit, thread_sensitive=True)()
 
     assert set(await async_events()) == {"req_mid_write"}

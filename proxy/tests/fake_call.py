@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from proxy.calls import CallError, Data, Ended, Failed, Started
+from proxy.calls import CallError, CallTrace, Data, Ended, Failed, Started
 from proxy.tunnel.router import call_error
 
 SILENCE = "silence"
@@ -57,12 +57,22 @@ class Upstream:
         self.scripts.append(list(items))
 
     def __call__(
-        self, *, deployment_id: int, request_id: str, method: str, path: str, body: bytes, org_id: int, key_id: int
+        self,
+        *,
+        deployment_id: int,
+        request_id: str,
+        method: str,
+        path: str,
+        body: bytes,
+        org_id: int,
+        key_id: int,
+        trace: CallTrace | None = None,
     ) -> ScriptedCall:
         script = self.scripts.pop(0) if self.scripts else [SILENCE]
         call = ScriptedCall(
             self, script, deployment_id=deployment_id, request_id=request_id, method=method, path=path, body=body
         )
+        call.trace = trace
         self.calls.append(call)
         return call
 
@@ -101,6 +111,7 @@ class ScriptedCall:
         self.cancel_takes = upstream.cancel_takes
         self.reading = False  # someone is waiting in start() or next_item() right now
         self.queue_wait_ms = 0  # the scripted model always has a free slot
+        self.trace: CallTrace | None = None  # told of the steps as TunnelCall tells it (tracing on)
 
     async def admit(self, timeout: float, notice: float | None = None) -> int:
         if self.items and isinstance(self.items[0], CallError):
@@ -108,9 +119,15 @@ class ScriptedCall:
         return 0
 
     async def start(self, timeout: float) -> Started:
+        trace = self.trace
+        if trace is not None and self.connector_id:  # taken at once, as by a connector with a free slot
+            trace.dispatching()
+            trace.dispatched("sent", self.connector_id)
         item = await self._next(timeout)
         match item:
             case Started():
+                if trace is not None:
+                    trace.response_started(item.status)
                 return item
             case Failed():
                 self.finished = True

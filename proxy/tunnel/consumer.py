@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.secrets import hash_secret
 from deployments.models import ConnectorToken
+from lib import metrics
 from lib.redis import report_outage
 from tokios_connector import protocol
 from tokios_connector.protocol import ProtocolError
@@ -125,11 +126,18 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         session = self.session
         try:
             if bytes_data is not None:
+                metrics.FRAMES_FROM_CONNECTORS.count("chunk", len(bytes_data))
                 if session is None:
                     raise ProtocolError("a body chunk before hello")
                 await session.on_chunk(bytes_data)
                 return
-            frame = protocol.decode_from_connector(text_data or "")
+            text = text_data or ""
+            try:
+                frame = protocol.decode_from_connector(text)
+            except ProtocolError:
+                metrics.FRAMES_FROM_CONNECTORS.count_text(metrics.INVALID_FRAME, text)
+                raise
+            metrics.FRAMES_FROM_CONNECTORS.count_text(frame.type, text)
             if session is None:
                 await self._hello(frame)
                 return
@@ -189,7 +197,7 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             window=window,
             slot_updates=True,
         )
-        await self._send_text(protocol.encode(welcome))
+        await session.send(welcome)
         await presence.publish(info)
         self.heartbeat_task = asyncio.create_task(self._heartbeat(session))
         await queue.fill(session, force=True)  # requests may be waiting for a connector to come
@@ -275,7 +283,16 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
         }
         await layer_messages.send(self.channel_layer, reply, ack)
         if accepted and live is not None:
-            await live.submit(rid, event["method"], event["path"], event["body"], reply=reply, process=process)
+            traceparent = event.get("traceparent")  # the dispatch span of the process that sent it
+            await live.submit(
+                rid,
+                event["method"],
+                event["path"],
+                event["body"],
+                reply=reply,
+                process=process,
+                traceparent=traceparent if protocol.valid_traceparent(traceparent) else None,
+            )
 
     async def tunnel_waiting(self, event: dict) -> None:
         """Another process queued a request for this deployment."""

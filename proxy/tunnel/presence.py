@@ -225,6 +225,33 @@ def live_connectors_sync(deployment_id: int) -> list[ConnectorInfo]:
     return sorted(infos, key=lambda i: i.connected_since)
 
 
+def online_counts_sync(deployment_ids: list[int]) -> dict[int, int] | None:
+    """Live connectors of each deployment (for /metrics; sync code, another thread than the
+    loop's): this process's own, or every process's with Redis (one pipelined read). None when
+    Redis cannot say."""
+    if not redis_enabled():
+        counts = {}
+        for deployment_id in deployment_ids:
+            connectors = _local.get(deployment_id)
+            if connectors:  # copied in one step: the event loop may change it meanwhile
+                counts[deployment_id] = sum(1 for info in list(connectors.values()) if info.alive)
+        return counts
+    try:
+        with get_sync_redis().pipeline(transaction=False) as pipe:
+            for deployment_id in deployment_ids:
+                pipe.hvals(_key(deployment_id))
+            replies = pipe.execute()
+    except (RedisError, OSError) as exc:
+        _redis_failed(exc)
+        return None
+    counts = {}
+    for deployment_id, values in zip(deployment_ids, replies, strict=True):
+        live = sum(1 for info in map(_parse, values) if info is not None and info.alive)
+        if live:
+            counts[deployment_id] = live
+    return counts
+
+
 def online_deployment_ids(deployment_ids: list[int]) -> set[int]:
     return {did for did in deployment_ids if live_connectors_sync(did)}
 

@@ -183,6 +183,26 @@ def depth_sync(deployment_id: int) -> int:
         return 0
 
 
+def depths_sync_many(deployment_ids: list[int]) -> dict[int, int] | None:
+    """Requests waiting per deployment, the deployments with none left out (for /metrics; sync
+    code, another thread than the loop's). None when Redis cannot say."""
+    if not redis_enabled():
+        lines = {deployment_id: _local.get(deployment_id) for deployment_id in deployment_ids}
+        return {deployment_id: len(line) for deployment_id, line in lines.items() if line}
+    depths = {}
+    try:
+        client = get_sync_redis()
+        for start in range(0, len(deployment_ids), 500):
+            ids = deployment_ids[start : start + 500]
+            for deployment_id, raw in zip(ids, client.mget([_key(i) for i in ids]), strict=True):
+                if raw is not None and (depth := len(_load(raw))):
+                    depths[deployment_id] = depth
+    except (RedisError, OSError) as exc:
+        report_outage(log, "could not read the deployments' queues in Redis", exc)
+        return None
+    return depths
+
+
 # --- the waiting side --------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from lib.redis import redis_enabled, report_outage
 
-from ..calls import CallError, Data, Ended, Failed, Item, Started
+from ..calls import CallError, CallTrace, Data, Ended, Failed, Item, Started
 from . import layer as layer_messages
 from . import lease, presence, queue
 from .inbox import Inbox
@@ -85,6 +85,7 @@ class TunnelCall:
         body: bytes,
         org_id: int = 0,
         key_id: int = 0,
+        trace: CallTrace | None = None,
     ):
         self.deployment_id = deployment_id
         self.request_id = request_id
@@ -110,6 +111,7 @@ class TunnelCall:
         self.queued_at: float | None = None  # time.monotonic() when it started waiting
         self.queue_deadline = 0.0
         self.queue_wait_ms = 0  # how long it waited for a slot
+        self.trace = trace  # the request's trace (proxy/tracing.py), when tracing is on
 
     def _count(self, channel: str) -> None:
         self.counted = channel
@@ -146,6 +148,8 @@ class TunnelCall:
             report_outage(log, "could not queue a request in Redis", exc)
             self._finish()
             raise CallError(503, "overloaded", CONNECTOR_ERRORS["overloaded"][1]) from None
+        if self.trace is not None:
+            self.trace.queued()
         if self.queued_at is None:
             self.queued_at = time.monotonic()
             self.queue_deadline = self.queued_at + wait
@@ -228,7 +232,13 @@ class TunnelCall:
         self._count(channel)
         self.connector_id = session.info.connector_id
         self.dispatched = True
-        await session.submit(self.request_id, self.method, self.path, self.body, inbox=self.inbox)
+        trace = self.trace
+        traceparent = trace.dispatching() if trace is not None else None
+        await session.submit(
+            self.request_id, self.method, self.path, self.body, inbox=self.inbox, traceparent=traceparent
+        )
+        if trace is not None:
+            trace.dispatched("sent", self.connector_id)
         return "sent"
 
     async def _dispatch_remote(self, channel: str, *, granted: bool) -> str:
@@ -249,11 +259,16 @@ class TunnelCall:
             # The holder cancels the request if this process dies (proxy/tunnel/lease.py).
             "process": await lease.hold() if redis_enabled() else "",
         }
+        trace = self.trace
+        if trace is not None:
+            message["traceparent"] = trace.dispatching()
         try:
             await layer_messages.send(layer, channel, message, patience=ACK_TIMEOUT)
             outcome = await self._acknowledgement(channel, acknowledged)
         except ChannelFull:  # that process has not read its channel for ACK_TIMEOUT
             outcome = "gone"
+        if trace is not None:
+            trace.dispatched(outcome, self.connector_id)
         if outcome == "sent":
             self.dispatched = True
             return outcome
@@ -311,6 +326,8 @@ class TunnelCall:
         item = await self._wait(max(0.0, timeout - (time.monotonic() - began)))
         match item:
             case Started():
+                if self.trace is not None:
+                    self.trace.response_started(item.status)
                 return item
             case Failed():
                 self._finish()

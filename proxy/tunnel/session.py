@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from channels.exceptions import ChannelFull
 
+from lib import metrics
 from tokios_connector import protocol
 from tokios_connector.protocol import ProtocolError
 
@@ -143,6 +144,12 @@ class ConnectorSession:
             log.warning("request %s: its process %s is gone; cancelling it", entry.rid, entry.process)
             await self.cancel(entry.rid)
 
+    async def send(self, frame: protocol.ServerFrame) -> None:
+        """A control frame to the connector, counted (lib/metrics.py)."""
+        text = protocol.encode(frame)
+        metrics.FRAMES_TO_CONNECTORS.count_text(frame.type, text)
+        await self.send_text(text)
+
     # --- requests ---------------------------------------------------------------------------------
 
     async def submit(
@@ -155,8 +162,10 @@ class ConnectorSession:
         inbox: Inbox | None = None,
         reply: str | None = None,
         process: str = "",
+        traceparent: str | None = None,
     ) -> None:
-        """Send a request to the connector (on the slot promised to it, if it was)."""
+        """Send a request to the connector (on the slot promised to it, if it was); `traceparent`:
+        the request's dispatch span, when tracing is on (proxy/tracing.py)."""
         if self.closed:
             await self._deliver(
                 Pending(rid, inbox, reply, 0), Failed("connector_disconnected", "the connector disconnected")
@@ -170,18 +179,16 @@ class ConnectorSession:
         headers = {"content-type": "application/json", "x-request-id": rid}
         try:
             if len(body) <= protocol.MAX_BODY_PART:
-                await self.send_text(
-                    protocol.encode(protocol.Request(rid, method, path, headers, body.decode() or None))
-                )
+                await self.send(protocol.Request(rid, method, path, headers, body.decode() or None, 0, traceparent))
                 return
             # Bodies are JSON, so UTF-8 text: split on characters, never inside a multi-byte
             # sequence; at most 4 bytes per character keeps every part under MAX_BODY_PART bytes.
             text = body.decode()
             step = protocol.MAX_BODY_PART // 4
             parts = [text[i : i + step] for i in range(0, len(text), step)]
-            await self.send_text(protocol.encode(protocol.Request(rid, method, path, headers, None, len(parts))))
+            await self.send(protocol.Request(rid, method, path, headers, None, len(parts), traceparent))
             for part in parts:
-                await self.send_text(protocol.encode(protocol.RequestBody(rid, part)))
+                await self.send(protocol.RequestBody(rid, part))
         except OSError:  # the socket closed under us: the consumer's cleanup fails the request
             log.debug("submit %s: the connector is gone", rid)
 
@@ -194,7 +201,7 @@ class ConnectorSession:
             return
         self._finished(rid, still_allowed=entry.allowed - entry.received)
         try:
-            await self.send_text(protocol.encode(protocol.Cancel(rid)))
+            await self.send(protocol.Cancel(rid))
         except OSError:  # the connector's socket closed: nothing left to stop
             log.debug("cancel %s: the connector is already gone", rid)
         await queue.fill(self)
@@ -206,7 +213,7 @@ class ConnectorSession:
             return
         entry.allowed += blocks
         try:
-            await self.send_text(protocol.encode(protocol.Credit(rid, blocks)))
+            await self.send(protocol.Credit(rid, blocks))
         except OSError:
             log.debug("credit %s: the connector is already gone", rid)
 

@@ -297,3 +297,23 @@ def test_a_server_stopped_gracefully_loses_no_usage_event(start_server, tenant, 
 
     written = set(UsageEvent.objects.filter(api_key_id=key_id).values_list("request_id", flat=True))
     assert written == {rid for rid, _ in finished}
+
+
+def test_a_server_stopped_gracefully_writes_the_events_its_batch_window_still_held(
+    start_server, tenant, start_connector
+):
+    """uvicorn ends a SIGTERM'd process by raising the signal again, so `atexit` never runs there:
+    the ASGI lifespan's shutdown is what writes the last window (tokios_site/asgi.py)."""
+    from accounts.models import ApiKey
+    from billing.models import UsageEvent
+
+    server = start_server(TOKIOS_USAGE_BATCH_WINDOW="10")  # nothing is written on its own during the test
+    start_connector(tenant.token, srv=server)
+    secret = tenant.make_key(name="held")
+    key_id = ApiKey.objects.get(org=tenant.org, name="held").pk
+
+    finished = _requests_until_stopped(server, secret, tenant.model, 0.5)
+    assert not UsageEvent.objects.filter(api_key_id=key_id).exists()  # still in the window
+    server.proc.stop()  # SIGTERM
+    written = set(UsageEvent.objects.filter(api_key_id=key_id).values_list("request_id", flat=True))
+    assert written == {rid for rid, _ in finished}
