@@ -181,6 +181,9 @@ def update_api_key(
     unknown = set(changes) - {"name", "rpm_limit", "tpm_limit", "monthly_budget_micros", "expires_at", "models"}
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} on a key.")
+    expires_at = changes.get("expires_at")
+    if expires_at is not None and expires_at != key.expires_at and expires_at <= timezone.now():
+        raise ValidationError("The expiry must be in the future.")
     for field, value in changes.items():
         if field == "models":
             key.all_models = not value

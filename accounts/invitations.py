@@ -34,12 +34,30 @@ def invite_member(
     not choose. `accept_url(secret)` builds the absolute link (it needs the request's host, which
     actions do not see).
     """
+    invitation, _ = invite_member_with_link(
+        org=org, email=email, role=role, actor=actor, accept_url=accept_url, actor_label=actor_label
+    )
+    return invitation
+
+
+def invite_member_with_link(
+    *,
+    org: Organization,
+    email: str,
+    role: str,
+    actor: User | None,
+    accept_url: Callable[[str], str],
+    actor_label: str = "",
+) -> tuple[Invitation, str]:
+    """invite_member(), also returning the link, for the inviter to copy and send another way. Only
+    its hash is stored: show it in the answer to this request, and nowhere else (never log it)."""
     email = User.objects.normalize_email(email).strip().lower()
     if role not in Role.values:
         raise ValidationError(f"Unknown role {role!r}.")
     invitation, secret = invite(org=org, email=email, role=role, actor=actor, actor_label=actor_label)
-    send_invitation_email(invitation=invitation, link=accept_url(secret))
-    return invitation
+    link = accept_url(secret)
+    send_invitation_email(invitation=invitation, link=link)
+    return invitation, link
 
 
 @transaction.atomic

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from datetime import timedelta
@@ -11,6 +12,7 @@ from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
@@ -127,14 +129,48 @@ class Organization(models.Model):
         validators=BUDGET_VALIDATORS,
         help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000).",
     )
+    # Limits a new key starts with: the dashboard's key form is filled with them, and a key created
+    # through the API without a limit of its own gets them. Changing them leaves existing keys alone.
+    default_key_rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
+    default_key_tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
+    default_key_budget_micros = models.BigIntegerField(
+        null=True,
+        blank=True,
+        validators=BUDGET_VALIDATORS,
+        help_text="A new key's monthly spend cap in micro-USD.",
+    )
 
     objects = OrganizationQuerySet.as_manager()
+
+    # What the org's owners change on its settings page and through the API (accounts.org_settings).
+    SETTINGS_FIELDS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "monthly_budget_micros",
+        "rpm_limit",
+        "tpm_limit",
+        "default_key_rpm_limit",
+        "default_key_tpm_limit",
+        "default_key_budget_micros",
+    )
 
     class Meta:
         ordering = ["slug"]
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean_settings(self) -> None:
+        """The bounds of its settings (their fields' validators), without full_clean's queries;
+        ValidationError names the field."""
+        self.clean_fields(exclude=[f.name for f in self._meta.fields if f.name not in self.SETTINGS_FIELDS])
+
+    def key_defaults(self) -> dict[str, int | None]:
+        """The limits a new key starts with, by ApiKey's field names."""
+        return {
+            "rpm_limit": self.default_key_rpm_limit,
+            "tpm_limit": self.default_key_tpm_limit,
+            "monthly_budget_micros": self.default_key_budget_micros,
+        }
 
 
 class Role(models.TextChoices):
@@ -164,9 +200,48 @@ class Membership(models.Model):
         return f"{self.user} in {self.org} ({self.role})"
 
 
+class KeyStatus(models.TextChoices):
+    """A key's life: what the gateway decides on (accounts.keys adds what its usage says)."""
+
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+
+
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
     def for_org(self, org: Organization) -> ApiKeyQuerySet:
         return self.filter(org=org)
+
+    def current(self) -> ApiKeyQuerySet:
+        """Keys that are neither revoked nor expired: the key list's default."""
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+    def with_status(self, status: str) -> ApiKeyQuerySet:
+        """Keys whose `status` is `status` (a KeyStatus value)."""
+        now = timezone.now()
+        if status == KeyStatus.REVOKED:
+            return self.filter(revoked_at__isnull=False)
+        if status == KeyStatus.EXPIRED:
+            return self.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if status == KeyStatus.PAUSED:
+            return self.current().filter(paused_at__isnull=False)
+        if status == KeyStatus.ACTIVE:
+            return self.current().filter(paused_at__isnull=True)
+        raise ValueError(f"unknown key status {status!r}")
+
+    def search(self, text: str) -> ApiKeyQuerySet:
+        """Keys whose name contains `text` (any case), or whose prefix, current or replaced, starts
+        with it (a prefix is often pasted with its trailing "…")."""
+        text = text.strip()
+        prefix = text.rstrip("…. ")
+        found = models.Q(name__icontains=text)
+        if prefix:
+            found |= models.Q(prefix__startswith=prefix) | models.Q(previous_prefix__startswith=prefix)
+        return self.filter(found)
 
 
 class ApiKey(models.Model):
@@ -194,6 +269,14 @@ class ApiKey(models.Model):
         validators=BUDGET_VALIDATORS,
         help_text="Monthly spend cap in micro-USD (1 USD = 1,000,000).",
     )
+    # A paused key is refused (401 key_paused) until it is resumed; nothing else about it changes.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    # Rotation (accounts.keys.rotate_api_key): the secret it replaced keeps working until
+    # `previous_valid_until`, then is refused. One such secret at most: rotating again ends it.
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    previous_prefix = models.CharField(max_length=32, blank=True, default="")
+    previous_key_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    previous_valid_until = models.DateTimeField(null=True, blank=True)
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -219,18 +302,33 @@ class ApiKey(models.Model):
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
     @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
     def status(self) -> str:
         if self.is_revoked:
-            return "revoked"
+            return KeyStatus.REVOKED
         if self.is_expired:
-            return "expired"
-        return "active"
+            return KeyStatus.EXPIRED
+        if self.is_paused:
+            return KeyStatus.PAUSED
+        return KeyStatus.ACTIVE
+
+    @property
+    def previous_secret_valid(self) -> bool:
+        """Whether the secret replaced by the last rotation is still accepted (its grace period)."""
+        return self.previous_valid_until is not None and self.previous_valid_until > timezone.now()
 
 
 class AuditAction(models.TextChoices):
     KEY_CREATED = "key.created", "API key created"
     KEY_REVOKED = "key.revoked", "API key revoked"
     KEY_UPDATED = "key.updated", "API key updated"
+    KEY_ROTATED = "key.rotated", "API key rotated"
+    KEY_PAUSED = "key.paused", "API key paused"
+    KEY_RESUMED = "key.resumed", "API key resumed"
+    KEY_EXPIRY_CHANGED = "key.expiry_changed", "API key expiry changed"
     TOKEN_CREATED = "connector_token.created", "Connector token created"
     TOKEN_REVOKED = "connector_token.revoked", "Connector token revoked"
     GRANT_CREATED = "grant.created", "Model grant created"
@@ -244,13 +342,36 @@ class AuditAction(models.TextChoices):
     PAT_REVOKED = "pat.revoked", "Personal access token revoked"
     DEPLOYMENT_CREATED = "deployment.created", "Deployment created"
     DEPLOYMENT_UPDATED = "deployment.updated", "Deployment updated"
+    DEPLOYMENT_DISABLED = "deployment.disabled", "Deployment disabled"
+    DEPLOYMENT_ENABLED = "deployment.enabled", "Deployment enabled"
+    DEPLOYMENT_DELETED = "deployment.deleted", "Deployment deleted"
     ORG_CREATED = "org.created", "Organisation created"
     ORG_SHARE_ID_ROTATED = "org.share_id_rotated", "Share ID replaced"
+    ORG_SETTINGS_UPDATED = "org.settings_updated", "Organisation settings changed"
+    ALERT_RULES_UPDATED = "alerts.rules_updated", "Alert rules changed"
 
 
 class AuditLogQuerySet(models.QuerySet["AuditLog"]):
     def for_org(self, org: Organization) -> AuditLogQuerySet:
         return self.filter(org=org)
+
+    def matching(self, text: str, *, named_prefixes: models.QuerySet | None = None) -> AuditLogQuerySet:
+        """Entries whose target or details contain `text` (any case), and those about an API key or
+        personal access token whose name contains it: their rows name them by prefix only, so a key
+        is found by its name even after a rename. `named_prefixes` (a `values("prefix")` query) adds
+        other things named by prefix, e.g. connector tokens, which live in a higher layer.
+
+        Details are JSON, searched as their stored text: also for `text` as JSON writes it (quotes
+        are escaped everywhere; non-ASCII letters in SQLite's copy, not in PostgreSQL's)."""
+        entries = self.annotate(detail_text=Cast("detail", models.TextField()))
+        found = models.Q(target__icontains=text)
+        for form in {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}:
+            found |= models.Q(detail_text__icontains=form)
+        found |= models.Q(target__in=ApiKey.objects.filter(name__icontains=text).values("prefix"))
+        found |= models.Q(target__in=PersonalAccessToken.objects.filter(name__icontains=text).values("prefix"))
+        if named_prefixes is not None:
+            found |= models.Q(target__in=named_prefixes)
+        return entries.filter(found)
 
 
 class AuditLog(models.Model):
@@ -406,3 +527,28 @@ class ThrottleBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key[:8]}… {self.hits} since {self.window_start:%Y-%m-%d %H:%M}"
+
+
+class SubmittedForm(models.Model):
+    """A create form that went through, by the one-time token the page carried (accounts.once).
+    Submitting the same page again (a reload, a double click, the back button) finds this row and
+    shows what was made, instead of making it twice."""
+
+    class Kind(models.TextChoices):
+        API_KEY = "api_key", "API key"
+        KEY_ROTATION = "key_rotation", "API key rotation"
+        CONNECTOR_TOKEN = "connector_token", "Connector token"
+        DEPLOYMENT = "deployment", "Deployment"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    token = models.CharField(max_length=64)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    object_id = models.BigIntegerField(null=True, blank=True)
+    label = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "token"], name="unique_submitted_form")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.label} ({self.created_at:%Y-%m-%d %H:%M})"

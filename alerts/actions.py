@@ -12,7 +12,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Organization, User
+from accounts.actions import audit
+from accounts.models import AuditAction, Organization, User
 
 from . import tasks
 from .models import MAX_ENDPOINTS_PER_ORG, AlertKind, AlertSettings, WebhookEndpoint
@@ -38,17 +39,35 @@ SETTINGS_FIELDS = (
 
 
 @transaction.atomic
-def update_settings(*, org: Organization, **changes: Any) -> AlertSettings:
+def update_settings(
+    *, org: Organization, actor: User | None = None, actor_label: str = "", **changes: Any
+) -> AlertSettings:
+    """Change some of `org`'s alert rules; the audit log gets what changed, before and after."""
     unknown = set(changes) - set(SETTINGS_FIELDS)
     if unknown:
         raise ValidationError(f"Unknown alert settings: {', '.join(sorted(unknown))}.")
     rules = AlertSettings.objects.select_for_update().filter(org=org).first() or AlertSettings(org=org)
+    before = {name: getattr(rules, name) for name in SETTINGS_FIELDS}
     for name, value in changes.items():
         setattr(rules, name, value)
     if isinstance(rules.budget_thresholds, list):
         rules.budget_thresholds = sorted(rules.budget_thresholds)
     rules.full_clean(exclude=["org"])
     rules.save()
+    changed = {
+        name: {"old": before[name], "new": getattr(rules, name)}
+        for name in SETTINGS_FIELDS
+        if before[name] != getattr(rules, name)
+    }
+    if changed:
+        audit(
+            org=org,
+            action=AuditAction.ALERT_RULES_UPDATED,
+            target=org.slug,
+            actor=actor,
+            actor_label=actor_label,
+            **changed,
+        )
     return rules
 
 

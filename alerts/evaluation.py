@@ -192,6 +192,7 @@ class OrgEvaluation:
 
     def connectors_down(self, deployments: list[Deployment]) -> None:
         watched = [d for d in deployments if d.last_seen is not None and d.usable_tokens]  # type: ignore[attr-defined]
+        watched = [d for d in watched if d.disabled_at is None]  # a disabled one may well be without
         online = self._online(watched)
         limit = timedelta(minutes=self.rules.connector_down_minutes)
         for deployment in watched:
@@ -251,7 +252,11 @@ class OrgEvaluation:
                 org=self.org, created_at__gt=self.now - timedelta(minutes=window), created_at__lte=self.now
             )
             .order_by()
-            .aggregate(requests=Count("id"), errors=Count("id", filter=Q(status_code__gte=500)))
+            # A disabled deployment's 503s are the admin's choice, not a failure to be alerted about.
+            .aggregate(
+                requests=Count("id"),
+                errors=Count("id", filter=Q(status_code__gte=500) & ~Q(error_code="deployment_disabled")),
+            )
         )
         requests, errors = totals["requests"] or 0, totals["errors"] or 0
         if requests < self.rules.error_rate_min_requests:

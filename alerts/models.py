@@ -19,7 +19,7 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.models import Organization
-from deployments.models import Deployment
+from deployments.models import ConnectorToken, Deployment
 
 MAX_THRESHOLD_PERCENT = 1000  # a budget alert at 10x the budget is the most anyone asked for
 MAX_THRESHOLDS = 10
@@ -308,7 +308,11 @@ class ConnectorEvent(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=12, choices=ConnectorEventKind.choices)
     connector_id = models.CharField(max_length=40, blank=True)
+    # The token the connector presented, so the history can name it; NULL once the token is gone.
+    token = models.ForeignKey(ConnectorToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     reason = models.CharField(max_length=64, blank=True)
+    # A disconnect's WebSocket close code (ours, or the connector's; 1006: no close frame at all).
+    close_code = models.PositiveIntegerField(null=True, blank=True)
     at = models.DateTimeField(default=timezone.now)
 
     org_path: ClassVar[str] = "deployment__org"

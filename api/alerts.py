@@ -34,7 +34,7 @@ from alerts.models import (
 )
 from alerts.webhooks import MAX_URL_CHARS
 
-from .views import ORG_PARAM, OrgScoped
+from .views import ORG_PARAM, OrgScoped, actor_label
 
 
 def _bad_request(exc: DjangoValidationError):
@@ -138,7 +138,9 @@ class AlertSettingsView(OrgScoped, APIView):
         serializer = AlertSettingsSerializer(AlertSettings.for_org(self.org), data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
         try:
-            rules = update_settings(org=self.org, **serializer.validated_data)
+            rules = update_settings(
+                org=self.org, actor=request.user, actor_label=actor_label(request), **serializer.validated_data
+            )
         except DjangoValidationError as exc:
             _bad_request(exc)
         return Response(AlertSettingsSerializer(rules).data)

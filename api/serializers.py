@@ -10,13 +10,16 @@ from accounts.models import (
     GRANTEE_MISS,
     ApiKey,
     Invitation,
+    KeyStatus,
     Membership,
     Organization,
     PersonalAccessToken,
     Role,
 )
 from accounts.tenancy import can_manage
-from billing.models import Statement, StatementLine
+from alerts.connector_history import token_labels
+from billing.key_usage import NO_USAGE, KeyUsage, usage_by_key
+from billing.models import Statement, StatementLine, StatementStatus
 from deployments.models import DEPLOYMENT_NAME_RE, ConnectorToken, Deployment, ModelGrant
 from proxy.tunnel import presence
 
@@ -60,7 +63,17 @@ class ApiKeySerializer(serializers.ModelSerializer):
         queryset=Deployment.objects.none(),
         help_text="Model names this key may call; empty for every model the org may use.",
     )
-    status = serializers.CharField(read_only=True)
+    status = serializers.CharField(
+        read_only=True,
+        help_text=f"One of {', '.join(KeyStatus.values)}: what the gateway does with it (only active keys are answered).",
+    )
+    # This month's usage (UTC, to the last request: billing.key_usage), beside the status.
+    spent_this_month_micros = serializers.SerializerMethodField(help_text="Spend this month (UTC), micro-USD.")
+    budget_used_percent = serializers.SerializerMethodField(
+        help_text="Whole percent of monthly_budget_micros spent (may pass 100); null without a budget."
+    )
+    over_budget = serializers.SerializerMethodField(help_text="Spend reached the key's monthly budget (429s).")
+    rate_limited_recently = serializers.SerializerMethodField(help_text="A request was answered 429 in the last hour.")
 
     class Meta:
         model = ApiKey
@@ -78,14 +91,60 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "created_at",
             "last_used_at",
             "revoked_at",
+            "paused_at",
+            "rotated_at",
+            "previous_prefix",
+            "previous_valid_until",
+            "spent_this_month_micros",
+            "budget_used_percent",
+            "over_budget",
+            "rate_limited_recently",
         ]
-        read_only_fields = ["id", "prefix", "status", "all_models", "created_at", "last_used_at", "revoked_at"]
+        read_only_fields = [
+            "id",
+            "prefix",
+            "status",
+            "all_models",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+            "paused_at",
+            "rotated_at",
+            "previous_prefix",
+            "previous_valid_until",
+        ]
+        extra_kwargs = {
+            "previous_prefix": {"help_text": "The secret the last rotation replaced ('' if never rotated)."},
+            "previous_valid_until": {"help_text": "When that secret stops (or stopped) working."},
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         org = self.context.get("org")
         if org is not None:
             self.fields["models"].child_relation.queryset = Deployment.objects.usable_by(org)
+
+    def _usage(self, key: ApiKey) -> KeyUsage:
+        """From the list's one batch (context "key_usage"), else read for this key alone."""
+        batch = self.context.get("key_usage")
+        if batch is None:
+            batch = self.context["key_usage"] = {}
+        if key.pk not in batch:
+            batch.update(usage_by_key(self.context.get("org") or key.org, [key]))
+        return batch.get(key.pk, NO_USAGE)
+
+    def get_spent_this_month_micros(self, key: ApiKey) -> int:
+        return self._usage(key).spent_micros
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_budget_used_percent(self, key: ApiKey) -> int | None:
+        return self._usage(key).budget_percent(key)
+
+    def get_over_budget(self, key: ApiKey) -> bool:
+        return self._usage(key).over_budget(key)
+
+    def get_rate_limited_recently(self, key: ApiKey) -> bool:
+        return self._usage(key).rate_limited
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):
@@ -113,6 +172,11 @@ class ConnectorSerializer(serializers.Serializer):
     inflight = serializers.IntegerField()
     max_concurrency = serializers.IntegerField()
     draining = serializers.BooleanField()
+    token_id = serializers.IntegerField(help_text="The connector token it presented.")
+    token_label = serializers.SerializerMethodField(help_text="That token's name (else its prefix).")
+
+    def get_token_label(self, info) -> str:
+        return self.context.get("token_labels", {}).get(info.token_id, "")
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -128,10 +192,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "price_input_micros",
             "price_output_micros",
             "created_at",
+            "disabled_at",
             "online",
             "connectors",
         ]
-        read_only_fields = ["id", "created_at"]
+        read_only_fields = ["id", "created_at", "disabled_at"]
         extra_kwargs = {
             "price_input_micros": {"help_text": "Micro-USD per million input tokens."},
             "price_output_micros": {"help_text": "Micro-USD per million output tokens."},
@@ -150,7 +215,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ConnectorSerializer(many=True))
     def get_connectors(self, deployment: Deployment) -> list:
-        return ConnectorSerializer(self._connectors(deployment), many=True).data
+        connectors = self._connectors(deployment)
+        labels = token_labels(deployment.id, (info.token_id for info in connectors))
+        return ConnectorSerializer(connectors, many=True, context={"token_labels": labels}).data
 
 
 class DeploymentUpdateSerializer(serializers.ModelSerializer):
@@ -249,6 +316,17 @@ class InvitationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class InvitationCreatedSerializer(InvitationSerializer):
+    link = serializers.CharField(
+        read_only=True,
+        help_text="The link that was e-mailed, to send another way. Only in this answer: Tokios keeps a hash.",
+    )
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "link"]
+        read_only_fields = fields
+
+
 class UsageBucketSerializer(serializers.Serializer):
     bucket_start = serializers.DateTimeField()
     requests = serializers.IntegerField()
@@ -269,6 +347,9 @@ class UsageTotalsSerializer(serializers.Serializer):
 class UsageSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
+    narrowed_from = serializers.DateField(
+        allow_null=True, help_text="The start asked for, when hourly buckets narrowed the range; else null."
+    )
     period = serializers.ChoiceField(choices=["day", "hour"])
     key = serializers.IntegerField(allow_null=True)
     deployment = serializers.IntegerField(allow_null=True)
@@ -286,11 +367,28 @@ class StatementLineSerializer(serializers.ModelSerializer):
 
 class StatementSerializer(serializers.ModelSerializer):
     month = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(
+        choices=StatementStatus.choices,
+        read_only=True,
+        help_text="running: the month is not over (rebuilt hourly); closing: over, last built before its end; "
+        "issued: built after it ended.",
+    )
+    errors = serializers.IntegerField(read_only=True, help_text="Requests answered with an error, over the lines.")
     lines = StatementLineSerializer(many=True, read_only=True)
 
     class Meta:
         model = Statement
-        fields = ["month", "requests", "input_tokens", "output_tokens", "total_micros", "updated_at", "lines"]
+        fields = [
+            "month",
+            "status",
+            "requests",
+            "errors",
+            "input_tokens",
+            "output_tokens",
+            "total_micros",
+            "updated_at",
+            "lines",
+        ]
 
     def get_month(self, statement: Statement) -> str:
         return f"{statement.month:%Y-%m}"

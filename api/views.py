@@ -21,7 +21,7 @@ from rest_framework.reverse import reverse as api_reverse
 from rest_framework.views import APIView
 
 from accounts.actions import change_role, remove_member, revoke_api_key
-from accounts.invitations import invite_member, revoke_invitation
+from accounts.invitations import invite_member_with_link, revoke_invitation
 from accounts.models import ApiKey, Invitation, Membership, PersonalAccessToken
 from accounts.tenancy import (
     acting_membership,
@@ -31,7 +31,7 @@ from accounts.tenancy import (
     owned_or_404,
     scoped,
 )
-from billing.forms import UsageFilterForm
+from billing.forms import Preset, UsageFilterForm
 from billing.models import Statement
 from billing.queries import usage_series
 from deployments.actions import (
@@ -48,6 +48,7 @@ from deployments.connector import connector_command, server_url
 from deployments.models import ConnectorToken, Deployment, ModelGrant
 
 from . import serializers as s
+from .keys import KeyListQuery, KeyManagement
 
 ORG_PARAM = OpenApiParameter("org", str, OpenApiParameter.PATH, description="The organisation's slug.")
 TOTALS = ("requests", "errors", "input_tokens", "output_tokens", "cost_micros")
@@ -116,7 +117,9 @@ class ApiRoot(APIView):
                     "orgs/{org}/deployments/{id}/grants/",
                     "orgs/{org}/members/",
                     "orgs/{org}/invitations/",
+                    "orgs/{org}/settings/",
                     "orgs/{org}/usage/",
+                    "orgs/{org}/usage/breakdown/",
                     "orgs/{org}/requests/",
                     "orgs/{org}/statements/",
                 ],
@@ -134,7 +137,7 @@ class OrgList(APIView):
 
 
 @extend_schema_view(
-    list=extend_schema(parameters=[ORG_PARAM]),
+    list=extend_schema(parameters=[ORG_PARAM, KeyListQuery]),
     retrieve=extend_schema(parameters=[ORG_PARAM]),
     create=extend_schema(parameters=[ORG_PARAM], responses={201: s.ApiKeyCreatedSerializer}),
     partial_update=extend_schema(parameters=[ORG_PARAM]),
@@ -142,6 +145,7 @@ class OrgList(APIView):
     revoke=extend_schema(parameters=[ORG_PARAM], request=None),
 )
 class ApiKeyViewSet(
+    KeyManagement,  # filters, usage, rotate, pause/resume, expiry: api/keys.py
     OrgScoped,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -149,8 +153,8 @@ class ApiKeyViewSet(
     mixins.UpdateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """API keys. The secret is in the create response only. `POST …/revoke/` revokes (there is no delete:
-    revoked keys stay listed for the audit trail)."""
+    """API keys. The secret is in the create response only (and a rotation's). `POST …/revoke/` revokes
+    (there is no delete: revoked keys stay listed for the audit trail; `?status=current` leaves them out)."""
 
     serializer_class = s.ApiKeySerializer
 
@@ -161,6 +165,8 @@ class ApiKeyViewSet(
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        # A limit the request does not name is the org's default for new keys; an explicit null is none.
+        limits = {**self.org.key_defaults(), **{name: data[name] for name in ApiKey.LIMIT_FIELDS if name in data}}
         try:
             key, secret = create_api_key(
                 org=self.org,
@@ -168,10 +174,8 @@ class ApiKeyViewSet(
                 created_by=request.user,
                 actor_label=actor_label(request),
                 deployments=data.get("allowed_deployments") or [],
-                rpm_limit=data.get("rpm_limit"),
-                tpm_limit=data.get("tpm_limit"),
-                monthly_budget_micros=data.get("monthly_budget_micros"),
                 expires_at=data.get("expires_at"),
+                **limits,
             )
         except DjangoValidationError as exc:
             _raise_validation(exc)
@@ -337,7 +341,7 @@ class GrantViewSet(
     list=extend_schema(parameters=[ORG_PARAM]),
     retrieve=extend_schema(parameters=[ORG_PARAM]),
     create=extend_schema(
-        parameters=[ORG_PARAM], request=s.MemberAddSerializer, responses={201: s.InvitationSerializer}
+        parameters=[ORG_PARAM], request=s.MemberAddSerializer, responses={201: s.InvitationCreatedSerializer}
     ),
     partial_update=extend_schema(parameters=[ORG_PARAM]),
     update=extend_schema(parameters=[ORG_PARAM]),
@@ -359,7 +363,7 @@ class MemberViewSet(OrgScoped, viewsets.ModelViewSet):
         data = serializer.validated_data
         check_can_manage_member(self.membership, None, data["role"])
         try:
-            invitation = invite_member(
+            invitation, link = invite_member_with_link(
                 org=self.org,
                 email=data["email"],
                 role=data["role"],
@@ -371,7 +375,9 @@ class MemberViewSet(OrgScoped, viewsets.ModelViewSet):
             )
         except DjangoValidationError as exc:
             _raise_validation(exc)
-        return Response(s.InvitationSerializer(invitation).data, status=201)
+        # The link once, like a new key's secret (s.InvitationCreatedSerializer): never cached.
+        body = {**s.InvitationSerializer(invitation).data, "link": link}
+        return Response(body, status=201, headers={"Cache-Control": "no-store, private"})
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         membership = self.get_object()
@@ -413,7 +419,15 @@ class UsageQuery(serializers.Serializer):
     end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
     key = serializers.IntegerField(required=False, help_text="An API key id of this org.")
     deployment = serializers.IntegerField(required=False, help_text="A deployment id the org may use.")
-    period = serializers.ChoiceField(choices=["day", "hour"], required=False, default="day")
+    period = serializers.ChoiceField(
+        choices=["day", "hour"],
+        required=False,
+        help_text="Buckets (default day; hour for range=today). Hourly over more than 14 days is narrowed to "
+        "the last 14 (`narrowed_from` says from when it was asked).",
+    )
+    range = serializers.ChoiceField(
+        choices=Preset.choices, required=False, help_text="A preset range; overrides start and end."
+    )
 
 
 class UsageView(OrgScoped, APIView):
@@ -431,6 +445,7 @@ class UsageView(OrgScoped, APIView):
         body = {
             "start": form.cleaned_data["start"],
             "end": form.cleaned_data["end"],
+            "narrowed_from": form.narrowed_from,
             "period": query["period"],
             "key": query["key"].id if query["key"] else None,
             "deployment": query["deployment"].id if query["deployment"] else None,

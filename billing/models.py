@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import models
@@ -9,6 +10,8 @@ from django.utils import timezone
 from accounts.models import ApiKey, Organization
 from deployments.models import Deployment
 from lib.money import micros_to_usd
+
+from .periods import next_month_start
 
 
 class Surface(models.TextChoices):
@@ -198,6 +201,12 @@ class RollupWatermark(models.Model):
         return f"{self.name} @ event {self.last_event_id}"
 
 
+class StatementStatus(models.TextChoices):
+    RUNNING = "running", "Running"  # the month is not over: figures so far, rebuilt every hour
+    CLOSING = "closing", "Closing"  # the month is over, but the statement was last built before its end
+    ISSUED = "issued", "Issued"  # built after the month ended: final (late events may still add to it)
+
+
 class StatementQuerySet(models.QuerySet["Statement"]):
     def for_org(self, org: Organization) -> StatementQuerySet:
         return self.filter(org=org)
@@ -227,6 +236,27 @@ class Statement(models.Model):
     @property
     def total_usd(self) -> Decimal:
         return micros_to_usd(self.total_micros)
+
+    @property
+    def month_end(self) -> datetime:
+        """The instant the month ends (UTC), exclusive."""
+        return next_month_start(self.month)
+
+    def status_at(self, now: datetime) -> str:
+        if now < self.month_end:
+            return StatementStatus.RUNNING
+        if self.updated_at is None or self.updated_at < self.month_end:
+            return StatementStatus.CLOSING
+        return StatementStatus.ISSUED
+
+    @property
+    def status(self) -> str:
+        return self.status_at(timezone.now())
+
+    @property
+    def errors(self) -> int:
+        """Requests answered with an error, over its lines (prefetch `lines` when listing many)."""
+        return min(sum(line.errors for line in self.lines.all()), MAX_BIGINT)
 
 
 class StatementLine(models.Model):

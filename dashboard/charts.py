@@ -27,6 +27,7 @@ MARGIN_RIGHT = 12
 MARGIN_TOP = 28
 MARGIN_BOTTOM = 28
 MAX_X_LABELS = 8
+LABEL_CHAR_PX = 7  # the widest a character of the 12 px axis labels is drawn, about
 TICKS = 4
 
 
@@ -154,9 +155,12 @@ def bar_chart(
         out.append("</g>")
     out.append("</g>")
 
-    # X labels: at most MAX_X_LABELS, evenly spaced, always including the last.
+    # X labels: evenly spaced, always including the last.
     out.append('<g class="chart-x">')
-    every = max(1, -(-len(labels) // MAX_X_LABELS))
+    # As many as fit side by side (a narrow chart of long hourly labels holds fewer), MAX_X_LABELS at most.
+    widest = LABEL_CHAR_PX * max((len(label) for label in labels), default=1) + 12
+    max_labels = max(2, min(MAX_X_LABELS, int(plot_w // widest)))
+    every = max(1, -(-len(labels) // max_labels))
     shown = set(range(0, len(labels), every)) | ({len(labels) - 1} if labels else set())
     if (
         len(labels) > 1
@@ -164,10 +168,24 @@ def bar_chart(
         and (len(labels) - 1) - (len(labels) - 1) // every * every < every / 2
     ):
         shown.discard((len(labels) - 1) // every * every)
+    placed: list[tuple[int, float, str, float, float]] = []  # index, x, anchor, left edge, right edge
     for i in sorted(shown):
         cx = MARGIN_LEFT + slot * i + slot / 2
+        # A label centred under the first or last bar may not fit inside the drawing ("23:00 14 Nov"
+        # under the last of 336 hourly bars): it is then aligned to the edge instead, never cut off.
+        label_w = LABEL_CHAR_PX * len(labels[i])
+        if cx + label_w / 2 > width - 2:
+            placed.append((i, width - 2, "end", width - 2 - label_w, width - 2))
+        elif cx - label_w / 2 < 2:
+            placed.append((i, 2, "start", 2, 2 + label_w))
+        else:
+            placed.append((i, cx, "middle", cx - label_w / 2, cx + label_w / 2))
+    # The last label always shows; one before it that it would now overlap gives way.
+    while len(placed) > 1 and placed[-2][4] + 4 > placed[-1][3]:
+        del placed[-2]
+    for i, x, anchor, _, _ in placed:
         out.append(
-            f'<text x="{_fmt_px(cx)}" y="{height - 8}" text-anchor="middle" font-size="12" fill="#4a5568">'
+            f'<text x="{_fmt_px(x)}" y="{height - 8}" text-anchor="{anchor}" font-size="12" fill="#4a5568">'
             f"{escape(labels[i])}</text>"
         )
     out.append("</g></svg>")

@@ -6,6 +6,7 @@ from decimal import Decimal, InvalidOperation
 from django import forms
 from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.forms import PasswordChangeForm
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
@@ -239,6 +240,17 @@ class ConfirmedPasswordChangeForm(PasswordChangeForm):
         return old_password
 
 
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's form, which also writes to an account that has no password yet: an owner made on the
+    command line (`create_org --owner`) whose one-time link has expired. Django leaves such accounts
+    out for sites where they sign in elsewhere (LDAP, SSO); Tokios has no such way in."""
+
+    def get_users(self, email: str):
+        wanted = email.casefold()
+        users = User.objects.filter(email__iexact=email, is_active=True)
+        return (user for user in users if user.email.casefold() == wanted)
+
+
 class AcceptInvitationForm(forms.Form):
     name = forms.CharField(max_length=150, required=False, label="Your name")
     password1 = forms.CharField(label="Password", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
@@ -273,7 +285,11 @@ class AuditFilterForm(forms.Form):
         required=False, label="Actor", widget=forms.TextInput(attrs={"placeholder": "email or label"})
     )
     target = forms.CharField(
-        required=False, label="Target", widget=forms.TextInput(attrs={"placeholder": "prefix, email, model…"})
+        required=False,
+        max_length=200,
+        label="Search",
+        help_text="A key's or token's name or prefix, an e-mail, a model: in the target or the details.",
+        widget=forms.TextInput(attrs={"placeholder": "name, prefix, email, model…"}),
     )
     start = DayField(required=False, label="From")
     end = DayField(required=False, label="To")

@@ -1,7 +1,19 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
-from .views import audit, auth, deployments, keys, members, overview, requests, statements, usage
+from .views import (
+    audit,
+    auth,
+    deployment_state,
+    deployments,
+    keys,
+    members,
+    org_settings,
+    overview,
+    requests,
+    statements,
+    usage,
+)
 
 app_name = "dashboard"
 
@@ -25,6 +37,10 @@ urlpatterns = [
     path("deployments/new/", deployments.deployment_create, name="deployment_create"),
     path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/prices/", deployments.deployment_prices, name="deployment_prices"),
+    path("deployments/<int:pk>/live/", deployment_state.deployment_live, name="deployment_live"),
+    path("deployments/<int:pk>/disable/", deployment_state.deployment_disable, name="deployment_disable"),
+    path("deployments/<int:pk>/enable/", deployment_state.deployment_enable, name="deployment_enable"),
+    path("deployments/<int:pk>/delete/", deployment_state.deployment_delete, name="deployment_delete"),
     path("deployments/<int:pk>/tokens/", deployments.token_create, name="deployment_token_create"),
     path(
         "deployments/<int:pk>/tokens/<int:token_pk>/revoke/", deployments.token_revoke, name="deployment_token_revoke"
@@ -35,7 +51,13 @@ urlpatterns = [
     ),
     path("keys/", keys.key_list, name="keys"),
     path("keys/new/", keys.key_create, name="key_create"),
-    path("keys/<int:pk>/", keys.key_edit, name="key_edit"),
+    path("keys/<int:pk>/", keys.key_detail, name="key_detail"),
+    path("keys/<int:pk>/edit/", keys.key_edit, name="key_edit"),
+    path("keys/<int:pk>/rotate/", keys.key_rotate, name="key_rotate"),
+    path("keys/<int:pk>/rotate/end-grace/", keys.key_end_grace, name="key_end_grace"),
+    path("keys/<int:pk>/pause/", keys.key_pause, name="key_pause"),
+    path("keys/<int:pk>/resume/", keys.key_resume, name="key_resume"),
+    path("keys/<int:pk>/expiry/", keys.key_expiry, name="key_expiry"),
     path("keys/<int:pk>/revoke/", keys.key_revoke, name="key_revoke"),
     path("usage/", usage.usage, name="usage"),
     path("usage.csv", usage.usage_csv, name="usage_csv"),
@@ -43,6 +65,7 @@ urlpatterns = [
     re_path(r"^requests/(?P<request_id>[A-Za-z0-9_]{1,64})/$", requests.request_detail, name="request_detail"),
     path("statements/", statements.statement_list, name="statements"),
     path("statements/<str:month>/", statements.statement_detail, name="statement_detail"),
+    path("statements/<str:month>/csv/", statements.statement_csv, name="statement_csv"),
     path("members/", members.member_list, name="members"),
     path("members/add/", members.member_add, name="member_add"),
     path("members/<int:pk>/role/", members.member_role, name="member_role"),
@@ -50,5 +73,6 @@ urlpatterns = [
     path("members/invitations/<int:pk>/revoke/", members.invitation_revoke, name="invitation_revoke"),
     path("members/share-id/", members.share_id_rotate, name="share_id_rotate"),
     path("audit/", audit.audit_log, name="audit"),
+    path("settings/", org_settings.org_settings, name="org_settings"),
     path("alerts/", include("dashboard.alerts_urls")),
 ]

@@ -39,6 +39,9 @@ class DeploymentQuerySet(models.QuerySet["Deployment"]):
         """Deployments whose model an org's keys may call: its own, and those granted to it."""
         return self.filter(models.Q(org=org) | models.Q(grants__org=org)).distinct()
 
+    def enabled(self) -> DeploymentQuerySet:
+        return self.filter(disabled_at__isnull=True)
+
 
 class Deployment(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deployments")
@@ -50,6 +53,9 @@ class Deployment(models.Model):
     price_input_micros = models.BigIntegerField(default=0, validators=PRICE_VALIDATORS)
     price_output_micros = models.BigIntegerField(default=0, validators=PRICE_VALIDATORS)
     created_at = models.DateTimeField(default=timezone.now)
+    # Set while an admin has switched the deployment off: /v1 answers 503 `deployment_disabled` and its
+    # connectors stay connected with no traffic (deployments.lifecycle).
+    disabled_at = models.DateTimeField(null=True, blank=True)
     # The keys limited to a list of models that includes this one (`key.allowed_deployments` from
     # the key's side); a key with `all_models` set ignores its list. The table was created when the
     # field was the key's, and keeps its name.
@@ -64,6 +70,10 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_disabled(self) -> bool:
+        return self.disabled_at is not None
 
     def clean_prices(self) -> None:
         """The bounds of its prices (their fields' validators), without full_clean's queries;

@@ -18,23 +18,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from redis.exceptions import RedisError
 
 from accounts.models import ApiKey, Organization
 from accounts.secrets import API_KEY_PREFIX, hash_secret
+from accounts.signals import api_key_secrets_retired
 from deployments.models import DEPLOYMENT_NAME_RE, Deployment, ModelGrant
 from deployments.signals import connector_token_revoked
 from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
 from .tunnel import presence
 
-log = logging.getLogger("tokios.access")
+log = logging.getLogger("tokios.gateway")  # "tokios.access" is the access log (proxy/access_log.py)
 
 SHARED_TTL = 300  # seconds a record may sit in Redis; changes delete it explicitly before that
 
@@ -56,6 +59,12 @@ class KeyRecord:
     org_rpm_limit: int | None
     org_tpm_limit: int | None
     org_budget_micros: int | None
+    # Defaulted, like DeploymentRecord.disabled, for records cached by an older version.
+    paused: bool = False
+    # For the secret a rotation replaced: when it stops being accepted (unix seconds); None for the
+    # key's current secret. Checked on every request, so the grace period ends on time however long
+    # the record is cached.
+    valid_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +77,9 @@ class DeploymentRecord:
     price_output_micros: int
     created_at: float
     granted_orgs: tuple[int, ...]
+    # Switched off by an admin (deployments.lifecycle). Defaulted, so that a record cached by an
+    # older version (without the field) still reads.
+    disabled: bool = False
 
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
@@ -77,12 +89,15 @@ class DeploymentRecord:
 class AccessDenied(Exception):
     """Why a request may not proceed; `status` is the HTTP status of the error contract."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers or {}
 
 
 def key_allows(key: KeyRecord, deployment: DeploymentRecord) -> bool:
@@ -168,13 +183,20 @@ def _from_dict(record_type: type, data: dict):
     for name in ("allowed", "granted_orgs"):
         if name in data:
             data[name] = tuple(data[name])
-    return record_type(**data)
+    # Fields a newer version added are left out: processes of two versions side by side (a rolling
+    # upgrade) share this cache.
+    known = {field.name for field in dataclass_fields(record_type)}
+    return record_type(**{name: value for name, value in data.items() if name in known})
 
 
 def _load_key(key_hash: str) -> KeyRecord | None:
-    # One query: the join yields a row per allowed deployment (or one row with None).
+    # One query: the join yields a row per allowed deployment (or one row with None). The hash is
+    # a key's current secret's, or the one its last rotation replaced (both columns are unique).
     rows = list(
-        ApiKey.objects.filter(key_hash=key_hash).values_list(
+        ApiKey.objects.filter(Q(key_hash=key_hash) | Q(previous_key_hash=key_hash)).values_list(
+            "key_hash",
+            "previous_valid_until",
+            "paused_at",
             "id",
             "org_id",
             "org__slug",
@@ -193,7 +215,13 @@ def _load_key(key_hash: str) -> KeyRecord | None:
     )
     if not rows:
         return None
-    (kid, org_id, slug, prefix, revoked_at, expires_at, all_models, rpm, tpm, budget, orpm, otpm, obudget, _) = rows[0]
+    (current_hash, previous_valid_until, paused_at, kid, org_id, slug, prefix, revoked_at, expires_at, all_models) = (
+        rows[0][:10]
+    )
+    rpm, tpm, budget, orpm, otpm, obudget = rows[0][10:16]
+    valid_until = None
+    if current_hash != key_hash:  # the replaced secret: accepted until the end of its grace
+        valid_until = previous_valid_until.timestamp() if previous_valid_until else 0.0
     return KeyRecord(
         id=kid,
         org_id=org_id,
@@ -210,6 +238,8 @@ def _load_key(key_hash: str) -> KeyRecord | None:
         org_rpm_limit=orpm,
         org_tpm_limit=otpm,
         org_budget_micros=obudget,
+        paused=paused_at is not None,
+        valid_until=valid_until,
     )
 
 
@@ -222,12 +252,13 @@ def _load_deployment(name: str) -> DeploymentRecord | None:
             "price_input_micros",
             "price_output_micros",
             "created_at",
+            "disabled_at",
             "grants__org_id",
         )
     )
     if not rows:
         return None
-    did, org_id, upstream_model, pin, pout, created_at, _ = rows[0]
+    did, org_id, upstream_model, pin, pout, created_at, disabled_at, _ = rows[0]
     return DeploymentRecord(
         id=did,
         name=name,
@@ -237,10 +268,16 @@ def _load_deployment(name: str) -> DeploymentRecord | None:
         price_output_micros=pout,
         created_at=created_at.timestamp(),
         granted_orgs=tuple(sorted(row[-1] for row in rows if row[-1] is not None)),
+        disabled=disabled_at is not None,
     )
 
 
 # --- public API ---------------------------------------------------------------------------------
+
+
+# A refused key stays refused until someone changes it: SDKs that retry on their own are told not to.
+# (Each refusal gets its own copy: a response's headers are its own.)
+NO_RETRY = {"x-should-retry": "false"}
 
 
 async def authenticate_key(secret: str | None) -> KeyRecord:
@@ -250,19 +287,38 @@ async def authenticate_key(secret: str | None) -> KeyRecord:
             401,
             "missing_api_key",
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-tokios-…' (or x-api-key).",
+            headers=dict(NO_RETRY),
         )
     if not secret.startswith(API_KEY_PREFIX) or len(secret) > 200:
-        raise AccessDenied(401, "invalid_api_key", "Incorrect API key provided.")
+        raise AccessDenied(401, "invalid_api_key", "Incorrect API key provided.", headers=dict(NO_RETRY))
     key_hash = hash_secret(secret)
     key = await _cached(_key_cache_id(key_hash), KeyRecord, lambda: _load_key(key_hash))
     # The lookup was by hash; the record's hash is the stored one, so equality is the
     # constant-time comparison of digests, not of secrets.
     if key is None:
-        raise AccessDenied(401, "invalid_api_key", f"Incorrect API key provided: {secret[:18]}…")
+        raise AccessDenied(
+            401, "invalid_api_key", f"Incorrect API key provided: {secret[:18]}…", headers=dict(NO_RETRY)
+        )
     if key.revoked:
-        raise AccessDenied(401, "invalid_api_key", "This API key has been revoked.")
-    if key.expires_at is not None and key.expires_at <= time.time():
-        raise AccessDenied(401, "invalid_api_key", "This API key has expired.")
+        raise AccessDenied(401, "invalid_api_key", "This API key has been revoked.", headers=dict(NO_RETRY))
+    now = time.time()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise AccessDenied(401, "invalid_api_key", "This API key has expired.", headers=dict(NO_RETRY))
+    if key.valid_until is not None and key.valid_until <= now:
+        raise AccessDenied(
+            401,
+            "invalid_api_key",
+            "This API key's secret was replaced (the key was rotated); use its new secret.",
+            headers=dict(NO_RETRY),
+        )
+    if key.paused:
+        raise AccessDenied(
+            401,
+            "key_paused",
+            "This API key is paused: an admin of its organization paused it, and requests with it are "
+            "refused until they resume it.",
+            headers=dict(NO_RETRY),
+        )
     return key
 
 
@@ -275,7 +331,7 @@ async def get_deployment(name: str) -> DeploymentRecord | None:
 
 
 async def deployment_for(key: KeyRecord, model: object) -> DeploymentRecord:
-    """The deployment a key may call under this model name, or AccessDenied (400 / 404 / 403)."""
+    """The deployment a key may call under this model name, or AccessDenied (400 / 404 / 403 / 503)."""
     if not isinstance(model, str) or not model:
         raise AccessDenied(400, "missing_model", "you must provide a model parameter (a string)", "model")
     deployment = await get_deployment(model)
@@ -287,7 +343,23 @@ async def deployment_for(key: KeyRecord, model: object) -> DeploymentRecord:
         raise AccessDenied(
             403, "model_not_allowed", f"This API key is not allowed to use the model `{model}`.", "model"
         )
+    if deployment.disabled:
+        raise deployment_disabled(model)
     return deployment
+
+
+def deployment_disabled(model: str) -> AccessDenied:
+    """A deployment its owner switched off. Told only to keys that may call it (checked before), as
+    a 503 like a deployment with no connector: the model exists and the key may use it, so neither
+    a 404 nor a 403 (which send the caller to fix the name or the key) is true. Clients' SDKs retry
+    a 503, but an admin must act first: `x-should-retry: false` stops them."""
+    return AccessDenied(
+        503,
+        "deployment_disabled",
+        f"The model `{model}` is disabled by its owner; it answers again once they enable it.",
+        "model",
+        headers={"x-should-retry": "false"},
+    )
 
 
 def _invalidate(cache_id: str) -> None:
@@ -322,6 +394,14 @@ def clear_local_cache() -> None:
 
 def forget_key(sender: type[ApiKey], instance: ApiKey, **kwargs: object) -> None:
     invalidate_key(instance.key_hash)
+    if instance.previous_key_hash:  # the secret a rotation replaced, cached on its own
+        invalidate_key(instance.previous_key_hash)
+
+
+def forget_retired_secrets(sender: type[ApiKey], *, key_hashes: list[str], **kwargs: object) -> None:
+    """Secrets a key no longer names (accounts.signals.api_key_secrets_retired)."""
+    for key_hash in key_hashes:
+        invalidate_key(key_hash)
 
 
 def forget_key_models(sender: type, instance: object, action: str, pk_set: set[int] | None, **kwargs: object) -> None:
@@ -368,3 +448,4 @@ def listen() -> None:
         forget_key_models, sender=Deployment.allowed_keys.through, dispatch_uid="proxy.access.forget_key_models"
     )
     connector_token_revoked.connect(disconnect_revoked_token, dispatch_uid="proxy.access.disconnect_revoked_token")
+    api_key_secrets_retired.connect(forget_retired_secrets, dispatch_uid="proxy.access.forget_retired_secrets")

@@ -268,7 +268,7 @@ def read_json(request: HttpRequest) -> dict:
 
 
 def _denied(exc: AccessDenied) -> GatewayError:
-    return GatewayError(exc.status, exc.message, code=exc.code, param=exc.param)
+    return GatewayError(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
 
 
 async def handle(

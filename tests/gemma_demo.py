@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,12 +16,20 @@ from pathlib import Path
 
 import httpx
 
+from tests.process_group import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 # llama.cpp built for the machine's CPU picks AMX kernels for repacked weights wherever the CPU
 # lists AMX; some virtual machines list it without enabling it, and the server then dies with
 # SIGILL while loading the model. Without repacking it runs on AVX everywhere (a 270M model does
 # not need the speed).
 LLAMA_SAFE_ARGS = ("--no-repack",)
+# The model file carries no chat template, and llama.cpp's fallback (ChatML) makes Gemma write the
+# markup itself ("…<|im_end|><|im_start|>user…"). Gemma's own template, built into llama.cpp, is the
+# best of its built-in ones for this model (compared with `python -m tests.gemma_templates`). It is
+# chosen by name only with the Jinja engine off: with it on, the name is taken for a template text.
+GEMMA_CHAT_TEMPLATE = ("--no-jinja", "--chat-template", "gemma")
+LLAMA_ARGS = (*LLAMA_SAFE_ARGS, *GEMMA_CHAT_TEMPLATE)
 
 
 def wait(url: str, timeout: float, proc: subprocess.Popen) -> None:
@@ -55,7 +62,7 @@ def main() -> None:
         server = shutil.which("llama-cpp-server") or str(Path(sys.prefix) / "bin" / "llama-cpp-server")
         procs.append(
             subprocess.Popen(
-                [server, "-m", model, "--port", "18091", "--", *LLAMA_SAFE_ARGS],
+                [server, "-m", model, "--port", "18091", "--", *LLAMA_ARGS],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 # Each process here gets its own session (process group): `llama-cpp-server` is a
@@ -134,31 +141,13 @@ def main() -> None:
                     "streamed from Gemma through the Tokios tunnel]"
                 )
         print(
-            "\n(Gemma 3 270M is a tiny base model and its file carries no chat template, so llama.cpp falls\n"
-            " back to a generic one: expect loosely related text. What the demo shows is the path — your\n"
-            " model behind NAT, reached through the tunnel, streamed, metered.)"
+            "\n(Gemma 3 270M is a tiny base model, not a chat model: even in its own chat template it mostly\n"
+            " repeats the question or rambles. What the demo shows is the path — your model behind NAT,\n"
+            " reached through the tunnel, streamed, metered.)"
         )
     finally:
         for proc in reversed(procs):
             stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop `proc` and everything it started: the group of its own session (see `main`), also when
-    `proc` itself has already exited."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 if __name__ == "__main__":

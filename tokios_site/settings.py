@@ -67,7 +67,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
-    "drf_spectacular_sidecar",
     "channels",
     "accounts",
     "deployments",
@@ -265,13 +264,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Manage an organisation's API keys, deployments, connector tokens, grants and members, "
     "and read its usage and statements. Authenticate with the dashboard session or "
     "`Authorization: Bearer pat-tokios-…` (a personal access token from your profile page).",
-    # Swagger UI from the drf-spectacular-sidecar package, served by Tokios: no CDN. (No Redoc: its
-    # page template links Google Fonts.)
-    "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# --- API reference (api/docs.py): /api/docs/ (a server-rendered page made from the schema) and the
+# schema at /api/schema/ are for signed-in users and token holders; this makes both public.
+API_DOCS_PUBLIC = env_bool("TOKIOS_API_DOCS_PUBLIC", False)
 
 # --- The /v1 gateway -------------------------------------------------------------------------
 # What carries a request to the model: None for the tunnel (proxy/tunnel/router.py TunnelCall), or

@@ -33,12 +33,12 @@ def events(raised) -> list[str]:
     return [item.alert.event for item in raised]
 
 
-def info(deployment, connector_id: str = "conn_1") -> ConnectorInfo:
+def info(deployment, connector_id: str = "conn_1", token_id: int = 1) -> ConnectorInfo:
     now = time.time()
     return ConnectorInfo(
         channel=f"test!{connector_id}",
         deployment_id=deployment.pk,
-        token_id=1,
+        token_id=token_id,
         connector_id=connector_id,
         version="9.9.9",
         remote="127.0.0.1:1",
@@ -122,12 +122,18 @@ def test_flapping_fires_once_and_resolves_when_the_connectors_settle(org, deploy
 
 
 @pytest.mark.django_db
-def test_the_tunnels_signals_leave_the_connect_history(deployment):
-    connector_connected.send(sender=None, info=info(deployment))
-    connector_disconnected.send(sender=None, info=info(deployment), reason="connector_disconnected")
-    assert list(ConnectorEvent.objects.order_by("id").values_list("kind", "connector_id", "reason")) == [
-        ("connected", "conn_1", ""),
-        ("disconnected", "conn_1", "connector_disconnected"),
+def test_the_tunnels_signals_leave_the_connect_history(deployment, connector_token):
+    connector_connected.send(sender=None, info=info(deployment, token_id=connector_token.pk))
+    connector_disconnected.send(
+        sender=None,
+        info=info(deployment, token_id=connector_token.pk),
+        reason="connector_disconnected",
+        close_code=1006,
+    )
+    rows = ConnectorEvent.objects.order_by("id").values_list("kind", "connector_id", "token_id", "reason", "close_code")
+    assert list(rows) == [
+        ("connected", "conn_1", connector_token.pk, "", None),
+        ("disconnected", "conn_1", connector_token.pk, "connector_disconnected", 1006),
     ]
 
 

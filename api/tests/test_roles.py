@@ -30,6 +30,11 @@ MANAGEMENT = [
     ("get", "/api/orgs/acme/keys/{key}/"),
     ("patch", "/api/orgs/acme/keys/{key}/"),
     ("post", "/api/orgs/acme/keys/{key}/revoke/"),
+    ("post", "/api/orgs/acme/keys/{key}/rotate/"),
+    ("post", "/api/orgs/acme/keys/{key}/end-grace/"),
+    ("post", "/api/orgs/acme/keys/{key}/pause/"),
+    ("post", "/api/orgs/acme/keys/{key}/resume/"),
+    ("post", "/api/orgs/acme/keys/{key}/expiry/"),
     ("get", "/api/orgs/acme/deployments/"),
     ("post", "/api/orgs/acme/deployments/"),
     ("get", "/api/orgs/acme/deployments/{dep}/"),
@@ -56,7 +61,7 @@ def call(client, method, url, objects):
 
 def unchanged(objects) -> bool:
     return (
-        ApiKey.objects.get(pk=objects["key"]).revoked_at is None
+        ApiKey.objects.filter(pk=objects["key"], revoked_at=None, paused_at=None, rotated_at=None).exists()
         and ApiKey.objects.count() == 1
         and ConnectorToken.objects.get(pk=objects["tok"]).revoked_at is None
         and ModelGrant.objects.filter(pk=objects["grant"]).exists()

@@ -99,8 +99,14 @@ STATUS_CLASSES = {
     "accepted": "ok",
     "revoked": "muted",
     "expired": "warn",
+    "paused": "warn",  # API keys (accounts.keys); the two below: billing.key_usage
+    "over_budget": "bad",
+    "rate_limited": "warn",
     "offline": "bad",
     "draining": "warn",
+    "running": "info",  # a statement's month (billing.models.StatementStatus)
+    "closing": "warn",
+    "issued": "ok",
 }
 
 

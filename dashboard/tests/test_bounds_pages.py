@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import MAX_BUDGET_MICROS, MAX_RATE_LIMIT, ApiKey
+from accounts.once import new_form_token
 from billing.forms import FIRST_DAY, LAST_DAY
 from deployments.models import MAX_PRICE_MICROS, Deployment
 from lib.money import micros_to_usd
@@ -34,7 +35,7 @@ MAX_BUDGET_USD = micros_to_usd(MAX_BUDGET_MICROS).normalize()
 @pytest.mark.parametrize("edit", [False, True], ids=["create", "edit"])
 def test_a_key_limit_past_its_bound_is_a_form_error(as_owner, key, field, value, edit):
     url = reverse("dashboard:key_edit", args=[key.pk]) if edit else reverse("dashboard:key_create")
-    response = as_owner.post(url, {"name": "huge", field: value})
+    response = as_owner.post(url, {"form_token": new_form_token(), "name": "huge", field: value})
     assert response.status_code == 200
     assert list(response.context["form"].errors) == [field]
     assert not ApiKey.objects.filter(name="huge").exists()
@@ -42,6 +43,7 @@ def test_a_key_limit_past_its_bound_is_a_form_error(as_owner, key, field, value,
 
 def test_a_key_at_the_bounds_is_created(as_owner, org):
     form = {
+        "form_token": new_form_token(),
         "name": "big",
         "rpm_limit": str(MAX_RATE_LIMIT),
         "tpm_limit": str(MAX_RATE_LIMIT),
@@ -68,7 +70,8 @@ def test_a_price_past_the_bound_is_a_form_error(as_owner, deployment, price):
     deployment.refresh_from_db()
     assert deployment.price_output_micros == 400_000
     response = as_owner.post(
-        reverse("dashboard:deployment_create"), {"name": "dear", "price_input_micros": price, "price_output_micros": 0}
+        reverse("dashboard:deployment_create"),
+        {"form_token": new_form_token(), "name": "dear", "price_input_micros": price, "price_output_micros": 0},
     )
     assert response.status_code == 200 and list(response.context["form"].errors) == ["price_input_micros"]
     assert not Deployment.objects.filter(name="dear").exists()
@@ -117,8 +120,9 @@ def test_the_first_and_last_days_are_valid_filters(as_owner, org, key):
 
 
 def test_a_key_may_expire_on_the_last_day_but_not_after(as_owner, org):
-    response = as_owner.post(reverse("dashboard:key_create"), {"name": "late", "expires_on": "9999-12-31"})
+    form = {"form_token": new_form_token(), "name": "late", "expires_on": "9999-12-31"}
+    response = as_owner.post(reverse("dashboard:key_create"), form)
     assert response.status_code == 200 and list(response.context["form"].errors) == ["expires_on"]
-    response = as_owner.post(reverse("dashboard:key_create"), {"name": "late", "expires_on": LAST_DAY.isoformat()})
+    response = as_owner.post(reverse("dashboard:key_create"), {**form, "expires_on": LAST_DAY.isoformat()})
     assert response.status_code == 201
     assert ApiKey.objects.get(name="late").expires_at.date() == LAST_DAY

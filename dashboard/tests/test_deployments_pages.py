@@ -8,6 +8,7 @@ from django.urls import reverse
 
 from accounts.actions import add_member
 from accounts.models import AuditLog, Role
+from accounts.once import new_form_token
 from accounts.secrets import hash_secret
 from dashboard.tests.conftest import connector_info
 from deployments.models import ConnectorToken, Deployment, ModelGrant
@@ -20,7 +21,8 @@ def detail(deployment) -> str:
 
 
 def _without_csrf(page: str) -> str:
-    return re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', "", page)
+    # and without the create forms' one-time tokens (accounts.once), random on every page
+    return re.sub(r'name="(?:csrfmiddlewaretoken|form_token)" value="[^"]*"', "", page)
 
 
 @pytest.mark.parametrize("persona", ["as_owner", "as_admin"])
@@ -75,6 +77,7 @@ def test_creating_a_deployment_stores_prices_in_micros(as_owner, org):
     response = as_owner.post(
         reverse("dashboard:deployment_create"),
         {
+            "form_token": new_form_token(),
             "name": "qwen-coder",
             "upstream_model": "qwen2.5-coder",
             "price_input_micros": "0.15",
@@ -90,12 +93,12 @@ def test_creating_a_deployment_stores_prices_in_micros(as_owner, org):
 def test_creating_a_deployment_with_a_taken_or_bad_name_shows_the_error(as_owner, deployment, other_deployment):
     response = as_owner.post(
         reverse("dashboard:deployment_create"),
-        {"name": "globex-llama", "price_input_micros": "0", "price_output_micros": "0"},
+        {"form_token": new_form_token(), "name": "globex-llama", "price_input_micros": "0", "price_output_micros": "0"},
     )
     assert response.status_code == 200 and "already exists" in response.text
     response = as_owner.post(
         reverse("dashboard:deployment_create"),
-        {"name": "Bad Name!", "price_input_micros": "0", "price_output_micros": "0"},
+        {"form_token": new_form_token(), "name": "Bad Name!", "price_input_micros": "0", "price_output_micros": "0"},
     )
     assert "not a valid deployment name" in response.text
     assert Deployment.objects.count() == 2
@@ -121,7 +124,10 @@ def test_without_a_connector_the_page_shows_the_command_to_run(as_owner, deploym
 
 
 def test_a_connector_token_is_shown_once_and_stored_hashed(as_owner, deployment):
-    response = as_owner.post(reverse("dashboard:deployment_token_create", args=[deployment.pk]), {"name": "gpu-2"})
+    response = as_owner.post(
+        reverse("dashboard:deployment_token_create", args=[deployment.pk]),
+        {"form_token": new_form_token(), "name": "gpu-2"},
+    )
     assert response.status_code == 201
     assert "no-store" in response["Cache-Control"]
     token = ConnectorToken.objects.get(name="gpu-2")

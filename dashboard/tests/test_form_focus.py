@@ -16,6 +16,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts.actions import create_api_key
 from accounts.invitations import invite
+from accounts.once import new_form_token
 from dashboard.forms import ApiKeyForm
 from dashboard.templatetags.tokios import error_items
 
@@ -73,7 +74,10 @@ def test_a_page_of_several_forms_takes_no_field_s_focus(as_owner, deployment):
 
 
 def test_an_invalid_key_starts_with_a_summary_linking_each_field_and_no_autofocus(as_owner, deployment):
-    response = as_owner.post(reverse("dashboard:key_create"), {"name": "", "rpm_limit": "0", "deployments": ["999"]})
+    response = as_owner.post(
+        reverse("dashboard:key_create"),
+        {"form_token": new_form_token(), "name": "", "rpm_limit": "0", "deployments": ["999"]},
+    )
     assert response.status_code == 200
     found = summary(response.text)
     assert "There are 3 problems" in found
@@ -89,10 +93,13 @@ def test_an_invalid_key_starts_with_a_summary_linking_each_field_and_no_autofocu
 
 
 def test_an_invalid_deployment_name_is_summarised(as_owner):
-    prices = {"price_input_micros": "0", "price_output_micros": "0"}
+    prices = {"form_token": new_form_token(), "price_input_micros": "0", "price_output_micros": "0"}
     response = as_owner.post(reverse("dashboard:deployment_create"), {"name": "Not Valid!", **prices})
     assert 'href="#id_name">Name:' in summary(response.text)
-    response = as_owner.post(reverse("dashboard:deployment_create"), {"name": "ok-name", "price_input_micros": "0"})
+    response = as_owner.post(
+        reverse("dashboard:deployment_create"),
+        {"form_token": new_form_token(), "name": "ok-name", "price_input_micros": "0"},
+    )
     assert 'href="#id_price_output_micros">Output price (USD per million tokens):' in summary(response.text)
 
 

@@ -46,7 +46,7 @@ def alert_settings(request: OrgRequest) -> HttpResponse:
     form = AlertSettingsForm(request.POST, instance=AlertSettings.for_org(request.org))
     if form.is_valid():
         try:
-            update_settings(org=request.org, **form.settings_fields())
+            update_settings(org=request.org, actor=request.user, **form.settings_fields())
         except ValidationError as exc:
             form.add_error(None, exc)
         else:

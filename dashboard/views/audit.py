@@ -9,6 +9,7 @@ from django.shortcuts import render
 
 from accounts.models import AuditLog
 from accounts.tenancy import OrgRequest, org_view
+from deployments.models import ConnectorToken
 
 from ..forms import AuditFilterForm
 
@@ -26,7 +27,9 @@ def audit_log(request: OrgRequest) -> HttpResponse:
         if data["actor"]:
             entries = entries.filter(Q(actor__email__icontains=data["actor"]) | Q(actor_label__icontains=data["actor"]))
         if data["target"]:
-            entries = entries.filter(target__icontains=data["target"])
+            # Connector tokens are named by prefix in their rows, like keys (AuditLog.matching).
+            tokens = ConnectorToken.objects.filter(deployment__org=request.org, name__icontains=data["target"])
+            entries = entries.matching(data["target"], named_prefixes=tokens.values("prefix"))
         if data["start"]:
             entries = entries.filter(created_at__gte=datetime.combine(data["start"], time.min, tzinfo=UTC))
         if data["end"]:

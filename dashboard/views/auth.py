@@ -21,7 +21,7 @@ from accounts.models import PersonalAccessToken, User
 from accounts.tenancy import memberships_for, org_for_request, select_org
 from accounts.throttle import allow_password_reset, client_ip
 
-from ..forms import AcceptInvitationForm, ConfirmedPasswordChangeForm, PersonalAccessTokenForm
+from ..forms import AcceptInvitationForm, ConfirmedPasswordChangeForm, PasswordResetForm, PersonalAccessTokenForm
 from .common import secret_page
 
 
@@ -47,6 +47,7 @@ class PasswordResetView(auth_views.PasswordResetView):
     """Beyond settings.PASSWORD_RESET_PER_EMAIL requests an hour for one address, or
     PASSWORD_RESET_PER_IP from one client address, the same "check your email" page and no e-mail."""
 
+    form_class = PasswordResetForm
     email_template_name = "registration/password_reset_email.txt"
     subject_template_name = "registration/password_reset_subject.txt"
     success_url = reverse_lazy("dashboard:password_reset_done")

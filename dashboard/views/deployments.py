@@ -9,6 +9,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from accounts.models import SubmittedForm
+from accounts.once import AlreadySubmitted, submit_once
 from accounts.tenancy import OrgRequest, org_view, owned_or_404
 from deployments.actions import (
     create_connector_token,
@@ -21,9 +23,12 @@ from deployments.actions import (
 from deployments.connector import connector_command, server_url
 from deployments.models import ConnectorToken, Deployment, ModelGrant
 
-from ..forms import ConnectorTokenForm, DeploymentForm, GrantForm, PricesForm
-from ..presence import connectors_for, online_ids
+from ..forms import GrantForm, PricesForm
+from ..once import ConnectorTokenCreateForm, DeploymentCreateForm
+from ..presence import online_ids
 from .common import secret_page
+from .deployment_state import live_context
+from .once import already_created
 
 
 @org_view(manage=True)
@@ -34,16 +39,21 @@ def deployment_list(request: OrgRequest) -> HttpResponse:
     return render(
         request,
         "dashboard/deployments.html",
-        {"own": own, "shared": shared, "online": online, "form": DeploymentForm()},
+        {"own": own, "shared": shared, "online": online, "form": DeploymentCreateForm()},
     )
 
 
 @org_view(manage=True)
 def deployment_create(request: OrgRequest) -> HttpResponse:
-    form = DeploymentForm(request.POST or None)
+    form = DeploymentCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        # Submitted again (a reload, a double click): "already created", not a second try (dashboard/once.py).
         try:
-            deployment = create_deployment(org=request.org, created_by=request.user, **form.cleaned_data)
+            with submit_once(user=request.user, token=form.token, kind=SubmittedForm.Kind.DEPLOYMENT) as claim:
+                deployment = create_deployment(org=request.org, created_by=request.user, **form.cleaned_data)
+                claim.made(deployment, deployment.name)
+        except AlreadySubmitted as done:
+            return already_created(request, done.submitted)
         except ValidationError as exc:
             form.add_error("name", exc)
         else:
@@ -54,8 +64,7 @@ def deployment_create(request: OrgRequest) -> HttpResponse:
 
 def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dict:
     context = {
-        "deployment": deployment,
-        "connectors": connectors_for(deployment.id),
+        **live_context(request, deployment),  # connectors, history, uptime: refreshed by dashboard.js
         "tokens": deployment.connector_tokens.select_related("created_by"),
         "grants": deployment.grants.select_related("org").order_by("org__slug"),
         "command": connector_command(server_url(request)),
@@ -66,7 +75,7 @@ def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dic
                 "price_output_micros": deployment.price_output_micros,
             }
         ),
-        "token_form": ConnectorTokenForm(),
+        "token_form": ConnectorTokenCreateForm(),
         "grant_form": GrantForm(user=request.user),
     }
     context.update(forms)
@@ -96,14 +105,20 @@ def deployment_prices(request: OrgRequest, pk: int) -> HttpResponse:
 @require_POST
 def token_create(request: OrgRequest, pk: int) -> HttpResponse:
     deployment = owned_or_404(Deployment, request.org, pk=pk)
-    form = ConnectorTokenForm(request.POST)
+    form = ConnectorTokenCreateForm(request.POST)
     if not form.is_valid():
         return render(
             request, "dashboard/deployment_detail.html", _detail_context(request, deployment, token_form=form)
         )
-    token, secret = create_connector_token(
-        deployment=deployment, name=form.cleaned_data["name"], created_by=request.user
-    )
+    # Submitted again (a reload of the page with the secret): "already created", no second token.
+    try:
+        with submit_once(user=request.user, token=form.token, kind=SubmittedForm.Kind.CONNECTOR_TOKEN) as claim:
+            token, secret = create_connector_token(
+                deployment=deployment, name=form.cleaned_data["name"], created_by=request.user
+            )
+            claim.made(token, f"{token.prefix}… for {deployment.name}")
+    except AlreadySubmitted as done:
+        return already_created(request, done.submitted)
     return secret_page(
         request,
         title=f"Connector token for {deployment.name}",

@@ -8,10 +8,11 @@ from django.core.exceptions import ValidationError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
 from accounts.actions import change_role, remove_member, rotate_share_id
-from accounts.invitations import invite_member, revoke_invitation
+from accounts.invitations import invite_member_with_link, revoke_invitation
 from accounts.models import Invitation, Membership
 from accounts.tenancy import OrgRequest, assignable_roles, check_can_manage_member, org_view, owned_or_404
 
@@ -44,7 +45,7 @@ def member_add(request: OrgRequest) -> HttpResponse:
     if form.is_valid():
         check_can_manage_member(request.membership, None, form.cleaned_data["role"])
         try:
-            invitation = invite_member(
+            invitation, link = invite_member_with_link(
                 org=request.org,
                 email=form.cleaned_data["email"],
                 role=form.cleaned_data["role"],
@@ -56,8 +57,19 @@ def member_add(request: OrgRequest) -> HttpResponse:
         else:
             # The same words whether the address has an account or not (accounts.invitations).
             messages.success(request, f"Invitation sent to {invitation.email}; the link works for 7 days.")
-            return redirect("dashboard:members")
+            return invitation_created_page(request, invitation=invitation, link=link)
     return render(request, "dashboard/members.html", _context(request, form))
+
+
+def invitation_created_page(request: OrgRequest, *, invitation: Invitation, link: str) -> HttpResponse:
+    """The link, once, for the inviter to send another way when e-mail may not arrive. Like a new key:
+    rendered from the POST, never stored (only its hash is), kept out of every cache."""
+    response = render(
+        request, "dashboard/invitation_created.html", {"invitation": invitation, "link": link}, status=201
+    )
+    add_never_cache_headers(response)
+    response["Cache-Control"] = "no-store, private"
+    return response
 
 
 @org_view(manage=True)

@@ -1,4 +1,6 @@
-"""GET /v1/models and /v1/models/{id}: exactly the deployments the key may call."""
+"""GET /v1/models and /v1/models/{id}: exactly the deployments the key may call. A disabled one is left
+out of the list (a model picker must not offer it) and retrieving it answers what calling it does:
+503 `deployment_disabled`."""
 
 from __future__ import annotations
 
@@ -9,14 +11,14 @@ from django.http import HttpResponse
 
 from deployments.models import Deployment
 
-from ..access import DeploymentRecord, KeyRecord, get_deployment, key_allows
+from ..access import DeploymentRecord, KeyRecord, deployment_disabled, get_deployment, key_allows
 from ..errors import GatewayError, json_response
 from ..gateway import RequestScope
 from ..tunnel import presence
 
 
 def _visible_names(key: KeyRecord) -> list[str]:
-    qs = Deployment.objects.usable_by(key.org_id)
+    qs = Deployment.objects.usable_by(key.org_id).enabled()
     if not key.all_models:
         qs = qs.filter(id__in=key.allowed)
     return sorted(set(qs.values_list("name", flat=True)))
@@ -26,7 +28,7 @@ async def _records(key: KeyRecord) -> list[DeploymentRecord]:
     names = await sync_to_async(_visible_names)(key)
     records = [await get_deployment(name) for name in names]
     # The same rule as every request's access check, so the list and a 403 never disagree.
-    return [r for r in records if r is not None and key_allows(key, r)]
+    return [r for r in records if r is not None and key_allows(key, r) and not r.disabled]
 
 
 async def _entry(scope: RequestScope, record: DeploymentRecord) -> dict:
@@ -71,4 +73,7 @@ async def get_model(scope: RequestScope, model_id: str) -> HttpResponse:
             code="model_not_found",
             param="model",
         )
+    if record.disabled:
+        denied = deployment_disabled(model_id)
+        raise GatewayError(denied.status, denied.message, code=denied.code, param=denied.param, headers=denied.headers)
     return json_response(await _entry(scope, record))

@@ -229,17 +229,20 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
                 await self.tunnel_revoked({})
                 return
             await session.drop_orphans()
-            await self._send_text(protocol.encode(protocol.Ping(time.time())))
+            await session.send(protocol.Ping(time.time()))
             session.info.last_heartbeat = time.time()
 
     async def disconnect(self, code) -> None:
         if self.session is not None and not self.ended:
             log.info("connector %s offline (close %s)", self.session.info.connector_id, code)
-        await self._end(None, "", "connector_disconnected", "the connector disconnected")
+        await self._end(None, "", "connector_disconnected", "the connector disconnected", peer_code=code)
 
-    async def _end(self, close_code: int | None, reason: str, failure: str, message: str) -> None:
+    async def _end(
+        self, close_code: int | None, reason: str, failure: str, message: str, peer_code: int | None = None
+    ) -> None:
         """Take the connector out of service (once): out of presence first, so that nothing new is
-        routed to it, then fail what it holds, then close the socket if it is still open."""
+        routed to it, then fail what it holds, then close the socket if it is still open. The
+        history records `close_code` (ours) or else `peer_code` (the connector's, 1006 if none)."""
         if getattr(self, "ended", False):
             return
         self.ended = True
@@ -260,7 +263,10 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
                 pass
         if session is not None:  # the history alerts keep (flapping); after the close, not before it
             await signals.connector_disconnected.asend_robust(
-                sender=ConnectorConsumer, info=session.info, reason=failure
+                sender=ConnectorConsumer,
+                info=session.info,
+                reason=failure,
+                close_code=close_code if close_code is not None else peer_code,
             )
 
     # --- messages from other processes --------------------------------------------------------------

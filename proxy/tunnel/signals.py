@@ -6,5 +6,7 @@ from django.dispatch import Signal
 
 # Sent with `info` (the presence.ConnectorInfo) once a connector is welcomed and published.
 connector_connected = Signal()
-# Sent with `info` and `reason` once a welcomed connector is out of service, however it ended.
+# Sent with `info`, `reason` and `close_code` (the WebSocket close code: the server's when it closed
+# the connection, else the connector's; None when the server process stopped it) once a welcomed
+# connector is out of service, however it ended.
 connector_disconnected = Signal()

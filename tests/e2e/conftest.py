@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.process_group import stop_group
+
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = Path(os.environ.get("TOKIOS_DATA_DIR", ROOT / ".tokios")) / "e2e-logs"
 
@@ -68,19 +70,11 @@ class Proc:
         raise AssertionError(f"{self.name} did not print {text!r} within {timeout}s:\n{self.output()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        """Stop it and everything it started (its process group), and wait until all of it is gone."""
         try:
-            os.killpg(self.popen.pid, signal.SIGKILL)  # anything it left behind
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.log.close()
-        return self.popen.returncode
+            return stop_group(self.popen, sig, timeout)
+        finally:
+            self.log.close()
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Proc, base_env, free_port, wait_http
-from tests.gemma_demo import LLAMA_SAFE_ARGS
+from tests.gemma_demo import LLAMA_ARGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gemma, pytest.mark.django_db(transaction=True)]
 
@@ -41,7 +41,7 @@ def llama_server():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     port = free_port()
-    args = [binary, "-m", model, "--port", str(port), "--ctx-size", "4096", "--", *LLAMA_SAFE_ARGS]
+    args = [binary, "-m", model, "--port", str(port), "--ctx-size", "4096", "--", *LLAMA_ARGS]
     proc = Proc("llama-server", args, base_env())
     wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
     yield f"http://127.0.0.1:{port}/v1"
@@ -115,3 +115,18 @@ def test_count_tokens_uses_gemmas_own_tokenizer(server, gemma):
     assert response.status_code == 200
     assert response.headers["x-tokios-token-count"] == "exact"
     assert response.json()["input_tokens"] > 2  # the chat template adds its own tokens
+
+
+def test_llama_cpp_speaks_gemmas_own_chat_template(server, gemma, llama_server):
+    import httpx
+
+    # The file carries none; ChatML (llama.cpp's fallback) would make the model write its markup.
+    shown = httpx.post(
+        llama_server.removesuffix("/v1") + "/apply-template", json={"messages": [{"role": "user", "content": "Hi"}]}
+    ).json()["prompt"]
+    assert shown == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    client = openai.OpenAI(api_key=gemma.key, base_url=f"{server.url}/v1", max_retries=0)
+    reply = client.chat.completions.create(
+        model="gemma-tunnel", max_tokens=24, messages=[{"role": "user", "content": "Name three colours."}]
+    )
+    assert "<|im_start|>" not in reply.choices[0].message.content

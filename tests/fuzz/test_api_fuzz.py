@@ -16,6 +16,7 @@ import schemathesis
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from django.test import override_settings
 from hypothesis import currently_in_test_context, event, note
 from schemathesis.checks import not_a_server_error
 
@@ -37,7 +38,10 @@ config = schemathesis.Config.from_dict(
         "warnings": False,
     }
 )
-schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", app, config=config)
+# The schema is for signed-in users and token holders (api/docs.py); the fuzzer reads it as the
+# public one a deployment may choose to serve.
+with override_settings(API_DOCS_PUBLIC=True):
+    schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", app, config=config)
 
 
 @contextmanager

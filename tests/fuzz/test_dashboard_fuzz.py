@@ -13,6 +13,8 @@ from django.test import Client
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
+from accounts.once import new_form_token
+
 from .budget import fuzz
 from .known import ServerErrors
 from .strategies import EDGE_INTS, odd_strings
@@ -94,8 +96,9 @@ budgets = st.one_of(limits, st.decimals(allow_nan=True), st.sampled_from(["9" * 
     edit=st.booleans(),
 )
 def test_no_number_makes_the_key_forms_fail(browser, key, rpm, tpm, budget, expires, edit):
-    url = f"/keys/{key.id}/" if edit else "/keys/new/"
+    url = f"/keys/{key.id}/edit/" if edit else "/keys/new/"
     form = {
+        "form_token": new_form_token(),  # the create form's one-time token (accounts.once)
         "name": "fuzzed",
         "rpm_limit": rpm,
         "tpm_limit": tpm,
@@ -132,9 +135,9 @@ def test_a_known_bad_day_gets_a_4xx(browser, url):
 @pytest.mark.parametrize("field", ["rpm_limit", "tpm_limit"])
 @pytest.mark.parametrize("url", ["/keys/new/", "edit"])
 def test_a_key_limit_past_64_bits_gets_a_4xx(browser, key, field, url):
-    url = f"/keys/{key.id}/" if url == "edit" else url
+    url = f"/keys/{key.id}/edit/" if url == "edit" else url
     with ServerErrors() as errors:
-        response = browser.post(url, {"name": "huge", field: str(2**63)})
+        response = browser.post(url, {"form_token": new_form_token(), "name": "huge", field: str(2**63)})
     assert response.status_code < 500, errors.describe()
     assert field in response.context["form"].errors
 

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from accounts.models import MAX_RATE_LIMIT, Organization
+from accounts.onboarding import check_server
 
 
 @contextmanager
@@ -43,3 +44,11 @@ def rate_limit(value: str) -> int:
     if number > MAX_RATE_LIMIT:
         raise argparse.ArgumentTypeError(f"{value} is more than the largest limit, {MAX_RATE_LIMIT:,}")
     return number
+
+
+def server_address(value: str) -> str:
+    """--server: the origin users open the dashboard at, e.g. https://tokios.example."""
+    try:
+        return check_server(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -48,3 +48,38 @@ document.addEventListener("click", (event) => {
   (input.closest(".field") || input).scrollIntoView({ block: "start" });
   input.focus({ preventScroll: true });
 });
+
+// A deployment's page keeps its status, connectors, uptime and history current: every few seconds it
+// asks for those parts (rendered by the server's own templates) and swaps in the ones that changed.
+// Not while the tab is hidden, and not into a part that holds the focus (until the focus leaves it).
+const livePart = document.querySelector("[data-live-url]");
+if (livePart) {
+  const every = Math.max(2, Number(livePart.dataset.pollSeconds) || 5) * 1000;
+  let asking = false;
+  const refresh = async () => {
+    if (asking || document.hidden) return;
+    asking = true;
+    try {
+      const response = await fetch(livePart.dataset.liveUrl, {
+        headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+      });
+      if (!response.ok) return;
+      const data = await response.json();
+      for (const [id, html] of Object.entries(data.fragments || {})) {
+        const part = document.getElementById(id);
+        if (!part || part.contains(document.activeElement)) continue;
+        const fresh = document.createElement("template");
+        fresh.innerHTML = html;
+        // Both serialised by the browser, so equal when nothing changed: a live region is not re-read.
+        if (fresh.innerHTML !== part.innerHTML) part.replaceChildren(fresh.content);
+      }
+      document.body.dataset.liveState = data.state;
+    } catch (err) {
+      // Offline, or signed out (the answer is the sign-in page): try again next time.
+    } finally {
+      asking = false;
+    }
+  };
+  setInterval(refresh, every);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+}

@@ -74,7 +74,7 @@ def seed(org, owner) -> Seeded:
     from accounts.actions import create_api_key, create_org, create_personal_access_token
     from accounts.invitations import invite
     from accounts.models import Membership, Role, User
-    from alerts.models import WebhookEndpoint
+    from alerts.models import ConnectorEvent, WebhookEndpoint
     from alerts.webhooks import new_salt
     from billing.models import Statement, StatementLine
     from dashboard.tests.request_data import request_event
@@ -94,6 +94,10 @@ def seed(org, owner) -> Seeded:
     grant_model(deployment=deployment, org=other)
     grant_model(deployment=create_deployment(org=other, name="zeta-" + LONG_DEPLOYMENT[:59]), org=org)
     token, _ = create_connector_token(deployment=deployment, name=LONG_KEY_NAME, created_by=owner)
+    for kind, code in (("connected", None), ("disconnected", 1006)):  # the deployment page's history
+        ConnectorEvent.objects.create(
+            deployment=deployment, kind=kind, connector_id="conn_0123456789ab", token=token, close_code=code
+        )
     key, _ = create_api_key(
         org=org, name=LONG_KEY_NAME, created_by=owner, rpm_limit=600, monthly_budget_micros=50_000_000
     )
@@ -134,16 +138,26 @@ def owner_pages(s: Seeded) -> list[tuple[str, str, int]]:
         ("deployment-new", "/deployments/new/", 200),
         ("deployment-detail", f"/deployments/{d}/", 200),
         ("token-revoke", f"/deployments/{d}/tokens/{s.token.pk}/revoke/", 200),
+        ("deployment-delete", f"/deployments/{d}/delete/", 200),
         ("keys", "/keys/", 200),
         ("key-new", "/keys/new/", 200),
-        ("key-edit", f"/keys/{s.key.pk}/", 200),
+        ("key-detail", f"/keys/{s.key.pk}/", 200),
+        ("key-edit", f"/keys/{s.key.pk}/edit/", 200),
+        ("key-rotate", f"/keys/{s.key.pk}/rotate/", 200),
+        ("key-pause", f"/keys/{s.key.pk}/pause/", 200),
+        ("key-expiry", f"/keys/{s.key.pk}/expiry/", 200),
         ("key-revoke", f"/keys/{s.key.pk}/revoke/", 200),
+        ("keys-all", "/keys/?status=all", 200),
+        ("keys-no-match", "/keys/?q=no-such-key&status=revoked", 200),
         ("usage", "/usage/", 200),
         ("usage-invalid", "/usage/?start=2026-12-10&end=2026-12-01", 400),
+        ("usage-hourly-narrowed", "/usage/?period=hour", 200),
+        ("usage-last-month", "/usage/?range=last-month&top=1", 200),
         ("requests", "/requests/", 200),
         ("request-detail", f"/requests/{s.request_id}/", 200),
         ("statements", "/statements/", 200),
         ("statement-detail", "/statements/2026-10/", 200),
+        ("settings", "/settings/", 200),
         ("members", "/members/", 200),
         ("member-remove", f"/members/{s.membership.pk}/remove/", 200),
         ("audit", "/audit/", 200),
@@ -153,6 +167,8 @@ def owner_pages(s: Seeded) -> list[tuple[str, str, int]]:
         ("profile", "/profile/", 200),
         ("password-change", "/password/change/", 200),
         ("password-changed", "/password/change/done/", 200),
+        ("audit-search", "/audit/?target=nightly", 200),
+        ("api-docs", "/api/docs/", 200),
         ("not-found", "/no-such-page/", 404),
         ("not-found-other-org", f"/deployments/{d + 1000}/", 404),
     ]
@@ -176,6 +192,7 @@ def member_pages() -> list[tuple[str, str, int]]:
         ("member-usage", "/usage/", 200),
         ("member-requests", "/requests/", 200),
         ("member-forbidden", "/keys/", 403),
+        ("member-settings-forbidden", "/settings/", 403),
         ("member-profile", "/profile/", 200),
     ]
 
