@@ -48,6 +48,37 @@ def _rolled_up_requests(database: Path) -> int:
     return int(total)
 
 
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+def _sign_in_with_link(link: str, port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    password = "a long passphrase for the demo 7"
+    with httpx.Client(base_url=base, follow_redirects=True, timeout=10) as client:
+        form = client.get(link)  # the token moves into the session; the form is at a token-free address
+        assert form.status_code == 200, form.text[:2000]
+        chosen = client.post(
+            str(form.url),
+            data={"csrfmiddlewaretoken": _csrf(form.text), "new_password1": password, "new_password2": password},
+            headers={"referer": str(form.url)},
+        )
+        assert chosen.status_code == 200, chosen.text[:2000]
+        login = client.get("/login/")
+        signed_in = client.post(
+            "/login/",
+            data={"csrfmiddlewaretoken": _csrf(login.text), "username": "admin@demo.local", "password": password},
+            headers={"referer": f"{base}/login/"},
+        )
+        assert signed_in.status_code == 200 and "/login/" not in str(signed_in.url), signed_in.text[:2000]
+        usage = client.get("/usage/")
+        assert usage.status_code == 200
+        total = re.search(r'<th scope="row">Total</th><td class="num">([\d,]+)</td>', usage.text)
+        assert total and total.group(1) == "5", usage.text[-3000:]
+
+
 def test_dev_run_rolls_usage_up_by_itself_and_stops_everything_on_ctrl_c(tmp_path, fake_upstream):
     port = free_port()
     data_dir = tmp_path / "tokios-data"
@@ -93,6 +124,11 @@ def test_dev_run_rolls_usage_up_by_itself_and_stops_everything_on_ctrl_c(tmp_pat
         while _rolled_up_requests(database) < 5 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _rolled_up_requests(database) == 5, run.output()[-4000:]
+
+        # As the new user: the set-password link dev.py printed, sign in, and the usage page's Total row.
+        link = re.search(r"(http://127\.0\.0\.1:\d+/password/reset/\S+)", output)
+        assert link, output
+        _sign_in_with_link(link.group(1), port)
 
         marker = f"TOKIOS_DATA_DIR={data_dir}"
         assert len(_processes_with(marker)) >= 3  # dev.py, uvicorn and the Celery worker
