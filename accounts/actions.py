@@ -111,6 +111,11 @@ def remove_member(*, membership: Membership, actor: User | None = None) -> None:
     if membership.role == Role.OWNER and _owners_left(membership.org, membership) == 0:
         raise ValidationError("An organisation must keep at least one owner.")
     audit(org=membership.org, action=AuditAction.MEMBER_REMOVED, target=membership.user.email, actor=actor)
+    # Their playground key (accounts.playground) is theirs alone: it goes with them.
+    for key in ApiKey.objects.filter(org=membership.org, created_by=membership.user, playground=True).filter(
+        revoked_at__isnull=True
+    ):
+        revoke_api_key(key=key, actor=actor)
     membership.delete()
 
 

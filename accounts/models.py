@@ -277,6 +277,9 @@ class ApiKey(models.Model):
     previous_prefix = models.CharField(max_length=32, blank=True, default="")
     previous_key_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
     previous_valid_until = models.DateTimeField(null=True, blank=True)
+    # A dashboard user's playground key (accounts.playground): one unrevoked per user and org, made
+    # and rotated by the playground page; admins see, pause and revoke it like any key.
+    playground = models.BooleanField(default=False)
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -284,6 +287,13 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org", "created_by"],
+                condition=models.Q(playground=True, revoked_at__isnull=True),
+                name="one_playground_key_per_user",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

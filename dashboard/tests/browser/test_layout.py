@@ -139,6 +139,7 @@ def owner_pages(s: Seeded) -> list[tuple[str, str, int]]:
         ("deployment-detail", f"/deployments/{d}/", 200),
         ("token-revoke", f"/deployments/{d}/tokens/{s.token.pk}/revoke/", 200),
         ("deployment-delete", f"/deployments/{d}/delete/", 200),
+        ("playground", "/playground/", 200),
         ("keys", "/keys/", 200),
         ("key-new", "/keys/new/", 200),
         ("key-detail", f"/keys/{s.key.pk}/", 200),
@@ -189,6 +190,7 @@ def signed_out_pages(s: Seeded) -> list[tuple[str, str, int]]:
 def member_pages() -> list[tuple[str, str, int]]:
     return [
         ("member-overview", "/", 200),
+        ("member-playground", "/playground/", 200),
         ("member-usage", "/usage/", 200),
         ("member-requests", "/requests/", 200),
         ("member-forbidden", "/keys/", 403),
