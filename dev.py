@@ -80,7 +80,20 @@ def run() -> None:
     # The usage pages, statements and alerts are made by Celery's periodic tasks: one worker with its
     # beat inside, on the same broker as the server (embedded: files under TOKIOS_DATA_DIR), started
     # and stopped with it. Production runs a separate worker and beat instead (README, docs/billing.md).
-    worker = [str(PY), "-m", "celery", "-A", "tokios_site", "worker", "--beat", "--pool", "solo", "-l", "WARNING"]
+    worker = [
+        str(PY),
+        "-m",
+        "celery",
+        "-A",
+        "tokios_site",
+        "--quiet",  # no banner
+        "worker",
+        "--beat",
+        "--pool",
+        "solo",
+        "-l",
+        "WARNING",
+    ]
     sys.exit(supervise([server, worker]))
 
 
