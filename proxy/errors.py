@@ -81,6 +81,21 @@ def anthropic_error_body(status: int, message: str, error_type: str | None, requ
     }
 
 
+# 4xx answers that may change if the same request is sent again: a slow body (408), a conflict (409),
+# a limit (429). Every other 4xx will not, and says so: the SDKs and coding agents (Claude Code
+# retries a 401 for minutes) read `x-should-retry` before their own status rules.
+RETRYABLE_4XX = frozenset({408, 409, 429})
+
+
+def error_response(data: dict, status: int, headers: dict[str, str] | None = None) -> HttpResponse:
+    """An error body as the response every /v1 error is: a 4xx that will not change on retry carries
+    `x-should-retry: false` unless the raiser said otherwise."""
+    response = json_response(data, status, headers)
+    if 400 <= status < 500 and status not in RETRYABLE_4XX and not response.has_header("x-should-retry"):
+        response["x-should-retry"] = "false"
+    return response
+
+
 def json_response(data: dict | list, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     response = HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
     if headers:

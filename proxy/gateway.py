@@ -28,7 +28,7 @@ from billing.models import MAX_EVENT_COST_MICROS, MAX_EVENT_TOKENS, MAX_REQUESTE
 from . import observe, tracing
 from .access import AccessDenied, DeploymentRecord, KeyRecord, authenticate_key, deployment_for
 from .calls import UpstreamCall
-from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
+from .errors import GatewayError, anthropic_error_body, error_response, openai_error_body
 
 log = logging.getLogger("tokios.gateway")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -186,7 +186,7 @@ class RequestScope:
             data = anthropic_error_body(exc.status, exc.message, exc.error_type, self.request_id)
         else:
             data = openai_error_body(exc.status, exc.message, exc.code, exc.param, exc.error_type)
-        return self.finish_headers(json_response(data, exc.status, {**self.headers, **exc.headers}))
+        return self.finish_headers(error_response(data, exc.status, {**self.headers, **exc.headers}))
 
     def finish_headers(self, response: HttpResponseBase) -> HttpResponseBase:
         response["x-request-id"] = self.request_id

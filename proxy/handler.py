@@ -48,7 +48,7 @@ from django.urls import resolve, set_script_prefix, set_urlconf
 
 from lib.contract import BareASGIHandler
 
-from .errors import GatewayError, anthropic_error_body, json_response, openai_error_body
+from .errors import GatewayError, anthropic_error_body, error_response, openai_error_body
 from .gateway import RequestScope
 
 log = logging.getLogger("tokios.gateway")
@@ -305,4 +305,4 @@ def _method_not_allowed(request, response):
     headers = {"x-request-id": request_id, "request-id": request_id}
     if response.has_header("Allow"):
         headers["Allow"] = response["Allow"]
-    return json_response(body, 405, headers)
+    return error_response(body, 405, headers)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.http import HttpRequest
 from django.views.decorators.csrf import csrf_exempt
 
-from .errors import anthropic_error_body, json_response, openai_error_body
+from .errors import anthropic_error_body, error_response, openai_error_body
 from .gateway import new_request_id
 
 
@@ -15,4 +15,4 @@ async def unknown_route(request: HttpRequest):
         body = anthropic_error_body(404, message, "not_found_error", request_id)
     else:
         body = openai_error_body(404, message, None, None, "invalid_request_error")
-    return json_response(body, 404, {"x-request-id": request_id, "request-id": request_id})
+    return error_response(body, 404, {"x-request-id": request_id, "request-id": request_id})

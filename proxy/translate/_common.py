@@ -189,3 +189,17 @@ class UsageTally:
             self._odd_usage = True
             # The translators' ids carry the request id ("msg_…" / "resp_…" for "req_…").
             log_odd_usage(reported.odd, str(getattr(self, "message_id", "") or getattr(self, "response_id", "")))
+
+
+def lead_with_one_system_message(messages: list[dict]) -> list[dict]:
+    """`messages` with every system message merged, in order, into one at index 0.
+
+    Many chat templates (Qwen, Llama, Gemma…) refuse a system message anywhere but first, and some
+    refuse two in a row; coding agents send instructions mid-conversation (Claude Code's system
+    messages, Codex's developer messages). Their texts are joined with a blank line, in the order
+    sent, so nothing is lost and the template always gets one system message, first."""
+    texts = [m["content"] for m in messages if m["role"] == "system" and m["content"]]
+    rest = [m for m in messages if m["role"] != "system"]
+    if not texts:
+        return rest
+    return [{"role": "system", "content": "\n\n".join(texts)}, *rest]

@@ -16,6 +16,7 @@ from ._common import (
     check_number,
     check_str,
     is_int,
+    lead_with_one_system_message,
 )
 from .errors import TranslationError
 
@@ -108,6 +109,10 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
         user_id = check_str(metadata, "user_id", "metadata.user_id")
 
     thinking = _thinking(body.get("thinking"))
+    effort = _output_effort(body.get("output_config"))
+    if body.get("context_management") is not None and not isinstance(body["context_management"], dict):
+        raise TranslationError("context_management: Input should be a valid dictionary", "context_management")
+    # context_management is accepted and not acted on: the gateway keeps no context to edit.
 
     chat: dict[str, Any] = {
         "model": upstream_model or model,
@@ -130,6 +135,8 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
             chat["parallel_tool_calls"] = False
     if user_id:
         chat["user"] = user_id
+    if effort:
+        chat["reasoning_effort"] = effort  # as /v1/responses forwards reasoning.effort
 
     info = MessagesRequestInfo(
         model=model,  # type: ignore[arg-type]  # check_str(required=True) returned a str
@@ -161,6 +168,15 @@ def _thinking(value: Any) -> bool:
     return kind != "disabled"
 
 
+def _output_effort(value: Any) -> str | None:
+    """`output_config.effort`, accepted (and forwarded as the model's reasoning effort)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TranslationError("output_config: Input should be a valid dictionary", "output_config")
+    return check_str(value, "effort", "output_config.effort")
+
+
 def _conversation(body: dict) -> tuple[list[dict], list[dict], Any, bool | None]:
     """Messages, tools and tool_choice shared by /v1/messages and count_tokens."""
     messages = body.get("messages")
@@ -180,10 +196,18 @@ def _conversation(body: dict) -> tuple[list[dict], list[dict], Any, bool | None]
         if not isinstance(msg, dict):
             raise TranslationError(f"{path}: Input should be a valid dictionary", path)
         role = msg.get("role")
-        if role not in ("user", "assistant"):
-            raise TranslationError(f"{path}.role: Input should be 'user' or 'assistant'", f"{path}.role")
+        if role not in ("user", "assistant", "system"):
+            raise TranslationError(f"{path}.role: Input should be 'user', 'assistant' or 'system'", f"{path}.role")
         content = msg.get("content")
-        if isinstance(content, str):
+        if role == "system":
+            # Mid-conversation instructions (Claude Code sends them); merged below into the one
+            # leading system message, the only place every chat template takes one.
+            text = _system_text(content, f"{path}.content")
+            if text is None and not isinstance(content, (str, list)):
+                raise TranslationError(f"{path}.content: Field required", f"{path}.content")
+            if text:
+                out.append({"role": "system", "content": text})
+        elif isinstance(content, str):
             out.append({"role": role, "content": content})
         elif isinstance(content, list):
             if not content:
@@ -201,21 +225,22 @@ def _conversation(body: dict) -> tuple[list[dict], list[dict], Any, bool | None]
 
     if not any(m["role"] != "system" for m in out):
         raise TranslationError("messages: no message has content the model can use", "messages")
+    out = lead_with_one_system_message(out)
     tools = _tools(body.get("tools"))
     tool_choice, parallel = _tool_choice(body.get("tool_choice"), tools)
     return out, tools, tool_choice, parallel
 
 
-def _system_text(system: Any) -> str | None:
+def _system_text(system: Any, label: str = "system") -> str | None:
     if system is None:
         return None
     if isinstance(system, str):
         return system or None
     if not isinstance(system, list):
-        raise TranslationError("system: Input should be a valid string or a list of text blocks", "system")
+        raise TranslationError(f"{label}: Input should be a valid string or a list of text blocks", label)
     texts = []
     for i, block in enumerate(system):
-        path = f"system.{i}"
+        path = f"{label}.{i}"
         if not isinstance(block, dict):
             raise TranslationError(f"{path}: Input should be a valid dictionary", path)
         if block.get("type") != "text":

@@ -14,15 +14,27 @@ from ._common import (
     check_int,
     check_number,
     check_str,
+    lead_with_one_system_message,
 )
 from .errors import TranslationError
 
-__all__ = ["ResponsesRequestInfo", "validate_and_translate_request"]
+__all__ = ["NAMESPACE_SEPARATOR", "ResponsesRequestInfo", "model_tool_name", "validate_and_translate_request"]
 
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _TOOL_CHOICE_STRINGS = frozenset({"auto", "none", "required"})
 _METADATA_MAX_KEYS, _METADATA_MAX_KEY, _METADATA_MAX_VALUE = 16, 64, 512
+# A function tool inside a `namespace` tool reaches the model as `<namespace>__<name>` (the way
+# Codex already names MCP tools, `mcp__server__tool`), so it can never collide with a top-level
+# function or one of another namespace; the client's calls come back as `name` + `namespace`.
+NAMESPACE_SEPARATOR = "__"
+_MAX_TOOLS = 512
+_OMITTED_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def model_tool_name(namespace: str | None, name: str) -> str:
+    """The name the model sees for a client's function tool (in a namespace or not)."""
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
 
 
 def _default_text() -> dict:
@@ -50,6 +62,10 @@ class ResponsesRequestInfo:
     reasoning: dict | None = None
     truncation: str = "disabled"
     input_items: list[dict] = field(default_factory=list)
+    # model's tool name -> (namespace, client's name), for the tools flattened out of namespaces
+    namespaced_tools: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # types of the tools the model cannot run (hosted tools), left out of what it sees, in order
+    omitted_tools: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -104,6 +120,7 @@ def validate_and_translate_request(
     _items_to_chat(input_items, "input", messages)
     if not any(m["role"] != "system" for m in messages):
         raise TranslationError("input: at least one input item is required", "input")
+    messages = lead_with_one_system_message(messages)
 
     max_output_tokens = check_int(body, "max_output_tokens", 1, MAX_INT32)
     check_int(body, "top_logprobs", 0, 20)  # accepted, not sent: no log probabilities come back
@@ -114,7 +131,7 @@ def validate_and_translate_request(
     store = check_bool(body, "store")
     user = check_str(body, "user") or check_str(body, "safety_identifier")
     metadata = _metadata(body.get("metadata"))
-    client_tools, chat_tools = _tools(body.get("tools"))
+    client_tools, chat_tools, namespaced, omitted = _tools(body.get("tools"))
     tool_choice, chat_tool_choice = _tool_choice(body.get("tool_choice"), chat_tools)
     text, response_format = _text_config(body.get("text"))
     reasoning = body.get("reasoning")
@@ -123,6 +140,12 @@ def validate_and_translate_request(
         if not isinstance(reasoning, dict):
             raise TranslationError("reasoning: Input should be a valid dictionary", "reasoning")
         effort = check_str(reasoning, "effort", "reasoning.effort")
+        check_str(reasoning, "summary", "reasoning.summary")  # accepted; no summaries come back
+    include = body.get("include")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(v, str) for v in include)):
+        # Accepted whatever it names (e.g. reasoning.encrypted_content): a model without
+        # hidden reasoning has nothing more to include.
+        raise TranslationError("include: Input should be a list of strings", "include")
     truncation = body.get("truncation") or "disabled"
     if truncation not in ("auto", "disabled"):
         raise TranslationError("truncation: Input should be 'auto' or 'disabled'", "truncation")
@@ -170,6 +193,8 @@ def validate_and_translate_request(
         reasoning={"effort": effort, "summary": reasoning.get("summary")} if reasoning else None,
         truncation=truncation,
         input_items=input_items,
+        namespaced_tools=namespaced,
+        omitted_tools=omitted,
     )
     return chat, info
 
@@ -212,6 +237,7 @@ def _normalise_items(items: list, label: str) -> list[dict]:
         elif kind == "function_call":
             check_str(item, "call_id", f"{path}.call_id", required=True)
             check_str(item, "name", f"{path}.name", required=True)
+            check_str(item, "namespace", f"{path}.namespace")
             args = item.get("arguments")
             if not isinstance(args, str):
                 raise TranslationError(f"{path}.arguments: Input should be a valid string", f"{path}.arguments")
@@ -316,7 +342,10 @@ def _items_to_chat(items: list[dict], label: str, messages: list[dict]) -> None:
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
+                "function": {
+                    "name": model_tool_name(item.get("namespace"), item["name"]),
+                    "arguments": item["arguments"],
+                },
             }
             last = messages[-1] if messages else None
             # A prior turn's text and its calls (separate items) are one assistant turn
@@ -359,40 +388,84 @@ def _metadata(value: Any) -> dict[str, str]:
     return value
 
 
-def _tools(value: Any) -> tuple[list[dict], list[dict]]:
+def _tools(value: Any) -> tuple[list[dict], list[dict], dict[str, tuple[str, str]], tuple[str, ...]]:
+    """(echo value, chat tools, namespaced names, omitted tool types).
+
+    Function tools go to the model as they are; the function tools of a `namespace` tool go as
+    `<namespace>__<name>`; any other type is a hosted tool (web_search, file_search, code_interpreter,
+    mcp, …) the model cannot run: left out of what it sees and named in `omitted_tools`."""
     if value is None:
-        return [], []
+        return [], [], {}, ()
     if not isinstance(value, list):
         raise TranslationError("tools: Input should be a valid list", "tools")
-    chat = []
+    if len(value) > _MAX_TOOLS:
+        raise TranslationError(f"tools: at most {_MAX_TOOLS} tools are supported", "tools")
+    chat: list[dict] = []
     names: set[str] = set()
+    namespaced: dict[str, tuple[str, str]] = {}
+    omitted: dict[str, None] = {}
     for i, tool in enumerate(value):
         path = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise TranslationError(f"{path}: Input should be a valid dictionary", path)
         kind = tool.get("type")
-        if kind != "function":
-            raise TranslationError(
-                f"{path}.type: tool type '{kind}' is not supported by this gateway; only 'function' tools are",
-                f"{path}.type",
-            )
-        name = check_str(tool, "name", f"{path}.name", required=True)
-        if name in names:
-            raise TranslationError(f"{path}.name: duplicate tool name '{name}'", f"{path}.name")
-        names.add(name)  # type: ignore[arg-type]
-        params = tool.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise TranslationError(f"{path}.parameters: Input should be a valid dictionary", f"{path}.parameters")
-        description = check_str(tool, "description", f"{path}.description")
-        strict = check_bool(tool, "strict", f"{path}.strict")
-        fn: dict[str, Any] = {"name": name}
-        if description:
-            fn["description"] = description
-        fn["parameters"] = params if params is not None else {"type": "object", "properties": {}}
-        if strict is not None:
-            fn["strict"] = strict
-        chat.append({"type": "function", "function": fn})
-    return value, chat
+        if not isinstance(kind, str) or not kind:
+            raise TranslationError(f"{path}.type: Field required (a string)", f"{path}.type")
+        if kind == "function":
+            chat.append(_function_tool(tool, path, None, names))
+        elif kind == "namespace":
+            space = check_str(tool, "name", f"{path}.name", required=True)
+            members = tool.get("tools")
+            if not isinstance(members, list):
+                raise TranslationError(f"{path}.tools: Input should be a valid list", f"{path}.tools")
+            if len(members) > _MAX_TOOLS:
+                raise TranslationError(f"{path}.tools: at most {_MAX_TOOLS} tools are supported", f"{path}.tools")
+            space_description = check_str(tool, "description", f"{path}.description")
+            for j, member in enumerate(members):
+                mpath = f"{path}.tools[{j}]"
+                if not isinstance(member, dict):
+                    raise TranslationError(f"{mpath}: Input should be a valid dictionary", mpath)
+                if member.get("type") != "function":
+                    omitted[_omitted_name(member.get("type"))] = None
+                    continue
+                fn_tool = _function_tool(member, mpath, space, names, space_description)
+                namespaced[fn_tool["function"]["name"]] = (space, member["name"])  # type: ignore[assignment]
+                chat.append(fn_tool)
+        else:
+            omitted[_omitted_name(kind)] = None
+    return value, chat, namespaced, tuple(omitted)
+
+
+def _omitted_name(kind: Any) -> str:
+    """A tool type as the omitted-tools header may carry it: short, lower case, no separators."""
+    text = kind.lower()[:64] if isinstance(kind, str) else ""
+    text = "".join(c for c in text if c in _OMITTED_TYPE_CHARS)
+    return text or "unknown"
+
+
+def _function_tool(
+    tool: dict, path: str, namespace: str | None, names: set[str], namespace_description: str | None = None
+) -> dict:
+    name = check_str(tool, "name", f"{path}.name", required=True)
+    model_name = model_tool_name(namespace, name)  # type: ignore[arg-type]  # required=True: a str
+    if model_name in names:
+        raise TranslationError(f"{path}.name: duplicate tool name '{model_name}'", f"{path}.name")
+    names.add(model_name)
+    params = tool.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise TranslationError(f"{path}.parameters: Input should be a valid dictionary", f"{path}.parameters")
+    description = check_str(tool, "description", f"{path}.description")
+    if namespace_description:
+        # A flat tool has no field for its namespace's description; it opens the tool's own.
+        description = f"{namespace_description}\n\n{description}" if description else namespace_description
+    strict = check_bool(tool, "strict", f"{path}.strict")
+    fn: dict[str, Any] = {"name": model_name}
+    if description:
+        fn["description"] = description
+    fn["parameters"] = params if params is not None else {"type": "object", "properties": {}}
+    if strict is not None:
+        fn["strict"] = strict
+    return {"type": "function", "function": fn}
 
 
 def _tool_choice(value: Any, chat_tools: list[dict]) -> tuple[Any, Any]:
@@ -407,6 +480,7 @@ def _tool_choice(value: Any, chat_tools: list[dict]) -> tuple[Any, Any]:
         return value, value
     if isinstance(value, dict) and value.get("type") == "function":
         name = check_str(value, "name", "tool_choice.name", required=True)
+        name = model_tool_name(check_str(value, "namespace", "tool_choice.namespace"), name)  # type: ignore[arg-type]
         if not any(t["function"]["name"] == name for t in chat_tools):
             raise TranslationError(f"tool_choice.name: no function tool named '{name}' in tools", "tool_choice.name")
         return value, {"type": "function", "function": {"name": name}}

@@ -29,15 +29,18 @@ _ERROR_CODES = {
 
 
 class _Item:
-    __slots__ = ("kind", "id", "index", "parts", "call_id", "name")
+    __slots__ = ("kind", "id", "index", "parts", "call_id", "name", "namespace")
 
-    def __init__(self, kind: str, item_id: str, index: int, call_id: str = "", name: str = "") -> None:
+    def __init__(
+        self, kind: str, item_id: str, index: int, call_id: str = "", name: str = "", namespace: str | None = None
+    ) -> None:
         self.kind = kind  # "message" | "function_call" | "reasoning"
         self.id = item_id
         self.index = index
         self.parts: list[str] = []
         self.call_id = call_id
         self.name = name
+        self.namespace = namespace  # set for a function of a client's `namespace` tool
 
     def to_dict(self, status: str) -> dict:
         text = "".join(self.parts)
@@ -50,14 +53,7 @@ class _Item:
                 "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
             }
         if self.kind == "function_call":
-            return {
-                "type": "function_call",
-                "id": self.id,
-                "call_id": self.call_id,
-                "name": self.name,
-                "arguments": text,
-                "status": status,
-            }
+            return self.call_dict(text, status)
         return {
             "id": self.id,
             "type": "reasoning",
@@ -65,6 +61,20 @@ class _Item:
             "content": [{"type": "reasoning_text", "text": text}],
             "status": status,
         }
+
+    def call_dict(self, arguments: str, status: str) -> dict:
+        """A function_call item with the names the client gave its tool."""
+        item = {
+            "type": "function_call",
+            "id": self.id,
+            "call_id": self.call_id,
+            "name": self.name,
+            "arguments": arguments,
+            "status": status,
+        }
+        if self.namespace is not None:
+            item["namespace"] = self.namespace
+        return item
 
 
 class ResponsesStreamTranslator(UsageTally):
@@ -410,26 +420,23 @@ class ResponsesStreamTranslator(UsageTally):
             item = self._tools.get(key)
             if item is None:
                 self._close(out)
+                model_name = fn.get("name")
+                if not isinstance(model_name, str):
+                    model_name = ""
+                namespace: str | None = None
+                name = model_name
+                if model_name in self.info.namespaced_tools:
+                    namespace, name = self.info.namespaced_tools[model_name]
                 item = _Item(
                     "function_call",
                     new_id("fc_"),
                     len(self._output),
                     call_id=call.get("id") or new_id("call_"),
-                    name=fn.get("name") or "",
+                    name=name,
+                    namespace=namespace,
                 )
                 self._tools[key] = item
-                self._open_item(
-                    item,
-                    {
-                        "type": "function_call",
-                        "id": item.id,
-                        "call_id": item.call_id,
-                        "name": item.name,
-                        "arguments": "",
-                        "status": "in_progress",
-                    },
-                    out,
-                )
+                self._open_item(item, item.call_dict("", "in_progress"), out)
             if not args:
                 continue
             if item is not self._open:

@@ -36,7 +36,7 @@ INVALID = [
     ({"messages": None}, "messages"),
     ({"messages": []}, "messages"),
     ({"messages": {"role": "user"}}, "messages"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]}, "messages.1.role"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "messages.1.role"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [user({"type": "text", "text": "a"}, {"type": "video"})]}, "messages.0.content.1.type"),

@@ -53,7 +53,7 @@ INVALID = [
     ({"max_output_tokens": 1.5}, "max_output_tokens"),
     ({"temperature": 2.5}, "temperature"),
     ({"top_p": 2}, "top_p"),
-    ({"tools": [FN, {"type": "web_search"}]}, "tools[1].type"),
+    ({"tools": [FN, {"type": 7}]}, "tools[1].type"),
     ({"tools": [{"type": "function"}]}, "tools[0].name"),
     ({"tools": [{"type": "function", "name": "f", "parameters": []}]}, "tools[0].parameters"),
     ({"tools": [FN, FN]}, "tools[1].name"),
@@ -108,14 +108,23 @@ def test_defaults_echoed_in_info():
     assert "max_tokens" not in chat
 
 
-def test_instructions_and_developer_messages_become_system():
+def test_instructions_and_developer_messages_become_one_leading_system_message():
+    # Chat templates take one system message, first: every system/developer text joins it, in order.
     chat, _ = translate(
-        instructions="Be terse.", input=[{"role": "developer", "content": "Rule"}, {"role": "user", "content": "Q"}]
+        instructions="Be terse.",
+        input=[
+            {"role": "developer", "content": "Rule"},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"},
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Later"}]},
+            {"role": "user", "content": "Q2"},
+        ],
     )
     assert chat["messages"] == [
-        {"role": "system", "content": "Be terse."},
-        {"role": "system", "content": "Rule"},
+        {"role": "system", "content": "Be terse.\n\nRule\n\nLater"},
         {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "Q2"},
     ]
 
 
