@@ -261,6 +261,8 @@ class ApiKey(models.Model):
     # Model access: every deployment the org may use, or only those listed in
     # `allowed_deployments` (the reverse of deployments' Deployment.allowed_keys).
     all_models = models.BooleanField(default=True)
+    # Requests with this key may go to a deployment's fallbacks when it is offline or full.
+    use_fallbacks = models.BooleanField(default=False)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=RATE_LIMIT_VALIDATORS)
     monthly_budget_micros = models.BigIntegerField(

@@ -1,12 +1,19 @@
 from django.contrib import admin
 
-from .models import ConnectorToken, Deployment, ModelGrant
+from .models import ConnectorToken, Deployment, DeploymentFallback, ModelGrant
 
 
 class GrantInline(admin.TabularInline):
     model = ModelGrant
     extra = 0
     fk_name = "deployment"
+
+
+class FallbackInline(admin.TabularInline):
+    model = DeploymentFallback
+    extra = 0
+    fk_name = "deployment"
+    autocomplete_fields = ["fallback"]
 
 
 class AllowedKeyInline(admin.TabularInline):
@@ -26,7 +33,8 @@ class DeploymentAdmin(admin.ModelAdmin):
     list_filter = ["org"]
     search_fields = ["name", "org__slug"]
     exclude = ["allowed_keys"]  # every key of every org; the inline lists only the limited ones
-    inlines = [GrantInline, AllowedKeyInline]
+    inlines = [GrantInline, FallbackInline, AllowedKeyInline]
+    autocomplete_fields = ["served_by"]
 
 
 @admin.register(ConnectorToken)

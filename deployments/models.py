@@ -43,6 +43,14 @@ class DeploymentQuerySet(models.QuerySet["Deployment"]):
         return self.filter(disabled_at__isnull=True)
 
 
+class SurfaceMode(models.TextChoices):
+    """How /v1/messages and /v1/responses reach the model server (proxy/surfaces/)."""
+
+    AUTO = "auto", "Automatic: pass through the surfaces the model server speaks, translate the rest"
+    TRANSLATE = "translate", "Always translate to chat completions"
+    PASSTHROUGH = "passthrough", "Always pass through (the model server speaks every surface)"
+
+
 class Deployment(models.Model):
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=64, unique=True, validators=[validate_deployment_name])
@@ -61,6 +69,23 @@ class Deployment(models.Model):
     # field was the key's, and keeps its name.
     allowed_keys = models.ManyToManyField(
         ApiKey, blank=True, related_name="allowed_deployments", db_table="accounts_apikey_allowed_deployments"
+    )
+    surface_mode = models.CharField(max_length=12, choices=SurfaceMode.choices, default=SurfaceMode.AUTO)
+    # One connector, many models: a deployment of the same org whose connectors serve this one too
+    # (each request names this deployment's `upstream_model`). Such a deployment has no connectors
+    # of its own; one whose server is deleted is left with none, and is offline until given another.
+    served_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="served_deployments",
+        help_text="Another deployment of this organization whose connectors also serve this model.",
+    )
+    # Deployments tried, in order, when this one is offline or its queue is full, for keys that
+    # opted in (ApiKey.use_fallbacks).
+    fallbacks: models.ManyToManyField[Deployment, DeploymentFallback] = models.ManyToManyField(
+        "self", symmetrical=False, through="DeploymentFallback", related_name="fallback_for", blank=True
     )
 
     objects = DeploymentQuerySet.as_manager()
@@ -85,6 +110,23 @@ class Deployment(models.Model):
         """Cost of a request in micro-USD, rounded up so that usage is never billed at zero."""
         total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
         return -(-total // 1_000_000)
+
+
+class DeploymentFallback(models.Model):
+    """One of a deployment's fallbacks, at its place in the order they are tried."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="fallback_links")
+    fallback = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    org_path: ClassVar[str] = "deployment__org"
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "fallback"], name="unique_fallback")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} → {self.fallback_id} (#{self.position})"
 
 
 class ConnectorToken(models.Model):

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from accounts.models import ApiKey, Organization
 from accounts.secrets import API_KEY_PREFIX, hash_secret
 from accounts.signals import api_key_secrets_retired
-from deployments.models import DEPLOYMENT_NAME_RE, Deployment, ModelGrant
+from deployments.models import DEPLOYMENT_NAME_RE, Deployment, DeploymentFallback, ModelGrant
 from deployments.signals import connector_token_revoked
 from lib.redis import get_async_redis, get_sync_redis, redis_enabled, report_outage
 
@@ -65,6 +65,8 @@ class KeyRecord:
     # key's current secret. Checked on every request, so the grace period ends on time however long
     # the record is cached.
     valid_until: float | None = None
+    # The key opted in to its deployments' fallbacks (Deployment.fallbacks).
+    use_fallbacks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,17 @@ class DeploymentRecord:
     # Switched off by an admin (deployments.lifecycle). Defaulted, so that a record cached by an
     # older version (without the field) still reads.
     disabled: bool = False
+    # "auto", "translate" or "passthrough" (deployments.models.SurfaceMode).
+    surface_mode: str = "auto"
+    # The deployment whose connectors serve this one (Deployment.served_by), or None: its own.
+    served_by: int | None = None
+    # Names of the deployments tried, in order, when this one is offline or full.
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def pool(self) -> int:
+        """The id its connectors announce themselves under: presence and the queue are keyed by it."""
+        return self.served_by or self.id
 
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         total = input_tokens * self.price_input_micros + output_tokens * self.price_output_micros
@@ -207,6 +220,7 @@ def _load_key(key_hash: str) -> KeyRecord | None:
             "rpm_limit",
             "tpm_limit",
             "monthly_budget_micros",
+            "use_fallbacks",
             "org__rpm_limit",
             "org__tpm_limit",
             "org__monthly_budget_micros",
@@ -218,7 +232,7 @@ def _load_key(key_hash: str) -> KeyRecord | None:
     (current_hash, previous_valid_until, paused_at, kid, org_id, slug, prefix, revoked_at, expires_at, all_models) = (
         rows[0][:10]
     )
-    rpm, tpm, budget, orpm, otpm, obudget = rows[0][10:16]
+    rpm, tpm, budget, use_fallbacks, orpm, otpm, obudget = rows[0][10:17]
     valid_until = None
     if current_hash != key_hash:  # the replaced secret: accepted until the end of its grace
         valid_until = previous_valid_until.timestamp() if previous_valid_until else 0.0
@@ -240,6 +254,7 @@ def _load_key(key_hash: str) -> KeyRecord | None:
         org_budget_micros=obudget,
         paused=paused_at is not None,
         valid_until=valid_until,
+        use_fallbacks=use_fallbacks,
     )
 
 
@@ -253,12 +268,18 @@ def _load_deployment(name: str) -> DeploymentRecord | None:
             "price_output_micros",
             "created_at",
             "disabled_at",
+            "surface_mode",
+            "served_by_id",
+            "fallback_links__position",
+            "fallback_links__fallback__name",
             "grants__org_id",
         )
     )
     if not rows:
         return None
-    did, org_id, upstream_model, pin, pout, created_at, disabled_at, _ = rows[0]
+    did, org_id, upstream_model, pin, pout, created_at, disabled_at, surface_mode, served_by = rows[0][:9]
+    # One query: a row per (fallback, grant) pair; both lists are short.
+    fallbacks = dict.fromkeys(name for _, name in sorted({(row[9], row[10]) for row in rows if row[10] is not None}))
     return DeploymentRecord(
         id=did,
         name=name,
@@ -269,6 +290,9 @@ def _load_deployment(name: str) -> DeploymentRecord | None:
         created_at=created_at.timestamp(),
         granted_orgs=tuple(sorted(row[-1] for row in rows if row[-1] is not None)),
         disabled=disabled_at is not None,
+        surface_mode=surface_mode,
+        served_by=served_by,
+        fallbacks=tuple(fallbacks),
     )
 
 
@@ -432,6 +456,10 @@ def forget_grant(sender: type[ModelGrant], instance: ModelGrant, **kwargs: objec
     invalidate_deployment(instance.deployment.name)
 
 
+def forget_fallback(sender: type[DeploymentFallback], instance: DeploymentFallback, **kwargs: object) -> None:
+    invalidate_deployment(instance.deployment.name)
+
+
 def disconnect_revoked_token(sender: object, *, token_id: int, **kwargs: object) -> None:
     """Connectors holding a revoked token are closed (4003), in whichever process holds them."""
     presence.disconnect_token(token_id)
@@ -443,6 +471,7 @@ def listen() -> None:
         signal.connect(forget_key, sender=ApiKey, dispatch_uid=f"proxy.access.forget_key.{event}")
         signal.connect(forget_deployment, sender=Deployment, dispatch_uid=f"proxy.access.forget_deployment.{event}")
         signal.connect(forget_grant, sender=ModelGrant, dispatch_uid=f"proxy.access.forget_grant.{event}")
+        signal.connect(forget_fallback, sender=DeploymentFallback, dispatch_uid=f"proxy.access.forget_fallback.{event}")
     post_save.connect(forget_org_keys, sender=Organization, dispatch_uid="proxy.access.forget_org_keys")
     m2m_changed.connect(
         forget_key_models, sender=Deployment.allowed_keys.through, dispatch_uid="proxy.access.forget_key_models"

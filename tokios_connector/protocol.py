@@ -66,6 +66,13 @@ MAX_CREDIT = 1_000_000
 # trace id, parent span id, flags, lower-case hex; all-zero ids are invalid.
 TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
+# What a connector may announce its upstream speaks natively (Hello.surfaces): the request paths
+# /v1/chat/completions, /v1/messages, /v1/responses, /v1/embeddings, /v1/messages/count_tokens, and
+# llama.cpp's /tokenize. Names it does not know are dropped, so newer connectors can announce more.
+SURFACES = ("chat", "messages", "responses", "embeddings", "count_tokens", "tokenize")
+MAX_MODELS = 256  # upstream model names a hello may list (Hello.models), each at most MAX_MODEL_NAME
+MAX_MODEL_NAME = 200
+
 # Close codes the server sends (docs: "Close codes").
 CLOSE_AUTH_REJECTED = 4001
 CLOSE_PROTOCOL_ERROR = 4002
@@ -108,6 +115,11 @@ class Hello:
     max_concurrency: int
     # Absent in older connectors: the server then assumes min(max_concurrency, MAX_SLOTS).
     slots: int | None = None
+    # What the upstream speaks natively (names from SURFACES), learned by probing it; None from a
+    # connector that did not probe (an older one): the server then translates as before.
+    surfaces: tuple[str, ...] | None = None
+    # The models the upstream serves (its /v1/models), for deployments made from one connector.
+    models: tuple[str, ...] | None = None
     type: str = field(default="hello", init=False)
 
 
@@ -368,6 +380,27 @@ def _headers(data: dict[str, Any], rid: str | None) -> dict[str, str]:
     return value
 
 
+def _names(data: dict[str, Any], name: str, most: int) -> list[str] | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > most:
+        raise ProtocolError(f"hello.{name} must be a list of at most {most} strings")
+    if not all(isinstance(item, str) and 0 < len(item) <= MAX_MODEL_NAME for item in value):
+        raise ProtocolError(f"hello.{name} must hold strings of 1 to {MAX_MODEL_NAME} characters")
+    return value
+
+
+def _surfaces(data: dict[str, Any]) -> tuple[str, ...] | None:
+    names = _names(data, "surfaces", 4 * len(SURFACES))
+    return None if names is None else tuple(name for name in SURFACES if name in names)
+
+
+def _models(data: dict[str, Any]) -> tuple[str, ...] | None:
+    names = _names(data, "models", MAX_MODELS)
+    return None if names is None else tuple(dict.fromkeys(names))
+
+
 def decode_from_connector(raw: str | bytes) -> ConnectorFrame:
     """A text frame the server received; ProtocolError for anything malformed or unknown."""
     data = _object(raw)
@@ -407,6 +440,8 @@ def decode_from_connector(raw: str | bytes) -> ConnectorFrame:
             model=_text(data, "model", optional=True),
             max_concurrency=_int(data, "max_concurrency", 1, MAX_CONCURRENCY),
             slots=_int(data, "slots", 1, MAX_SLOTS) if data.get("slots") is not None else None,
+            surfaces=_surfaces(data),
+            models=_models(data),
         )
     raise ProtocolError(f"unexpected frame type {kind[:40]!r}")
 

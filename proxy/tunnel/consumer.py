@@ -179,6 +179,8 @@ class ConnectorConsumer(AsyncWebsocketConsumer):
             last_heartbeat=now,
             max_concurrency=frame.max_concurrency,
             upstream_model=frame.model,
+            surfaces=None if frame.surfaces is None else list(frame.surfaces),
+            models=None if frame.models is None else list(frame.models),
         )
         window = max(1, min(settings.TUNNEL_WINDOW, protocol.MAX_WINDOW))
         session = self.session = ConnectorSession(

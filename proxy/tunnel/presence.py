@@ -56,6 +56,9 @@ class ConnectorInfo:
     slots: int = 0
     draining: bool = False
     upstream_model: str | None = None
+    # What its upstream speaks natively and the models it serves (protocol.Hello); None: not announced.
+    surfaces: list[str] | None = None
+    models: list[str] | None = None
     refreshed: float = 0.0  # when its process last republished it (0: never, i.e. a local entry)
 
     @property
