@@ -131,6 +131,7 @@ def create_api_key(
     tpm_limit: int | None = None,
     monthly_budget_micros: int | None = None,
     expires_at: datetime | None = None,
+    use_fallbacks: bool = False,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns it with the secret, which is never stored and cannot be shown again.
 
@@ -155,6 +156,7 @@ def create_api_key(
         tpm_limit=tpm_limit,
         monthly_budget_micros=monthly_budget_micros,
         expires_at=expires_at,
+        use_fallbacks=use_fallbacks,
     )
     key.clean_limits()
     key.save(force_insert=True)
@@ -178,12 +180,13 @@ def update_api_key(
     actor_label: str = "",
     **changes: Any,
 ) -> ApiKey:
-    """Change a key's name, limits, budget or expiry.
+    """Change a key's name, limits, budget, expiry or whether it uses deployments' fallbacks.
 
     `models=[names]` (None for every model) changes its model access flag; the list itself is
     deployments.actions.update_api_key's to link, as at creation.
     """
-    unknown = set(changes) - {"name", "rpm_limit", "tpm_limit", "monthly_budget_micros", "expires_at", "models"}
+    known = {"name", "rpm_limit", "tpm_limit", "monthly_budget_micros", "expires_at", "models", "use_fallbacks"}
+    unknown = set(changes) - known
     if unknown:
         raise ValidationError(f"Cannot change {', '.join(sorted(unknown))} on a key.")
     expires_at = changes.get("expires_at")

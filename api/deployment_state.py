@@ -30,6 +30,9 @@ class DeletionSerializer(serializers.Serializer):
     limited_keys = serializers.IntegerField(help_text="Keys whose model list included it (they lose it).")
     stranded_keys = serializers.IntegerField(help_text="Of those, keys left able to call no model.")
     stranded_key_names = serializers.ListField(child=serializers.CharField())
+    served_deployments = serializers.ListField(
+        child=serializers.CharField(), help_text="Deployments it served (`served_by`): offline until given another."
+    )
 
 
 class HistoryEventSerializer(serializers.Serializer):
@@ -77,7 +80,10 @@ DETAIL = [ORG_PARAM]
     ),
 )
 class DeploymentViewSet(views.DeploymentViewSet, mixins.DestroyModelMixin):
-    """Deployments owned by the org, with their live connectors. Names cannot change; prices can. A
+    """Deployments owned by the org, with their live connectors and the models those announce
+    (`connector_models`). Names cannot change; prices, `surface_mode`, `served_by` and `fallbacks` can.
+    A deployment with `served_by` set is served by that deployment's connectors (one connector, many
+    models): it has no connector tokens of its own, and its `online`/`connectors` are its server's. A
     disabled deployment (`disabled_at` set) answers /v1 with 503 `deployment_disabled` and keeps its
     connectors; deleting one revokes its connector tokens, removes its grants and its place in keys'
     model lists, and keeps its usage history."""
@@ -101,10 +107,12 @@ class DeploymentViewSet(views.DeploymentViewSet, mixins.DestroyModelMixin):
     @action(detail=True, methods=["get"])
     def history(self, request: Request, *args, **kwargs) -> Response:
         """Connects and disconnects (with their close codes in words), newest first, and uptime over
-        the last 24 hours and 7 days."""
+        the last 24 hours and 7 days (a served deployment: its server's)."""
         query = HistoryQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
+        # A served deployment's connectors are its server's.
         deployment = self.get_object()
+        deployment = deployment.served_by or deployment
         live = presence.live_connectors_sync(deployment.id)
         data = {
             "uptime": uptimes(deployment, now=timezone.now(), live=live),

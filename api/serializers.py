@@ -20,7 +20,7 @@ from accounts.tenancy import can_manage
 from alerts.connector_history import token_labels
 from billing.key_usage import NO_USAGE, KeyUsage, usage_by_key
 from billing.models import Statement, StatementLine, StatementStatus
-from deployments.models import DEPLOYMENT_NAME_RE, ConnectorToken, Deployment, ModelGrant
+from deployments.models import DEPLOYMENT_NAME_RE, MAX_FALLBACKS, ConnectorToken, Deployment, ModelGrant
 from proxy.tunnel import presence
 
 
@@ -88,6 +88,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "tpm_limit",
             "monthly_budget_micros",
             "expires_at",
+            "use_fallbacks",
             "created_at",
             "last_used_at",
             "revoked_at",
@@ -114,6 +115,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "previous_valid_until",
         ]
         extra_kwargs = {
+            "use_fallbacks": {
+                "help_text": "Requests for an offline or full model go to its fallbacks (the deployment's `fallbacks`)."
+            },
             "previous_prefix": {"help_text": "The secret the last rotation replaced ('' if never rotated)."},
             "previous_valid_until": {"help_text": "When that secret stops (or stopped) working."},
         }
@@ -179,9 +183,55 @@ class ConnectorSerializer(serializers.Serializer):
         return self.context.get("token_labels", {}).get(info.token_id, "")
 
 
+@extend_schema_field(serializers.ListField(child=serializers.CharField()))
+class FallbackNamesField(serializers.ListField):
+    """A deployment's fallbacks as their names, in the order they are tried. On input, each name must
+    be a deployment the org may use (its own or one granted to it); the model layer checks the rest
+    (Deployment.clean_fallbacks)."""
+
+    child = serializers.CharField(max_length=64)
+    default_error_messages = {"unknown": "No deployment your organisation may use is named {name!r}."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", MAX_FALLBACKS)
+        kwargs.setdefault("help_text", f"Names of the deployments tried, in this order (at most {MAX_FALLBACKS}).")
+        super().__init__(**kwargs)
+
+    def get_attribute(self, instance: Deployment) -> list[str]:
+        return [link.fallback.name for link in instance.fallback_links.select_related("fallback")]
+
+    def to_representation(self, data: list[str]) -> list[str]:
+        return list(data)
+
+    def to_internal_value(self, data) -> list[Deployment]:
+        if isinstance(data, list) and len(data) > MAX_FALLBACKS:  # before any name is looked at
+            self.fail("max_length", max_length=MAX_FALLBACKS)
+        names = super().to_internal_value(data)
+        org = self.context.get("org")
+        wanted = [name for name in names if DEPLOYMENT_NAME_RE.fullmatch(name)]
+        found = {d.name: d for d in Deployment.objects.usable_by(org).filter(name__in=wanted)} if org else {}
+        for name in names:
+            if name not in found:
+                self.fail("unknown", name=name)
+        return [found[name] for name in names]
+
+
 class DeploymentSerializer(serializers.ModelSerializer):
+    served_by = NameRelatedField(
+        slug_field="name",
+        pattern=DEPLOYMENT_NAME_RE,
+        queryset=Deployment.objects.none(),
+        allow_null=True,
+        required=False,
+        help_text="The name of another deployment of the org whose connectors also serve this one (null: its "
+        "own connectors). Requests then ask that model server for `upstream_model`.",
+    )
+    fallbacks = FallbackNamesField(required=False)
     online = serializers.SerializerMethodField()
     connectors = serializers.SerializerMethodField()
+    connector_models = serializers.SerializerMethodField(
+        help_text="The upstream model names its live connectors (a served deployment: its server's) announce."
+    )
 
     class Meta:
         model = Deployment
@@ -191,10 +241,14 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "upstream_model",
             "price_input_micros",
             "price_output_micros",
+            "surface_mode",
+            "served_by",
+            "fallbacks",
             "created_at",
             "disabled_at",
             "online",
             "connectors",
+            "connector_models",
         ]
         read_only_fields = ["id", "created_at", "disabled_at"]
         extra_kwargs = {
@@ -204,11 +258,18 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "name": {"validators": []},
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        org = self.context.get("org")
+        if org is not None and "served_by" in self.fields:
+            self.fields["served_by"].queryset = Deployment.objects.for_org(org)
+
     def _connectors(self, deployment: Deployment) -> list:
+        """Its live connectors: a served deployment's are its server's (Deployment.pool_id)."""
         cache = self.context.setdefault("_connectors", {})
-        if deployment.id not in cache:
-            cache[deployment.id] = presence.live_connectors_sync(deployment.id)
-        return cache[deployment.id]
+        if deployment.pool_id not in cache:
+            cache[deployment.pool_id] = presence.live_connectors_sync(deployment.pool_id)
+        return cache[deployment.pool_id]
 
     def get_online(self, deployment: Deployment) -> bool:
         return bool(self._connectors(deployment))
@@ -216,14 +277,24 @@ class DeploymentSerializer(serializers.ModelSerializer):
     @extend_schema_field(ConnectorSerializer(many=True))
     def get_connectors(self, deployment: Deployment) -> list:
         connectors = self._connectors(deployment)
-        labels = token_labels(deployment.id, (info.token_id for info in connectors))
+        labels = token_labels(deployment.pool_id, (info.token_id for info in connectors))
         return ConnectorSerializer(connectors, many=True, context={"token_labels": labels}).data
 
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_connector_models(self, deployment: Deployment) -> list[str]:
+        return list(dict.fromkeys(name for info in self._connectors(deployment) for name in info.models or ()))
 
-class DeploymentUpdateSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Deployment
-        fields = ["upstream_model", "price_input_micros", "price_output_micros"]
+
+class DeploymentUpdateSerializer(DeploymentSerializer):
+    class Meta(DeploymentSerializer.Meta):
+        fields = [
+            "upstream_model",
+            "price_input_micros",
+            "price_output_micros",
+            "surface_mode",
+            "served_by",
+            "fallbacks",
+        ]
 
 
 class ConnectorTokenSerializer(serializers.ModelSerializer):

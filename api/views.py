@@ -68,6 +68,13 @@ def _raise_validation(exc: DjangoValidationError):
     raise ValidationError({"detail": exc.messages}) from None
 
 
+def _raise_field_validation(exc: DjangoValidationError):
+    """A model layer's error by the fields it names (`served_by`, `fallbacks`…), else as `detail`."""
+    if hasattr(exc, "error_dict"):
+        raise ValidationError(exc.message_dict) from None
+    _raise_validation(exc)
+
+
 class OrgScoped:
     """Resolves `self.membership` / `self.org` from the `org` URL kwarg before any handler runs."""
 
@@ -175,6 +182,7 @@ class ApiKeyViewSet(
                 actor_label=actor_label(request),
                 deployments=data.get("allowed_deployments") or [],
                 expires_at=data.get("expires_at"),
+                use_fallbacks=data.get("use_fallbacks", False),
                 **limits,
             )
         except DjangoValidationError as exc:
@@ -234,17 +242,27 @@ class DeploymentViewSet(
                 org=self.org, created_by=request.user, actor_label=actor_label(request), **serializer.validated_data
             )
         except DjangoValidationError as exc:
-            _raise_validation(exc)
+            _raise_field_validation(exc)
         return Response(self.get_serializer(deployment).data, status=201)
 
     def update(self, request: Request, *args, **kwargs) -> Response:
         deployment = self.get_object()
-        serializer = s.DeploymentUpdateSerializer(deployment, data=request.data, partial=kwargs.get("partial", False))
+        serializer = s.DeploymentUpdateSerializer(
+            deployment,
+            data=request.data,
+            partial=kwargs.get("partial", False),
+            context=self.get_serializer_context(),
+        )
         serializer.is_valid(raise_exception=True)
         try:
-            update_deployment(deployment=deployment, actor=request.user, **serializer.validated_data)
+            update_deployment(
+                deployment=deployment,
+                actor=request.user,
+                actor_label=actor_label(request),
+                **serializer.validated_data,
+            )
         except DjangoValidationError as exc:
-            _raise_validation(exc)
+            _raise_field_validation(exc)
         return Response(self.get_serializer(deployment).data)
 
 
@@ -285,12 +303,15 @@ class ConnectorTokenViewSet(
         deployment = self.deployment()
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token, secret = create_connector_token(
-            deployment=deployment,
-            name=serializer.validated_data.get("name", ""),
-            created_by=request.user,
-            actor_label=actor_label(request),
-        )
+        try:
+            token, secret = create_connector_token(
+                deployment=deployment,
+                name=serializer.validated_data.get("name", ""),
+                created_by=request.user,
+                actor_label=actor_label(request),
+            )
+        except DjangoValidationError as exc:  # a served deployment has no tokens of its own
+            _raise_validation(exc)
         token.secret = secret
         token.command = connector_command(server_url(request), secret)
         return Response(s.ConnectorTokenCreatedSerializer(token).data, status=201)

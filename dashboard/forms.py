@@ -24,7 +24,7 @@ from accounts.models import (
     lower_role,
 )
 from billing.forms import DayField
-from deployments.models import MAX_PRICE_MICROS, Deployment
+from deployments.models import MAX_PRICE_MICROS, Deployment, SurfaceMode
 from lib.money import micros_to_usd, usd_to_micros
 
 MAX_PRICE_USD = micros_to_usd(MAX_PRICE_MICROS)
@@ -61,6 +61,19 @@ def _end_of_day(day: date) -> datetime:
     return datetime.combine(day, time.max, tzinfo=UTC)
 
 
+def servers_for(org: Organization, deployment: Deployment | None = None):
+    """The org's deployments that may serve others (not served themselves), for a `served_by` choice.
+    The model layer (Deployment.clean_served_by) has the final word."""
+    servers = Deployment.objects.for_org(org).filter(served_by__isnull=True)
+    return servers.exclude(pk=deployment.pk) if deployment is not None else servers
+
+
+SERVED_BY_HELP = (
+    "Another deployment whose connectors also serve this model (one connector in front of Ollama or a "
+    "llama.cpp router with several models). Requests name the upstream model below."
+)
+
+
 class DeploymentForm(forms.Form):
     name = forms.CharField(
         max_length=64,
@@ -69,8 +82,25 @@ class DeploymentForm(forms.Form):
     upstream_model = forms.CharField(
         max_length=200, required=False, help_text="Rewrite `model` to this name upstream. Leave empty to keep it."
     )
+    served_by = forms.ModelChoiceField(
+        queryset=Deployment.objects.none(),
+        required=False,
+        label="Served by",
+        empty_label="Its own connectors",
+        help_text=SERVED_BY_HELP,
+    )
+    surface_mode = forms.ChoiceField(
+        choices=SurfaceMode.choices, initial=SurfaceMode.AUTO, required=False, label="Surfaces"
+    )
     price_input_micros = UsdField(label="Input price (USD per million tokens)", initial=0, max_value=MAX_PRICE_USD)
     price_output_micros = UsdField(label="Output price (USD per million tokens)", initial=0, max_value=MAX_PRICE_USD)
+
+    def __init__(self, *args, org: Organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["served_by"].queryset = servers_for(org)
+
+    def clean_surface_mode(self) -> str:
+        return self.cleaned_data["surface_mode"] or SurfaceMode.AUTO
 
 
 class PricesForm(forms.Form):
@@ -119,6 +149,11 @@ class ApiKeyForm(forms.Form):
     tpm_limit = forms.IntegerField(min_value=1, max_value=MAX_RATE_LIMIT, required=False, label="Tokens per minute")
     monthly_budget_micros = UsdField(required=False, max_value=MAX_BUDGET_USD, label="Monthly budget (USD)")
     expires_on = DayField(required=False, label="Expires on", help_text="Optional; UTC.")
+    use_fallbacks = forms.BooleanField(
+        required=False,
+        label="Use fallbacks",
+        help_text="When a model is offline or busy, send the request to its fallbacks (set on each deployment).",
+    )
 
     def __init__(self, *args, org: Organization, **kwargs):
         super().__init__(*args, **kwargs)
@@ -133,6 +168,7 @@ class ApiKeyForm(forms.Form):
             "tpm_limit": key.tpm_limit,
             "monthly_budget_micros": key.monthly_budget_micros,
             "expires_on": key.expires_at.date() if key.expires_at else None,
+            "use_fallbacks": key.use_fallbacks,
         }
         return cls(data, org=key.org, initial=initial)
 
@@ -151,6 +187,7 @@ class ApiKeyForm(forms.Form):
             "tpm_limit": data["tpm_limit"],
             "monthly_budget_micros": data["monthly_budget_micros"],
             "expires_at": _end_of_day(data["expires_on"]) if data["expires_on"] else None,
+            "use_fallbacks": data["use_fallbacks"],
         }
 
 

@@ -38,6 +38,7 @@ urlpatterns = [
     path("deployments/new/", deployments.deployment_create, name="deployment_create"),
     path("deployments/<int:pk>/", deployments.deployment_detail, name="deployment_detail"),
     path("deployments/<int:pk>/prices/", deployments.deployment_prices, name="deployment_prices"),
+    path("deployments/<int:pk>/routing/", deployments.deployment_routing, name="deployment_routing"),
     path("deployments/<int:pk>/live/", deployment_state.deployment_live, name="deployment_live"),
     path("deployments/<int:pk>/disable/", deployment_state.deployment_disable, name="deployment_disable"),
     path("deployments/<int:pk>/enable/", deployment_state.deployment_enable, name="deployment_enable"),

@@ -9,6 +9,8 @@ keys, grants and tokens are untouched, and /v1 answers its callers 503 `deployme
 - removes its grants (the other organisations' keys lose it);
 - drops it from the model lists of the keys limited to it. A key whose list held only this model is
   left able to call no model (it is never widened to every model);
+- leaves the deployments it served (Deployment.served_by) without a server: they are offline until
+  given another one, or connector tokens of their own;
 - keeps the usage history: events and rollups stay, with the deployment set to NULL (billing folds
   its rollups into the "no deployment" row first), statements keep the model's name; the request
   log still shows the name clients sent. The connect history goes with the deployment.
@@ -42,6 +44,7 @@ class DeletionImpact:
     limited_keys: int  # keys (not revoked) whose model list includes it: they lose it
     stranded_keys: int  # of those, keys it was the only model of: they can call no model afterwards
     stranded_key_names: list[str]
+    served_deployments: list[str]  # names of the deployments its connectors served: offline afterwards
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +64,7 @@ def deletion_impact(deployment: Deployment) -> DeletionImpact:
         limited_keys=limited.count(),
         stranded_keys=stranded.count(),
         stranded_key_names=list(stranded.values_list("name", flat=True)[:MAX_LISTED]),
+        served_deployments=list(deployment.served_deployments.order_by("name").values_list("name", flat=True)),
     )
 
 
@@ -121,6 +125,11 @@ def delete_deployment(*, deployment: Deployment, actor: User | None = None, acto
     # Through the relation (not the cascade, which sends no m2m signal): the gateway forgets the
     # cached records of the keys that listed it.
     deployment.allowed_keys.clear()
+    # One save each (not the foreign key's SET NULL, which sends no signal): the gateway forgets the
+    # cached records that still name this deployment as their server.
+    for served in deployment.served_deployments.all():
+        served.served_by = None
+        served.save(update_fields=["served_by"])
     audit(
         org=deployment.org,
         action=AuditAction.DEPLOYMENT_DELETED,
@@ -131,6 +140,7 @@ def delete_deployment(*, deployment: Deployment, actor: User | None = None, acto
         removed_grants=impact.granted_orgs,
         limited_keys=impact.limited_keys,
         stranded_keys=impact.stranded_key_names,
+        **({"served_deployments": impact.served_deployments} if impact.served_deployments else {}),
     )
     deployment.delete()
     for token_id in token_ids:

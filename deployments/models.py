@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import ClassVar
 
 from django.conf import settings
@@ -22,6 +23,9 @@ DEPLOYMENT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 MAX_PRICE_MICROS = 1_000_000_000
 PRICE_VALIDATORS = [MinValueValidator(0), MaxValueValidator(MAX_PRICE_MICROS)]
 
+# A deployment's fallbacks are tried one after another while a request waits: a short list.
+MAX_FALLBACKS = 5
+
 
 def validate_deployment_name(value: str) -> None:
     if not DEPLOYMENT_NAME_RE.fullmatch(value):
@@ -29,6 +33,14 @@ def validate_deployment_name(value: str) -> None:
             f"{value!r} is not a valid deployment name: use 1-64 lower-case letters, digits, '.', '-' "
             "and '_', starting and ending with a letter or digit (e.g. gemma-tunnel)."
         )
+
+
+def suggest_deployment_name(model: str) -> str:
+    """A valid deployment name made from an upstream model name (`Qwen/Qwen2.5-7B:Q4_K_M` →
+    `qwen-qwen2.5-7b-q4_k_m`); "model" when nothing of it is usable."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", model.lower())[:64]
+    name = re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", name)
+    return name if DEPLOYMENT_NAME_RE.fullmatch(name) else "model"
 
 
 class DeploymentQuerySet(models.QuerySet["Deployment"]):
@@ -100,11 +112,62 @@ class Deployment(models.Model):
     def is_disabled(self) -> bool:
         return self.disabled_at is not None
 
+    @property
+    def pool_id(self) -> int:
+        """The deployment its connectors announce themselves under (proxy.access.DeploymentRecord.pool):
+        presence and the queue are keyed by it."""
+        return self.served_by_id or self.id
+
     def clean_prices(self) -> None:
-        """The bounds of its prices (their fields' validators), without full_clean's queries;
-        ValidationError names the field."""
-        prices = ("price_input_micros", "price_output_micros")
-        self.clean_fields(exclude=[f.name for f in self._meta.fields if f.name not in prices])
+        """The bounds of its prices and its surface mode (their fields' validators), without
+        full_clean's queries; ValidationError names the field."""
+        checked = ("price_input_micros", "price_output_micros", "surface_mode")
+        self.clean_fields(exclude=[f.name for f in self._meta.fields if f.name not in checked])
+
+    def clean_served_by(self) -> None:
+        """Whether `served_by` may serve it (every path: the dashboard, the API, the admin); ValidationError
+        names the field. One level only: the server is not itself served, and a deployment that serves
+        others is not served. A deployment with active connector tokens is not served either: its
+        connectors would announce themselves under its own id, where no request looks for them."""
+        server = self.served_by
+        if server is None:
+            return
+        errors = []
+        if self.pk is not None and server.pk == self.pk:
+            errors.append(f"{self.name} cannot be served by itself.")
+        elif server.org_id != self.org_id:
+            errors.append(f"{server.name} belongs to another organisation; a deployment is served by one of its own.")
+        elif server.served_by_id is not None:
+            errors.append(f"{server.name} is itself served by another deployment; choose the one whose connectors run.")
+        elif self.pk is not None and Deployment.objects.filter(served_by=self).exists():
+            errors.append(f"{self.name} serves other deployments, so it cannot be served by another one.")
+        elif self.pk is not None and self.connector_tokens.filter(revoked_at__isnull=True).exists():
+            errors.append(
+                f"{self.name} has active connector tokens of its own; revoke them before another deployment serves it."
+            )
+        if errors:
+            raise ValidationError({"served_by": errors})
+
+    def clean_fallbacks(self, fallbacks: Sequence[Deployment]) -> None:
+        """Whether `fallbacks`, in that order, may be its fallbacks: at most MAX_FALLBACKS, each once,
+        not itself, each a deployment its organisation may use (its own or one granted to it), so a
+        fallback never lets a key reach a model its organisation could not call by name."""
+        names = [d.name for d in fallbacks]
+        if len(names) > MAX_FALLBACKS:
+            raise ValidationError({"fallbacks": f"At most {MAX_FALLBACKS} fallbacks."})
+        if len(set(names)) != len(names):
+            raise ValidationError({"fallbacks": "Each fallback may be listed once."})
+        if self.pk is not None and any(d.pk == self.pk for d in fallbacks):
+            raise ValidationError({"fallbacks": f"{self.name} cannot be its own fallback."})
+        usable = set(Deployment.objects.usable_by(self.org_id).values_list("id", flat=True)) if fallbacks else set()
+        refused = [d.name for d in fallbacks if d.pk not in usable]
+        if refused:
+            raise ValidationError(
+                {"fallbacks": f"Your organisation may not use {', '.join(refused)}, so it cannot be a fallback."}
+            )
+
+    def clean(self) -> None:
+        self.clean_served_by()
 
     def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
         """Cost of a request in micro-USD, rounded up so that usage is never billed at zero."""

@@ -64,6 +64,7 @@ def test_delete_answers_what_went_with_it(api_admin, deployment, connector_token
         "limited_keys": 1,
         "stranded_keys": 1,
         "stranded_key_names": ["gemma only"],
+        "served_deployments": [],
     }
     assert not Deployment.objects.filter(name="gemma-tunnel").exists() and not ConnectorToken.objects.exists()
     assert api_admin.get(f"{URL}{deployment.pk}/").status_code == 404

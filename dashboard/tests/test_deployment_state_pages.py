@@ -109,7 +109,7 @@ def test_the_live_endpoint_gives_state_and_the_pages_own_fragments(as_owner, dep
     assert offline.status_code == 200 and "no-cache" in offline["Cache-Control"]
     data = offline.json()
     assert (data["state"], data["connectors"]) == ("offline", [])
-    assert set(data["fragments"]) == {"status", "deployment-connectors", "deployment-history"}
+    assert set(data["fragments"]) == {"status", "deployment-connectors", "deployment-history", "deployment-models"}
     assert "offline" in data["fragments"]["status"]
     history = data["fragments"]["deployment-history"]
     assert "heartbeat timeout (the connector went silent)" in history and "(close 4008)" in history

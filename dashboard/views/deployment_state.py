@@ -19,22 +19,26 @@ from deployments.lifecycle import delete_deployment, deletion_impact, disable_de
 from deployments.models import Deployment
 
 from ..deployment_forms import DeleteDeploymentForm
-from ..presence import labelled, live_infos
+from ..presence import announced_models, labelled, live_infos, model_rows
 
 HISTORY_ROWS = 50
 POLL_SECONDS = 5  # how often the page asks (dashboard.js reads it from the page)
 
 
 def live_context(request: OrgRequest, deployment: Deployment) -> dict:
-    """What the live part of the deployment page shows (also on its first render)."""
-    infos = live_infos(deployment.id)
+    """What the live part of the deployment page shows (also on its first render). A served deployment
+    shows its server's connectors, history and uptime: those are the ones that carry its requests."""
+    pool = deployment.served_by or deployment
+    infos = live_infos(pool.id)
     return {
         "deployment": deployment,
-        "connectors": labelled(deployment.id, infos),
+        "pool": pool,
+        "connectors": labelled(pool.id, infos),
+        "announced_models": model_rows(pool, announced_models(infos)),
         "command": connector_command(server_url(request)),
-        "has_active_token": deployment.connector_tokens.filter(revoked_at__isnull=True).exists(),
-        "history": recent_events(deployment, limit=HISTORY_ROWS),
-        "uptimes": uptimes(deployment, now=timezone.now(), live=infos),
+        "has_active_token": pool.connector_tokens.filter(revoked_at__isnull=True).exists(),
+        "history": recent_events(pool, limit=HISTORY_ROWS),
+        "uptimes": uptimes(pool, now=timezone.now(), live=infos),
         "poll_seconds": POLL_SECONDS,
     }
 
@@ -57,6 +61,7 @@ def deployment_live(request: OrgRequest, pk: int) -> HttpResponse:
                 "status": render_to_string("dashboard/_deployment_status.html", context, request),
                 "deployment-connectors": render_to_string("dashboard/_deployment_connectors.html", context, request),
                 "deployment-history": render_to_string("dashboard/_deployment_history.html", context, request),
+                "deployment-models": render_to_string("dashboard/_deployment_models.html", context, request),
             },
         }
     )

@@ -23,6 +23,7 @@ from deployments.actions import (
 from deployments.connector import connector_command, server_url
 from deployments.models import ConnectorToken, Deployment, ModelGrant
 
+from ..deployment_forms import RoutingForm, add_model_errors
 from ..forms import GrantForm, PricesForm
 from ..once import ConnectorTokenCreateForm, DeploymentCreateForm
 from ..presence import online_ids
@@ -39,13 +40,25 @@ def deployment_list(request: OrgRequest) -> HttpResponse:
     return render(
         request,
         "dashboard/deployments.html",
-        {"own": own, "shared": shared, "online": online, "form": DeploymentCreateForm()},
+        {"own": own, "shared": shared, "online": online, "form": DeploymentCreateForm(org=request.org)},
     )
+
+
+def _prefilled(request: OrgRequest) -> dict:
+    """The create form's starting values from the query (`?served_by=&upstream_model=&name=`): the
+    links "Create a deployment for this model" on a deployment's page. Only ever initial values,
+    cleaned like anything typed."""
+    query = request.GET
+    initial = {name: query[name][:limit] for name, limit in (("name", 64), ("upstream_model", 200)) if name in query}
+    served_by = query.get("served_by", "")
+    if served_by.isascii() and served_by.isdigit() and len(served_by) < 19:
+        initial["served_by"] = int(served_by)
+    return initial
 
 
 @org_view(manage=True)
 def deployment_create(request: OrgRequest) -> HttpResponse:
-    form = DeploymentCreateForm(request.POST or None)
+    form = DeploymentCreateForm(request.POST or None, org=request.org, initial=_prefilled(request))
     if request.method == "POST" and form.is_valid():
         # Submitted again (a reload, a double click): "already created", not a second try (dashboard/once.py).
         try:
@@ -55,9 +68,14 @@ def deployment_create(request: OrgRequest) -> HttpResponse:
         except AlreadySubmitted as done:
             return already_created(request, done.submitted)
         except ValidationError as exc:
-            form.add_error("name", exc)
+            add_model_errors(form, exc, "name")
         else:
-            messages.success(request, f"Deployment {deployment.name} created. Now create a connector token.")
+            if deployment.served_by is not None:
+                messages.success(
+                    request, f"Deployment {deployment.name} created; the connectors of {deployment.served_by} serve it."
+                )
+            else:
+                messages.success(request, f"Deployment {deployment.name} created. Now create a connector token.")
             return redirect("dashboard:deployment_detail", pk=deployment.pk)
     return render(request, "dashboard/deployment_form.html", {"form": form})
 
@@ -77,9 +95,12 @@ def _detail_context(request: OrgRequest, deployment: Deployment, **forms) -> dic
         ),
         "token_form": ConnectorTokenCreateForm(),
         "grant_form": GrantForm(user=request.user),
+        "routing_form": RoutingForm.for_deployment(deployment),
+        "served": deployment.served_deployments.order_by("name"),
     }
     context.update(forms)
-    context["has_active_token"] = any(t.revoked_at is None for t in context["tokens"])
+    if deployment.served_by_id is None:
+        context["has_active_token"] = any(t.revoked_at is None for t in context["tokens"])
     return context
 
 
@@ -103,6 +124,24 @@ def deployment_prices(request: OrgRequest, pk: int) -> HttpResponse:
 
 @org_view(manage=True)
 @require_POST
+def deployment_routing(request: OrgRequest, pk: int) -> HttpResponse:
+    deployment = owned_or_404(Deployment, request.org, pk=pk)
+    form = RoutingForm(request.POST, deployment=deployment)
+    if form.is_valid():
+        try:
+            update_deployment(deployment=deployment, actor=request.user, **form.changes())
+        except ValidationError as exc:
+            add_model_errors(form, exc)
+            deployment.refresh_from_db()
+        else:
+            messages.success(request, "Routing saved.")
+            return redirect("dashboard:deployment_detail", pk=pk)
+    context = _detail_context(request, deployment, routing_form=form)
+    return render(request, "dashboard/deployment_detail.html", context, status=400)
+
+
+@org_view(manage=True)
+@require_POST
 def token_create(request: OrgRequest, pk: int) -> HttpResponse:
     deployment = owned_or_404(Deployment, request.org, pk=pk)
     form = ConnectorTokenCreateForm(request.POST)
@@ -119,6 +158,10 @@ def token_create(request: OrgRequest, pk: int) -> HttpResponse:
             claim.made(token, f"{token.prefix}… for {deployment.name}")
     except AlreadySubmitted as done:
         return already_created(request, done.submitted)
+    except ValidationError as exc:  # a served deployment has no tokens of its own
+        form.add_error(None, exc)
+        context = _detail_context(request, deployment, token_form=form)
+        return render(request, "dashboard/deployment_detail.html", context, status=400)
     return secret_page(
         request,
         title=f"Connector token for {deployment.name}",

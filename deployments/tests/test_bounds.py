@@ -76,8 +76,11 @@ def admin_form(deployment: Deployment, **changes) -> dict:
         "price_output_micros": deployment.price_output_micros,
         "created_at_0": "2026-01-01",
         "created_at_1": "00:00:00",
+        "surface_mode": "auto",
         "grants-TOTAL_FORMS": 0,
         "grants-INITIAL_FORMS": 0,
+        "fallback_links-TOTAL_FORMS": 0,
+        "fallback_links-INITIAL_FORMS": 0,
         "Deployment_allowed_keys-TOTAL_FORMS": 0,
         "Deployment_allowed_keys-INITIAL_FORMS": 0,
     }

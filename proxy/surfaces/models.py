@@ -32,7 +32,7 @@ async def _records(key: KeyRecord) -> list[DeploymentRecord]:
 
 
 async def _entry(scope: RequestScope, record: DeploymentRecord) -> dict:
-    online = bool(await presence.live_connectors(record.id))
+    online = bool(await presence.live_connectors(record.pool))
     if scope.anthropic:
         return {
             "type": "model",

@@ -5,6 +5,8 @@ from deployments.actions import create_connector_token, create_deployment
 from deployments.models import MAX_PRICE_MICROS
 from lib.money import micros_to_usd, usd_to_micros
 
+from ._util import get_deployment
+
 
 def price(value: str | None, flag: str) -> int:
     if value is None:
@@ -19,7 +21,10 @@ def price(value: str | None, flag: str) -> int:
 
 
 class Command(BaseCommand):
-    help = "Create a deployment (the `model` name clients send). Prints a connector token as the last line."
+    help = (
+        "Create a deployment (the `model` name clients send). Prints a connector token as the last line, "
+        "unless --served-by names the deployment whose connectors serve it."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("name")
@@ -27,9 +32,13 @@ class Command(BaseCommand):
         parser.add_argument("--upstream-model", default="", metavar="M")
         parser.add_argument("--price-input", metavar="USD_PER_MTOK")
         parser.add_argument("--price-output", metavar="USD_PER_MTOK")
+        parser.add_argument(
+            "--served-by", metavar="DEPLOYMENT", help="another deployment of the org whose connectors serve this one"
+        )
 
-    def handle(self, *args, name, org, upstream_model, price_input, price_output, **options):
+    def handle(self, *args, name, org, upstream_model, price_input, price_output, served_by, **options):
         organisation = get_org(org)
+        server = get_deployment(served_by) if served_by else None
         with clear_errors():
             deployment = create_deployment(
                 org=organisation,
@@ -37,8 +46,14 @@ class Command(BaseCommand):
                 upstream_model=upstream_model,
                 price_input_micros=price(price_input, "--price-input"),
                 price_output_micros=price(price_output, "--price-output"),
+                served_by=server,
                 actor_label="cli",
             )
+            if server is not None:
+                self.stdout.write(
+                    f"Created deployment {deployment.name} for {organisation.slug}, served by {server.name}."
+                )
+                return
             token, secret = create_connector_token(deployment=deployment, name="initial", actor_label="cli")
         self.stdout.write(
             f"Created deployment {deployment.name} for {organisation.slug}; connector token {token.prefix}… (shown once):"
