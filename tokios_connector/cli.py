@@ -8,12 +8,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TextIO, TypeVar
 
 from . import __version__, tracing
 from . import metrics as connector_metrics
+from .check import run_check
 from .config import Config, public_url, upstream_base, websocket_url
 from .connector import Connector
+from .discover import AUTO, CANDIDATES, Candidate, find_upstream, not_found_message
 from .protocol import MAX_CONCURRENCY
 
 T = TypeVar("T")
@@ -25,6 +28,8 @@ Every option can also be given as an environment variable (shown in brackets). G
 in TOKIOS_CONNECTOR_TOKEN or in a file (--token-file), not with --token: other local users can
 read a command line in the process list.
 """
+
+EXIT_NO_UPSTREAM = 3  # --upstream auto found no model server
 
 # A connector token is ~60 characters; a file much longer than that is not a token file.
 MAX_TOKEN_FILE_BYTES = 4096
@@ -72,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the connector token; visible to other local users in the process list, so prefer "
         "TOKIOS_CONNECTOR_TOKEN or --token-file [TOKIOS_CONNECTOR_TOKEN]",
     )
-    p.add_argument("--upstream", help="model server base URL, e.g. http://127.0.0.1:8080/v1 [TOKIOS_UPSTREAM]")
+    p.add_argument(
+        "--upstream",
+        help="model server base URL, e.g. http://127.0.0.1:8080/v1, or `auto` to look for llama.cpp, Ollama, "
+        "vLLM and LM Studio on their default ports [TOKIOS_UPSTREAM]",
+    )
     p.add_argument("--model", help="rewrite the request's `model` to this upstream model name [TOKIOS_MODEL]")
     p.add_argument(
         "--max-concurrency",
@@ -112,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="address the metrics port listens on (default 127.0.0.1) [TOKIOS_CONNECTOR_METRICS_HOST]",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="say what the model server speaks and whether the server accepts the token, then exit "
+        "(0: ready to serve) without serving anything",
+    )
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not ask the model server which API surfaces and models it has; the server then "
+        "translates every surface to chat completions",
+    )
     p.add_argument("--version", action="version", version=f"tokios_connector {__version__}")
     return p
 
@@ -137,9 +158,22 @@ def read_token_file(path: str) -> tuple[str, str | None]:
     return lines[0].strip(), warning
 
 
+@dataclass(frozen=True)
+class Invocation:
+    config: Config  # its `upstream` is `auto` when the model server is to be looked for (resolve_upstream)
+    log_level: str
+    warnings: list[str]  # to log once logging is set up
+    check: bool  # --check: report and exit, serve nothing
+
+
 def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Config, str, list[str]]:
-    """Command line first, then environment; also returns warnings to log once logging is set up.
-    Errors exit with status 2 via argparse."""
+    """The settings, log level and warnings of a command line (see `parse_invocation`)."""
+    invocation = parse_invocation(argv, env)
+    return invocation.config, invocation.log_level, invocation.warnings
+
+
+def parse_invocation(argv: Sequence[str] | None, env: Mapping[str, str]) -> Invocation:
+    """Command line first, then environment. Errors exit with status 2 via argparse."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings: list[str] = []
@@ -192,7 +226,8 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
     upstream = required("upstream", "TOKIOS_UPSTREAM")
     try:
         server_url = websocket_url(server)
-        base = upstream_base(upstream)
+        # `auto` stays as it is: main() looks for the model server before anything else.
+        base = AUTO if upstream.strip().lower() == AUTO else upstream_base(upstream)
     except ValueError as exc:
         parser.error(str(exc))
     config = Config(
@@ -216,13 +251,14 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[Co
         log_prompts=args.log_prompts,
         metrics_port=pick("metrics_port", "TOKIOS_CONNECTOR_METRICS_PORT", _port, None, "a port number, 1-65535"),
         metrics_host=args.metrics_host or env.get("TOKIOS_CONNECTOR_METRICS_HOST") or "127.0.0.1",
+        probe=not args.no_probe,
     )
     if config.metrics_port is not None and not connector_metrics.available():
         parser.error(f"--metrics-port needs the prometheus-client package: {connector_metrics.INSTALL_HINT}")
     level = args.log_level or env.get("TOKIOS_LOG_LEVEL", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         parser.error(f"TOKIOS_LOG_LEVEL must be one of debug, info, warning, error (got {level!r})")
-    return config, level, warnings
+    return Invocation(config, level, warnings, args.check)
 
 
 def configure_logging(level: str) -> None:
@@ -237,7 +273,7 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(main_coroutine: Coroutine[Any, Any, int]) -> int:
+def run(main_coroutine: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when it is installed: its faster transports matter at thousands of frames a second."""
     try:
         import uvloop
@@ -246,12 +282,31 @@ def run(main_coroutine: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main_coroutine)
 
 
+async def resolve_upstream(
+    config: Config, candidates: tuple[Candidate, ...] = CANDIDATES, out: TextIO = sys.stderr
+) -> Config | None:
+    """`config` with `--upstream auto` replaced by the model server found; None if there is none."""
+    if config.upstream != AUTO:
+        return config
+    found = await find_upstream(candidates, upstream_key=config.upstream_key)
+    if found is None:
+        print(f"tokios_connector: {not_found_message(candidates)}", file=out, flush=True)
+        return None
+    print(f"upstream: {found.name} at {found.base}", file=out, flush=True)
+    return replace(config, upstream=found.base)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    config, level, warnings = parse_config(argv, os.environ)
-    configure_logging(level)
+    invocation = parse_invocation(argv, os.environ)
+    configure_logging(invocation.log_level)
     logger = logging.getLogger("tokios_connector")
-    for warning in warnings:
+    for warning in invocation.warnings:
         logger.warning("%s", warning)
+    config = run(resolve_upstream(invocation.config)) if invocation.config.upstream == AUTO else invocation.config
+    if config is None:
+        return EXIT_NO_UPSTREAM
+    if invocation.check:
+        return run(run_check(config))
     logger.info(
         "tokios_connector %s: server %s, upstream %s%s, max concurrency %d",
         __version__,

@@ -25,6 +25,8 @@ class Config:
     # Where the connector serves its own metrics (metrics.py); None: it does not.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # Ask the upstream what it speaks and serves before every hello (probe.py); --no-probe: do not.
+    probe: bool = True
 
 
 def websocket_url(server: str) -> str:

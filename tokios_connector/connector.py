@@ -19,7 +19,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from . import __version__, slots
+from . import __version__, probe, slots
 from .config import Config, public_url
 from .contract import coalesce_writes
 from .metrics import NO_METRICS, NoMetrics
@@ -35,7 +35,6 @@ from .protocol import (
     ConnectorFrame,
     Credit,
     Draining,
-    Hello,
     Ping,
     Pong,
     ProtocolError,
@@ -285,17 +284,15 @@ class Connector:
     async def _serve_connection(self, ws: ClientConnection) -> None:
         cfg = self.config
         assert self._http is not None
-        # Asked on every connection: the model server may have restarted with another slot count.
-        slot_count = await slots.count(self._http, cfg)
-        hello = Hello(
-            protocol=PROTOCOL_VERSION,
-            version=__version__,
-            upstream=public_url(cfg.upstream),
-            model=cfg.model,
-            max_concurrency=cfg.max_concurrency,
-            slots=slot_count,
+        # Asked on every connection: the model server may have restarted with another slot count,
+        # other models, or as another release.
+        slot_count, findings = await asyncio.gather(
+            slots.count(self._http, cfg),
+            probe.probe(self._http, cfg.upstream, cfg.upstream_key) if cfg.probe else probe.skipped(),
         )
-        await self._send(ws, hello)
+        if findings is not None:
+            log.info("upstream: %s", findings.summary())
+        await self._send(ws, probe.hello(cfg, slot_count, findings))
         welcome = await self._await_welcome(ws)
         if welcome is None:
             return

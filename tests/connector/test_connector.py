@@ -49,6 +49,8 @@ async def test_it_says_hello_and_waits_for_welcome(
         model="local-llama",
         max_concurrency=7,
         slots=7,  # the fake upstream does not say how many it has: as many as it may be sent
+        surfaces=("chat", "tokenize"),  # what the probe found the fake upstream speaks
+        models=("fake-model",),
     )
     with pytest.raises(asyncio.TimeoutError):
         await peer.next_control(timeout=0.2)  # nothing else before welcome
@@ -179,7 +181,8 @@ async def test_a_large_upstream_read_is_split_to_fit_the_credit_held(
 
     server = await asyncio.start_server(upstream, "127.0.0.1", 0)
     try:
-        await start_connector(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        # No probe: this upstream answers one request per connection, with the same 40 KiB.
+        await start_connector(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", probe=False)
         peer = await tunnel.accept()
         await peer.handshake(window=6, auto_credit=False)
 

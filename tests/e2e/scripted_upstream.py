@@ -5,7 +5,9 @@ per path, so a test can reproduce a specific real server's quirk: an OpenAI-comp
 without llama.cpp's /tokenize and /apply-template (vLLM, Ollama), a llama.cpp-like template that
 renders tool definitions, or a stream whose last event has no blank line after it (Ollama writes
 its mid-stream error JSON that way). It runs in a thread of the test process; the connector
-reaches it over real HTTP like any upstream. Every request is recorded as (path, parsed body).
+reaches it over real HTTP like any upstream. Every request is recorded as (path, parsed body),
+except the connector's probe (user agent `tokios-connector-probe/...`), which a route answers 400
+when its body is not JSON.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ class ScriptedUpstream:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw
-                upstream.requests.append((self.path, body))
                 route = upstream.routes.get(self.path)
-                if route is None:
+                probing = self.headers.get("user-agent", "").startswith("tokios-connector-probe/")
+                if not probing:  # the connector's probe (tokios_connector/probe.py) is not recorded
+                    upstream.requests.append((self.path, body))
+                if route is not None and probing and isinstance(body, bytes):
+                    status, kind, payload = 400, "application/json", b'{"error": {"message": "bad JSON", "code": 400}}'
+                elif route is None:
                     status, kind, payload = 404, "application/json", b'{"error": {"message": "Not Found", "code": 404}}'
                 else:
                     status, kind, payload = route(body)

@@ -18,6 +18,8 @@ Endpoints (``/v1`` prefix optional, as with llama.cpp):
   say how many slots it has).
 - ``POST /tokenize`` -> ``{"tokens": [...]}`` (one id per word of ``content``);
   ``POST /apply-template`` -> ``{"prompt": <message texts joined with newlines>}``.
+- Requests from the connector's probe (user agent ``tokios-connector-probe/...``) are answered as
+  above but not counted; a POST the fake has no route for is a 404 to them whatever its body.
 - ``GET /_fake/stats`` -> ``{"started", "completed", "aborted", "failed", "last_body", "last_headers",
   "last_path"}``;
   ``POST /_fake/reset`` zeroes them. ``aborted`` counts clients that went away before the answer was
@@ -406,6 +408,20 @@ def decode_json(raw: bytes) -> Any:
         return None
 
 
+async def probe(method: str, path: str, raw: bytes, send: Send) -> None:
+    """The connector's probe (tokios_connector/probe.py), not counted: this fake has chat
+    completions, /tokenize and /apply-template, and a route it has fails on a body that is not JSON."""
+    body = decode_json(raw)
+    if method == "POST" and path == "/tokenize" and body is not None:
+        await tokenize(body, send)
+    elif method == "POST" and path in ("/chat/completions", "/tokenize", "/apply-template") and body is None:
+        await respond(send, 400, error_body(400, "body must be JSON", "invalid_request_error"))
+    elif method == "GET" and path == "/models":
+        await models(send)
+    else:
+        await respond(send, 404, error_body(404, f"no route for {method} {path}", "not_found_error"))
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return  # lifespan is switched off when run by main(); anything else is not for us
@@ -426,6 +442,9 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # The connector asks llama.cpp how many slots it has (tokios_connector/slots.py): this fake
         # does not say, like vLLM or Ollama, and the question is not model traffic, so not counted.
         await respond(send, 404, error_body(404, f"no route for {method} {scope['path']}", "not_found_error"))
+        return
+    if any(k == b"user-agent" and v.startswith(b"tokios-connector-probe/") for k, v in scope["headers"]):
+        await probe(method, path, await read_body(receive) if method == "POST" else b"", send)
         return
 
     stats.started += 1
