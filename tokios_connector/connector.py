@@ -535,6 +535,7 @@ class Connector:
         if cfg.log_prompts and body:
             log.info("req %s body: %s", rid, body[:LOG_PROMPT_LIMIT].decode(errors="replace"))
         headers = request_headers(request.headers, cfg.upstream_key)
+        headers.extend(route.headers)
         if body is not None and not any(name == "content-type" for name, _ in headers):
             headers.append(("content-type", "application/json"))
         span = self.tracing.upstream_span(request, route.method, str(route.url)) if self.tracing else None

@@ -20,6 +20,7 @@ class Route:
     method: str
     url: httpx.URL
     rewrite_model: bool
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request on this route
 
 
 # path in the `request` frame -> (method, served at the upstream origin rather than the base, rewrite model)
@@ -27,10 +28,20 @@ ALLOWED_PATHS: dict[str, tuple[str, bool, bool]] = {
     "/chat/completions": ("POST", False, True),
     "/completions": ("POST", False, True),
     "/embeddings": ("POST", False, True),
+    # The native surfaces, for model servers that speak them (the server decides when to use them).
+    "/messages": ("POST", False, True),
+    "/messages/count_tokens": ("POST", False, True),
+    "/responses": ("POST", False, True),
     "/models": ("GET", False, False),
     # llama.cpp extensions live at the server root, not under /v1.
     "/tokenize": ("POST", True, False),
     "/apply-template": ("POST", True, False),
+}
+
+# Anthropic-compatible servers may require the API version header; the gateway speaks this one.
+ROUTE_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "/messages": (("anthropic-version", "2023-06-01"),),
+    "/messages/count_tokens": (("anthropic-version", "2023-06-01"),),
 }
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "x-request-id")
@@ -56,7 +67,7 @@ def build_routes(base: str) -> dict[str, Route]:
     """Resolve every allow-listed path to its full upstream URL once, at start-up."""
     origin = upstream_origin(base)
     return {
-        path: Route(method, httpx.URL((origin if at_origin else base) + path), rewrite)
+        path: Route(method, httpx.URL((origin if at_origin else base) + path), rewrite, ROUTE_HEADERS.get(path, ()))
         for path, (method, at_origin, rewrite) in ALLOWED_PATHS.items()
     }
 

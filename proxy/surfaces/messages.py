@@ -11,7 +11,7 @@ from ..stream import EventTranslator
 from ..translate import anthropic
 from ..translate.errors import TranslationError
 from ..upstream import open_call, read_body, upstream_model
-from . import translated
+from . import native, translated
 
 HELPER_RESPONSE_LIMIT = 4 * 1024 * 1024  # a rendered prompt or its token list
 
@@ -29,6 +29,8 @@ def _error_type(code: str) -> str:
 async def create_message(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
+    if await native.speaks(scope, "messages"):
+        return await native.create_message(scope)
     try:
         chat_body, info = anthropic.validate_and_translate_request(body, upstream_model=upstream_model(scope))
     except TranslationError as exc:
@@ -43,7 +45,8 @@ async def create_message(scope: RequestScope) -> HttpResponseBase:
 
 
 async def count_tokens(scope: RequestScope) -> HttpResponse:
-    """An exact count from the model's own tokenizer where the upstream offers one (llama.cpp's
+    """An exact count from the model server's own /v1/messages/count_tokens where it serves one
+    (proxy/surfaces/native.py), else from its tokenizer where it offers one (llama.cpp's
     /apply-template + /tokenize); otherwise a documented estimate, marked `"estimated": true`."""
     body = scope.body
     await scope.resolve_model(body.get("model"))
@@ -54,6 +57,10 @@ async def count_tokens(scope: RequestScope) -> HttpResponse:
     # A count asks the owner's model server too: it takes a request from the key's and org's
     # requests per minute like any call, and no tokens (it generates none).
     await scope.check_limits(0)
+    if await native.speaks(scope, "count_tokens"):
+        counted = await native.count_tokens(scope)
+        if counted is not None:
+            return json_response({"input_tokens": counted}, headers={"x-tokios-token-count": "exact"})
     exact = await _tokenize(scope, messages, anthropic.count_tokens_tools(body))
     if exact is not None:
         return json_response({"input_tokens": exact}, headers={"x-tokios-token-count": "exact"})

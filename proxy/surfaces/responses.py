@@ -17,7 +17,7 @@ from ..translate import responses
 from ..translate.anthropic import estimate_tokens
 from ..translate.errors import TranslationError
 from ..upstream import upstream_model
-from . import translated
+from . import native, translated
 from .chat import DEFAULT_OUTPUT_RESERVATION
 
 MAX_ID_LENGTH = 64  # the stored id's column; a longer id, or one with a NUL, cannot be ours
@@ -104,6 +104,8 @@ def _error_code(code: str) -> str:
 async def create_response(scope: RequestScope) -> HttpResponseBase:
     body = scope.body
     await scope.resolve_model(body.get("model"))
+    if await native.speaks(scope, "responses"):
+        return await native.create_response(scope)
     previous: StoredResponse | None = None
     history: list[dict] = []
     if body.get("previous_response_id") is not None:

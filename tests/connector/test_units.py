@@ -68,6 +68,15 @@ def test_routes_send_llama_cpp_extensions_to_the_origin() -> None:
     assert routes["/models"].method == "GET"
 
 
+def test_routes_forward_the_native_surfaces_under_the_base_with_the_model_rewritten() -> None:
+    routes = build_routes("http://h:8080/v1")
+    for path in ("/messages", "/messages/count_tokens", "/responses"):
+        assert str(routes[path].url) == f"http://h:8080/v1{path}"
+        assert (routes[path].method, routes[path].rewrite_model) == ("POST", True)
+    assert routes["/messages"].headers == (("anthropic-version", "2023-06-01"),)
+    assert routes["/responses"].headers == routes["/chat/completions"].headers == ()
+
+
 def test_request_ids_must_fit_the_frame_header() -> None:
     assert valid_request_id("a" * 64)
     assert not valid_request_id("a" * 65)

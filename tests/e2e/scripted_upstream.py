@@ -25,6 +25,7 @@ class ScriptedUpstream:
     def __init__(self, routes: dict[str, Callable[[Any], Answer]] | None = None):
         self.routes = dict(routes or {})
         self.requests: list[tuple[str, Any]] = []
+        self.headers: list[tuple[str, dict[str, str]]] = []  # (path, lower-cased request headers)
         upstream = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -40,6 +41,7 @@ class ScriptedUpstream:
                 probing = self.headers.get("user-agent", "").startswith("tokios-connector-probe/")
                 if not probing:  # the connector's probe (tokios_connector/probe.py) is not recorded
                     upstream.requests.append((self.path, body))
+                    upstream.headers.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if route is not None and probing and isinstance(body, bytes):
                     status, kind, payload = 400, "application/json", b'{"error": {"message": "bad JSON", "code": 400}}'
                 elif route is None:
