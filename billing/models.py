@@ -20,6 +20,7 @@ class Surface(models.TextChoices):
     MESSAGES = "messages", "Messages"
     COUNT_TOKENS = "count_tokens", "Count tokens"
     MODELS = "models", "Models"
+    EMBEDDINGS = "embeddings", "Embeddings"
 
 
 # What one usage event may hold, whatever the upstream or a stored price said: the writer clamps

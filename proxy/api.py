@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from . import gateway
-from .surfaces import chat, messages, models, responses
+from .surfaces import chat, embeddings, messages, models, responses
 
 api = NinjaAPI(title="Tokios /v1", version="1", urls_namespace="v1", docs_url=None, openapi_url=None)
 
@@ -18,6 +18,11 @@ def is_anthropic(request: HttpRequest) -> bool:
 @api.post("/chat/completions")
 async def chat_completions(request: gateway.ScopedRequest):
     return await gateway.handle(request, "chat", chat.chat_completions)
+
+
+@api.post("/embeddings")
+async def create_embeddings(request: gateway.ScopedRequest):
+    return await gateway.handle(request, "embeddings", embeddings.create_embeddings)
 
 
 @api.get("/models")

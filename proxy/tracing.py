@@ -83,8 +83,8 @@ TOKIOS_UPSTREAM_MS = "tokios.upstream_ms"  # the connector's timing of the model
 TOKIOS_RESPONSE_CONTENT = "tokios.response.content"  # the model's raw answer; only with TOKIOS_TRACE_CONTENT
 
 PROVIDER = "tokios"  # what answers the client: the gateway, whatever model server is behind it
-# Surfaces that ask a model to generate, and their GenAI operation.
-OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat"}
+# Surfaces that ask a model for an answer, and their GenAI operation.
+OPERATIONS = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings"}
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 MAX_PATH_CHARS = 1024
 # The propagator itself refuses longer values, but logs a warning for each: a client must not be

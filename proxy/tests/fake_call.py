@@ -10,6 +10,9 @@ with the next script given to `Upstream.answer()`; a script is a sequence of
   dispatch raises it);
 - `Delay(seconds)`: the model takes that long before its next item (a wait longer than the
   reader's timeout is a timeout, as it would be);
+- `Gate(event)`: the model sends nothing more until the test's `event` is set (the same timeout);
+  `Signal(event)`: sets `event` when the script gets there, and goes on at once — together they
+  order two calls without a clock;
 - `SILENCE`: the model sends nothing more, however long one waits (also what a call without a
   script does).
 
@@ -42,6 +45,16 @@ PROMPT_TOKENS, COMPLETION_TOKENS = 1000, 500
 @dataclass(frozen=True)
 class Delay:
     seconds: float
+
+
+@dataclass(frozen=True)
+class Gate:
+    event: asyncio.Event
+
+
+@dataclass(frozen=True)
+class Signal:
+    event: asyncio.Event
 
 
 class Upstream:
@@ -111,9 +124,11 @@ class ScriptedCall:
         self.cancel_takes = upstream.cancel_takes
         self.reading = False  # someone is waiting in start() or next_item() right now
         self.queue_wait_ms = 0  # the scripted model always has a free slot
+        self.admit_timeout: float | None = None  # what admit() was given, if it was called
         self.trace: CallTrace | None = None  # told of the steps as TunnelCall tells it (tracing on)
 
     async def admit(self, timeout: float, notice: float | None = None) -> int:
+        self.admit_timeout = timeout
         if self.items and isinstance(self.items[0], CallError):
             raise self.items.popleft()  # no connector took it, as TunnelCall's admission raises it
         return 0
@@ -149,7 +164,19 @@ class ScriptedCall:
         self.reading = True
         try:
             deadline = time.monotonic() + timeout
-            while self.items and isinstance(self.items[0], Delay):
+            while self.items and isinstance(self.items[0], Delay | Gate | Signal):
+                if isinstance(self.items[0], Signal):
+                    self.items.popleft().event.set()
+                    continue
+                if isinstance(self.items[0], Gate):
+                    gate = self.items[0].event
+                    if not gate.is_set():
+                        try:
+                            await asyncio.wait_for(gate.wait(), max(0.0, deadline - time.monotonic()))
+                        except TimeoutError:
+                            return None
+                    self.items.popleft()
+                    continue
                 delay = self.items[0]
                 left = deadline - time.monotonic()
                 if delay.seconds > left:

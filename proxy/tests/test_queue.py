@@ -362,3 +362,25 @@ async def test_an_uncontended_request_never_touches_the_queue(connect, monkeypat
     await until(lambda: connector.requests == ["r1"])
     await connector.finish("r1")
     assert await task == Started(200, {})
+
+
+async def test_a_call_that_may_not_wait_is_sent_to_a_free_slot_and_never_takes_a_place_in_line(connect, monkeypatch):
+    async def no_queue(**kwargs):
+        raise AssertionError("a call that may not wait took a place in line")
+
+    monkeypatch.setattr(queue, "enqueue", no_queue)
+    connector = await connect(slots=2)
+    busy = starting(new_call("busy"))
+    await until(lambda: connector.requests == ["busy"])
+
+    assert await new_call("beside").admit(0.0) == 0  # the second slot is free
+    full = new_call("refused")
+    with pytest.raises(CallError) as caught:
+        await full.admit(0.0)
+
+    assert (caught.value.status, caught.value.code) == (503, "queue_timeout")
+    assert full.finished and connector.requests == ["busy", "beside"]
+    await connector.finish("busy")
+    await connector.finish("beside")
+    await busy
+    assert_nothing_left(connector)

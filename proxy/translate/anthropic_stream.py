@@ -97,6 +97,7 @@ class MessagesStreamTranslator(UsageTally):
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
         self._started = False
+        self._start_held = False  # message_start waits for the next event out (see `start`)
         self._stopped = False
         self._finished = False
         self.failed = False
@@ -110,10 +111,35 @@ class MessagesStreamTranslator(UsageTally):
         """A stop sequence matched; the gateway should cancel the upstream."""
         return self._stopped
 
-    def start(self) -> bytes:
+    def start(self, *, hold: bool = False) -> bytes:
+        """``message_start``. With ``hold``, nothing yet: it goes out just before the next event
+        (a content event, a ping, the end or an error), with the input tokens known by then
+        (`exact_input_tokens`); the first token is not delayed by it."""
         self._started = True
         if not self._emit:
             return b""
+        if hold:
+            self._start_held = True
+            return b""
+        return self._message_start()
+
+    def exact_input_tokens(self, count: int) -> None:
+        """The prompt's size from the model's own tokenizer, learnt while the model works:
+        ``message_start`` says it if it is still held back, and it stands in for the model's own
+        count if that never comes (in place of the estimate given as ``input_tokens_hint``)."""
+        self._hint = count
+
+    @property
+    def start_held(self) -> bool:
+        return self._start_held
+
+    def _release_start(self) -> bytes:
+        if not self._start_held:
+            return b""
+        self._start_held = False
+        return self._message_start()
+
+    def _message_start(self) -> bytes:
         return encode_event(
             "message_start",
             {
@@ -137,11 +163,16 @@ class MessagesStreamTranslator(UsageTally):
         )
 
     def ping(self) -> bytes:
-        return encode_event("ping", {"type": "ping"}) if self._emit else b""
+        return self._release_start() + encode_event("ping", {"type": "ping"}) if self._emit else b""
 
     def feed(self, chunk: dict) -> bytes:
         if self._finished or self.failed or not isinstance(chunk, dict):
             return b""
+        if self._start_held:
+            return self._release_start() + self._feed(chunk)
+        return self._feed(chunk)
+
+    def _feed(self, chunk: dict) -> bytes:
         err = chunk.get("error")
         if err:
             message, kind = upstream_error(err)
@@ -186,7 +217,7 @@ class MessagesStreamTranslator(UsageTally):
         if self._finished or self.failed:
             return b""
         self._finished = True
-        out: list[bytes] = []
+        out: list[bytes] = [self._release_start()]
         if not self._started:
             out.append(self.start())
         if not self._stopped:
@@ -220,7 +251,8 @@ class MessagesStreamTranslator(UsageTally):
         self.error_type = error_type
         if not self._emit:
             return b""
-        return encode_event("error", {"type": "error", "error": {"type": error_type, "message": message}})
+        event = encode_event("error", {"type": "error", "error": {"type": error_type, "message": message}})
+        return self._release_start() + event
 
     @property
     def stop_reason(self) -> str:

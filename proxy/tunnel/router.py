@@ -123,8 +123,9 @@ class TunnelCall:
         """Send the request to a connector with a free slot; 0 once it is sent. While every live
         connector is busy the request waits in the deployment's queue, at most `timeout` seconds
         and `TOKIOS_QUEUE_MAX_WAIT` in all; with `notice`, it returns its place in line (1: next)
-        whenever it has waited `notice` seconds more, and waits on at the next call. CallError:
-        503 `connector_offline`, `queue_full` or `queue_timeout`."""
+        whenever it has waited `notice` seconds more, and waits on at the next call. With a
+        `timeout` of 0 it never takes a place in line. CallError: 503 `connector_offline`,
+        `queue_full` or `queue_timeout`."""
         if self.dispatched:
             return 0
         if self.finished:
@@ -132,6 +133,11 @@ class TunnelCall:
         if self.waiter is None:
             if await self._dispatch():
                 return 0
+            if timeout <= 0:
+                # It may not wait: the answer a place in line would give at once, without taking
+                # one (a helper call beside a generation must not stand in anyone's way).
+                self._finish()
+                raise CallError(503, "queue_timeout", QUEUE_TIMEOUT_MESSAGE)
             await self._enqueue(max(0.0, min(settings.QUEUE_MAX_WAIT, timeout)))
         deadline = min(self.queue_deadline, time.monotonic() + timeout)
         return await self._wait_turn(deadline, notice)

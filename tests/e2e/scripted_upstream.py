@@ -4,7 +4,8 @@ tests/fakes/fake_upstream.py is the upstream for almost every test. This one ans
 per path, so a test can reproduce a specific real server's quirk: an OpenAI-compatible server
 without llama.cpp's /tokenize and /apply-template (vLLM, Ollama), a llama.cpp-like template that
 renders tool definitions, or a stream whose last event has no blank line after it (Ollama writes
-its mid-stream error JSON that way). It runs in a thread of the test process; the connector
+its mid-stream error JSON that way), or an embeddings endpoint (`embeddings()`: vectors computed
+from the input, not by any model). It runs in a thread of the test process; the connector
 reaches it over real HTTP like any upstream. Every request is recorded as (path, parsed body),
 except the connector's probe (user agent `tokios-connector-probe/...`), which a route answers 400
 when its body is not JSON.
@@ -93,3 +94,36 @@ def chunk(delta: dict, finish_reason: str | None = None) -> dict:
         "model": "scripted",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+
+
+def embedding_for(item: str | list[int], index: int) -> list[float]:
+    """The vector the scripted /v1/embeddings gives one input: small whole numbers, exact in float32,
+    so that a test can predict it and a base64 round trip returns it unchanged."""
+    if isinstance(item, str):
+        return [float(len(item)), float(len(item.split())), float(index), -1.0]
+    return [float(len(item)), float(sum(item) % 1024), float(index), -1.0]
+
+
+def embeddings(*, with_usage: bool = True) -> Callable[[Any], Answer]:
+    """A route answering /v1/embeddings deterministically (TEST DOUBLE, not a model): one
+    `embedding_for` vector per input, always as floats whatever `encoding_format` asked, and
+    `prompt_tokens` counting the words of text inputs and the ids of token inputs."""
+
+    def answer(body: Any) -> Answer:
+        value = body.get("input") if isinstance(body, dict) else None
+        if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+            items = [value]
+        elif isinstance(value, list) and value:
+            items = value
+        else:
+            return 400, "application/json", b'{"error": {"message": "input is required", "code": 400}}'
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_for(item, i)} for i, item in enumerate(items)
+        ]
+        reply: dict[str, Any] = {"object": "list", "model": body.get("model"), "data": data}
+        if with_usage:
+            tokens = sum(len(item.split()) if isinstance(item, str) else len(item) for item in items)
+            reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return 200, "application/json", json.dumps(reply).encode()
+
+    return answer

@@ -92,6 +92,7 @@ MESSAGES = {
     "metadata": {"user_id": "u-1"},
 }
 COUNT_TOKENS = {key: value for key, value in MESSAGES.items() if key not in ("max_tokens", "stream", "metadata")}
+EMBEDDINGS = {"model": "gemma-tunnel", "input": ["What is 6 x 7?", "42"], "encoding_format": "base64", "user": "u-1"}
 
 # path -> (the valid body, whether the surface answers in Anthropic's shape)
 SURFACES: dict[str, tuple[dict, bool]] = {
@@ -99,6 +100,7 @@ SURFACES: dict[str, tuple[dict, bool]] = {
     "/v1/responses": (RESPONSES, False),
     "/v1/messages": (MESSAGES, True),
     "/v1/messages/count_tokens": (COUNT_TOKENS, True),
+    "/v1/embeddings": (EMBEDDINGS, False),
 }
 
 
@@ -245,7 +247,7 @@ async def test_no_route_or_method_can_make_the_gateway_fail(key, deployment, met
     check_answer(exchange, errors, anthropic=answers_as_anthropic(path, exchange.status, header=anthropic_header))
 
 
-ROUTES = re.compile(r"/v1/(chat/completions|responses(/[^/]+)?|models(/[^/]+)?|messages(/count_tokens)?)")
+ROUTES = re.compile(r"/v1/(chat/completions|embeddings|responses(/[^/]+)?|models(/[^/]+)?|messages(/count_tokens)?)")
 
 
 def answers_as_anthropic(path: str, status: int | None, *, header: bool) -> bool:
