@@ -45,7 +45,16 @@ class RequestEventSerializer(serializers.ModelSerializer):
     key_prefix = serializers.CharField(source="api_key.prefix", allow_null=True, default=None)
     model = serializers.CharField(source="model_name", help_text="The model name the client sent.")
     deployment = serializers.CharField(
-        source="deployment.name", allow_null=True, default=None, help_text="null: no deployment has that model."
+        source="deployment.name",
+        allow_null=True,
+        default=None,
+        help_text="The deployment that served it (a fallback's when `served_by_fallback`); null: none has that model.",
+    )
+    retried = serializers.BooleanField(
+        help_text="Sent a second time, to another connector, after the first failed before answering."
+    )
+    served_by_fallback = serializers.BooleanField(
+        help_text="Served by a fallback of the model the client named (`deployment`)."
     )
 
     class Meta:
@@ -71,6 +80,8 @@ class RequestEventSerializer(serializers.ModelSerializer):
             "streamed",
             "cancelled",
             "connector_id",
+            "retried",
+            "served_by_fallback",
         ]
 
 

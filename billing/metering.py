@@ -75,6 +75,10 @@ class UsageRecord:
     requested_model: str = ""  # the `model` the client sent, whether or not a deployment has it
     connector_id: str = ""  # the connector that took the call, if one did
     queue_wait_ms: int = 0  # how long the request waited for a free slot of the model (proxy/tunnel/queue.py)
+    # Sent a second time, to another connector, after the first failed before the response began;
+    # served by one of the deployment's fallbacks (then `deployment_id` is the fallback's).
+    retried: bool = False
+    served_by_fallback: bool = False
     # The connector's own timing of the model server (from its `end` frame), for metrics and the
     # access log: what the model took, as against what Tokios added. Not stored in the usage row.
     upstream_ms: int | None = None
@@ -384,6 +388,8 @@ _COLUMNS = (
     "requested_model",
     "connector_id",
     "queue_wait_ms",
+    "retried",
+    "served_by_fallback",
 )
 
 
@@ -429,6 +435,8 @@ def _rows(batch: list[UsageRecord], connection) -> list[tuple]:
             r.requested_model[:MAX_REQUESTED_MODEL_CHARS],
             r.connector_id[:MAX_CONNECTOR_ID_CHARS],
             _int32(r.queue_wait_ms),
+            r.retried is True,
+            r.served_by_fallback is True,
         )
         for r in batch
     ]
@@ -470,13 +478,15 @@ def _json_insert_sql() -> str:
         "requested_model": f"left(coalesce(r.requested_model, ''), {MAX_REQUESTED_MODEL_CHARS})",
         "connector_id": f"left(coalesce(r.connector_id, ''), {MAX_CONNECTOR_ID_CHARS})",
         "queue_wait_ms": int32.format("r.queue_wait_ms"),
+        "retried": "coalesce(r.retried, false)",
+        "served_by_fallback": "coalesce(r.served_by_fallback, false)",
     }
     shape = (
         "request_id text, created_at float8, created timestamptz, org_id bigint, key_id bigint, "
         "api_key_id bigint, deployment_id bigint, surface text, status_code int, input_tokens numeric, "
         "output_tokens numeric, usage_estimated boolean, cost_micros numeric, latency_ms numeric, "
         "ttft_ms numeric, streamed boolean, cancelled boolean, error_code text, requested_model text, "
-        "connector_id text, queue_wait_ms numeric"
+        "connector_id text, queue_wait_ms numeric, retried boolean, served_by_fallback boolean"
     )
     return (
         f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "

@@ -94,6 +94,10 @@ class UsageEvent(models.Model):
     requested_model = models.CharField(max_length=MAX_REQUESTED_MODEL_CHARS, blank=True, default="", db_default="")
     connector_id = models.CharField(max_length=MAX_CONNECTOR_ID_CHARS, blank=True, default="", db_default="")
     queue_wait_ms = models.PositiveIntegerField(default=0, db_default=0)  # waiting for a slot of the model
+    # Sent again to another connector after the first failed before answering (proxy/failover.py);
+    # served by a fallback of the deployment the client named (`deployment` is the fallback).
+    retried = models.BooleanField(default=False, db_default=False)
+    served_by_fallback = models.BooleanField(default=False, db_default=False)
 
     objects = UsageEventQuerySet.as_manager()
 

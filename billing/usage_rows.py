@@ -80,6 +80,8 @@ def flagged_fields(record: Any) -> dict[str, Any]:
         "requested_model": _text(record.requested_model, MAX_REQUESTED_MODEL_CHARS),
         "connector_id": _text(record.connector_id, MAX_CONNECTOR_ID_CHARS),
         "queue_wait_ms": _clamped(record.queue_wait_ms, MAX_EVENT_TOKENS),
+        "retried": record.retried is True,
+        "served_by_fallback": record.served_by_fallback is True,
     }
 
 

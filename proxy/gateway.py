@@ -67,6 +67,9 @@ class RequestScope:
         self.metered = False  # a surface took the request: it gets a usage record
         self.key: KeyRecord | None = None
         self.deployment: DeploymentRecord | None = None
+        # The deployment that served instead, when `deployment` could not (proxy/failover.py): the
+        # request is metered and priced as its.
+        self.fallback: DeploymentRecord | None = None
         self.body: dict = {}
         self.headers: dict[str, str] = {}  # added to the response (rate limits…)
         self.reservation: limits.Reservation | None = None
@@ -111,8 +114,9 @@ class RequestScope:
             # The model's own figures: bounded before any arithmetic (a connector may report anything).
             record.input_tokens = min(max(0, input_tokens), MAX_EVENT_TOKENS)
             record.output_tokens = min(max(0, output_tokens), MAX_EVENT_TOKENS)
-        if self.deployment is not None:
-            cost = self.deployment.cost_micros(record.input_tokens, record.output_tokens)
+        deployment = self.fallback or self.deployment
+        if deployment is not None:
+            cost = deployment.cost_micros(record.input_tokens, record.output_tokens)
             record.cost_micros = min(max(0, cost), MAX_EVENT_COST_MICROS)
         record.finish()
         limits.settle(self.reservation, record)
@@ -191,6 +195,13 @@ class RequestScope:
     def finish_headers(self, response: HttpResponseBase) -> HttpResponseBase:
         response["x-request-id"] = self.request_id
         response["request-id"] = self.request_id
+        record = self.record
+        if record.connector_id:
+            response["x-tokios-connector"] = record.connector_id
+        if record.retried:
+            response["x-tokios-retried"] = "1"
+        if self.fallback is not None:
+            response["x-tokios-fallback"] = self.fallback.name
         for name, value in self.headers.items():
             response[name] = value
         return response

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from .calls import CallError, Data, Ended, Failed, UpstreamCall
 from .errors import GatewayError
+from .failover import RoutedCall
 from .gateway import RequestScope
 from .tunnel.router import TunnelCall, call_error
 
@@ -67,19 +68,9 @@ def upstream_error(scope: RequestScope, status: int, raw: bytes) -> GatewayError
 
 def new_call(scope: RequestScope, path: str, payload: dict | None, method: str = "POST") -> UpstreamCall:
     """The call for a request to the model, not sent yet. It is the scope's from here on: whatever
-    happens, the scope's close() ends it."""
-    body = orjson.dumps(payload) if payload is not None else b""
-    key = scope.authenticated_key()
-    call = (settings.UPSTREAM_CALL or TunnelCall)(
-        deployment_id=scope.resolved_deployment().pool,
-        request_id=scope.request_id,
-        method=method,
-        path=path,
-        body=body,
-        org_id=key.org_id,
-        key_id=key.id,
-        trace=scope.trace,
-    )
+    happens, the scope's close() ends it. It goes to the deployment's pool, retried once on another
+    connector or sent to a fallback while nothing went to the client yet (proxy/failover.py)."""
+    call = RoutedCall(scope, settings.UPSTREAM_CALL or TunnelCall, path=path, method=method, payload=payload)
     scope.call = call
     return call
 

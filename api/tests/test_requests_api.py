@@ -24,7 +24,13 @@ def log(org, key, members_key, deployment, other_org, other_key):
     return {
         "ok": request_event(org, key=key, deployment=deployment, minutes_ago=3),
         "failed": request_event(
-            org, key=key, deployment=deployment, minutes_ago=2, status_code=502, error_code="upstream_error"
+            org,
+            key=key,
+            deployment=deployment,
+            minutes_ago=2,
+            status_code=502,
+            error_code="upstream_error",
+            retried=True,
         ),
         "not_found": request_event(
             org, key=members_key, minutes_ago=1, status_code=404, error_code="model_not_found", requested_model="gpt-4o"
@@ -68,7 +74,10 @@ def test_owners_list_the_org_s_requests_newest_first_with_every_field(api_owner,
         "streamed": True,
         "cancelled": False,
         "connector_id": "conn_a1b2c3d4e5f6",
+        "retried": False,
+        "served_by_fallback": False,
     }
+    assert (body["results"][1]["retried"], body["results"][1]["served_by_fallback"]) == (True, False)
     not_found = body["results"][0]
     assert (not_found["model"], not_found["deployment"], not_found["connector_id"]) == ("gpt-4o", None, "")
 

@@ -262,3 +262,23 @@ def test_a_request_that_waited_for_a_slot_says_how_long(as_owner, org, key, depl
     assert "3,100 ms<br><small>queued 2,500 ms</small>" in as_owner.get(URL).text
     detail = as_owner.get(reverse("dashboard:request_detail", args=[waited.request_id])).text
     assert "2,500 ms, in the queue for a free slot" in detail
+
+
+def test_a_retried_request_and_one_a_fallback_served_say_so(as_owner, org, key, deployment):
+    backup = create_deployment(org=org, name="gemma-backup")
+    retried = request_event(org, key=key, deployment=deployment, minutes_ago=2, retried=True)
+    fallback = request_event(
+        org, key=key, deployment=backup, minutes_ago=1, served_by_fallback=True, requested_model=deployment.name
+    )
+    plain = request_event(org, key=key, deployment=deployment, minutes_ago=3)
+
+    response = as_owner.get(URL)
+
+    def row(event) -> str:
+        return response.text.split(f'data-request-id="{event.request_id}"')[1].split("</tr>")[0]
+
+    assert "retried" in row(retried) and "fallback" not in row(retried)
+    assert "fallback: <code>gemma-backup</code>" in row(fallback) and "retried" not in row(fallback)
+    assert "retried" not in row(plain) and "fallback" not in row(plain)
+    detail = as_owner.get(reverse("dashboard:request_detail", args=[fallback.request_id]))
+    assert "Served by fallback" in detail.text and "gemma-backup" in detail.text

@@ -174,7 +174,7 @@ async def _ask_beside(scope: RequestScope, path: str, payload: dict) -> dict | N
     only to a slot free right now, and ended here whatever happens."""
     key = scope.authenticated_key()
     call = (settings.UPSTREAM_CALL or TunnelCall)(
-        deployment_id=scope.resolved_deployment().id,
+        deployment_id=scope.resolved_deployment().pool,
         request_id=scope.request_id + COUNT_SUFFIX,
         method="POST",
         path=path,

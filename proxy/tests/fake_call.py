@@ -16,6 +16,10 @@ with the next script given to `Upstream.answer()`; a script is a sequence of
 - `SILENCE`: the model sends nothing more, however long one waits (also what a call without a
   script does).
 
+A script may name the connector that takes it (`answer(..., connector=...)`). A retry on another
+connector (proxy/failover.py) takes the next script if that one names a connector the retry may go
+to; otherwise it finds no other connector (it is kept in `unrouted`, not in `calls`).
+
 Every `ScriptedCall` records what the surface sent (`path`, `method`, `body` as JSON), how often it
 was cancelled, and whether anything is still reading it. Behaviour at each step follows
 `proxy.tunnel.router.TunnelCall`: a `Failed` before the start raises the same `CallError`, silence
@@ -57,17 +61,28 @@ class Signal:
     event: asyncio.Event
 
 
+class Script(list):
+    """A call's items, and the id of the connector that takes it."""
+
+    def __init__(self, items, connector: str | None) -> None:
+        super().__init__(items)
+        self.connector = connector
+
+
 class Upstream:
     """Stands in for the tunnel: each call the gateway opens answers with the next script."""
 
     def __init__(self) -> None:
         self.scripts: list[list] = []
+        self.unrouted: list[ScriptedCall] = []  # retries no connector could take (none was scripted)
         self.calls: list[ScriptedCall] = []
         self.silent = asyncio.Event()  # set once a call waits on a silent model
         self.cancel_takes = 0.0  # seconds a cancel takes to send (to another process, say)
 
-    def answer(self, *items) -> None:
-        self.scripts.append(list(items))
+    def answer(self, *items, connector: str | None = None) -> None:
+        """The next call's script; `connector`: the id of the connector that takes it (only a
+        script that names one may serve a retry)."""
+        self.scripts.append(Script(items, connector))
 
     def __call__(
         self,
@@ -80,12 +95,33 @@ class Upstream:
         org_id: int,
         key_id: int,
         trace: CallTrace | None = None,
+        affinity: str = "",
+        avoid: frozenset[str] = frozenset(),
     ) -> ScriptedCall:
+        upcoming = self.scripts[0] if self.scripts else None
+        if avoid and not (isinstance(upcoming, Script) and upcoming.connector and upcoming.connector not in avoid):
+            # A retry elsewhere, with no script for it: the scripted model has no other connector.
+            nowhere = ScriptedCall(
+                self,
+                [CallError(503, "connector_offline", "no other connector")],
+                deployment_id=deployment_id,
+                request_id=request_id,
+                method=method,
+                path=path,
+                body=body,
+            )
+            nowhere.affinity, nowhere.avoid = affinity, avoid
+            self.unrouted.append(nowhere)
+            return nowhere
         script = self.scripts.pop(0) if self.scripts else [SILENCE]
+        connector = (script.connector if isinstance(script, Script) else None) or CONNECTOR_ID
         call = ScriptedCall(
             self, script, deployment_id=deployment_id, request_id=request_id, method=method, path=path, body=body
         )
         call.trace = trace
+        call.affinity, call.avoid = affinity, avoid  # what the router was asked for (proxy/failover.py)
+        if call.connector_id:
+            call.connector_id = connector
         self.calls.append(call)
         return call
 
@@ -126,6 +162,8 @@ class ScriptedCall:
         self.queue_wait_ms = 0  # the scripted model always has a free slot
         self.admit_timeout: float | None = None  # what admit() was given, if it was called
         self.trace: CallTrace | None = None  # told of the steps as TunnelCall tells it (tracing on)
+        self.affinity = ""
+        self.avoid: frozenset[str] = frozenset()
 
     async def admit(self, timeout: float, notice: float | None = None) -> int:
         self.admit_timeout = timeout

@@ -8,6 +8,11 @@ into the same inbox. Either way the call hands credit back to the connector as i
 session.py), and a call waiting on another process checks, while nothing arrives, that the
 connector is still alive there. When every live connector is busy, the call waits in the
 deployment's queue (queue.py) until a slot is handed to it.
+
+A call with an `affinity` key (proxy/routing.py) goes to the connector that key ranks first while
+that one is live and has a free slot, so that a conversation's turns reuse one model server's
+cache; otherwise to the least loaded. A call that `avoid`s connectors (the retry of a request that
+one of them failed) never goes to them, and does not wait in line: it is sent at once or not at all.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from redis.exceptions import RedisError
 from lib.redis import redis_enabled, report_outage
 
 from ..calls import CallError, CallTrace, Data, Ended, Failed, Item, Started
+from ..routing import weight
 from . import layer as layer_messages
 from . import lease, presence, queue
 from .inbox import Inbox
@@ -86,8 +92,10 @@ class TunnelCall:
         org_id: int = 0,
         key_id: int = 0,
         trace: CallTrace | None = None,
+        affinity: str = "",
+        avoid: frozenset[str] = frozenset(),
     ):
-        self.deployment_id = deployment_id
+        self.deployment_id = deployment_id  # the pool: the id its connectors announce themselves under
         self.request_id = request_id
         self.method = method
         self.path = path
@@ -112,6 +120,8 @@ class TunnelCall:
         self.queue_deadline = 0.0
         self.queue_wait_ms = 0  # how long it waited for a slot
         self.trace = trace  # the request's trace (proxy/tracing.py), when tracing is on
+        self.affinity = affinity  # the conversation's key: its connector first (proxy/routing.py)
+        self.avoid = avoid  # connector ids this call must not go to
 
     def _count(self, channel: str) -> None:
         self.counted = channel
@@ -138,6 +148,9 @@ class TunnelCall:
                 # one (a helper call beside a generation must not stand in anyone's way).
                 self._finish()
                 raise CallError(503, "queue_timeout", QUEUE_TIMEOUT_MESSAGE)
+            if self.avoid:  # a retry: sent at once elsewhere, or not at all (it would wait behind others)
+                self._finish()
+                raise CallError(503, "overloaded", CONNECTOR_ERRORS["overloaded"][1])
             await self._enqueue(max(0.0, min(settings.QUEUE_MAX_WAIT, timeout)))
         deadline = min(self.queue_deadline, time.monotonic() + timeout)
         return await self._wait_turn(deadline, notice)
@@ -207,13 +220,15 @@ class TunnelCall:
             candidates = [
                 info
                 for info in await presence.live_connectors(self.deployment_id, fresh=attempt > 0)
-                if info.channel not in tried and not info.draining
+                if info.channel not in tried and not info.draining and info.connector_id not in self.avoid
             ]
             free = [info for info in candidates if _admits(info, self.request_id)]
             if not free:
                 busy = busy or bool(candidates)
                 break
-            choice = min(free, key=lambda i: (_load(i) / i.capacity, random.random()))
+            choice = self._preferred(candidates, free) or min(
+                free, key=lambda i: (_load(i) / i.capacity, random.random())
+            )
             outcome = await self._dispatch_to(choice.channel, granted=False)
             if outcome == "sent":
                 return True
@@ -222,6 +237,15 @@ class TunnelCall:
         if busy:
             return False
         raise CallError(503, "connector_offline", OFFLINE_MESSAGE)
+
+    def _preferred(
+        self, candidates: list[presence.ConnectorInfo], free: list[presence.ConnectorInfo]
+    ) -> presence.ConnectorInfo | None:
+        """The conversation's connector, if it has a free slot: the live one its key ranks first."""
+        if not self.affinity or len(candidates) < 2:
+            return None
+        best = max(candidates, key=lambda info: (weight(self.affinity, info.connector_id), info.channel))
+        return best if any(info is best for info in free) else None
 
     async def _dispatch_to(self, channel: str, *, granted: bool) -> str:
         """ "sent", "busy" (no slot for it there) or "gone" (the connector is)."""
