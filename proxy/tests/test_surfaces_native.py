@@ -490,3 +490,28 @@ async def test_a_whole_answer_that_is_not_json_is_a_502(key, passthrough, upstre
 
     assert response.status == 502
     assert response.json()["error"]["code"] == "upstream_error"
+
+
+NAMESPACED = {"type": "namespace", "name": "multi_agent_v1", "tools": [{"type": "function", "name": "wait_agent"}]}
+FUNCTION = {"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize(
+    ("tools", "native"),
+    [
+        ([FUNCTION], True),
+        ([FUNCTION, NAMESPACED], False),  # the model server would drop the namespace's functions
+        ([{"type": "web_search", "external_web_access": False}], False),
+    ],
+    ids=["functions", "namespace", "hosted"],
+)
+async def test_auto_translates_a_response_whose_tools_are_not_all_functions(
+    tools, native, key, deployment, upstream, ledger
+):
+    await connect(deployment, ["chat", "responses"])
+    upstream.answer(*streamed("Hi"))
+
+    response = await send(key, response_request(deployment.name, tools=tools), "/v1/responses")
+
+    assert response.headers["x-tokios-surface"] == ("native" if native else "translated")
+    assert upstream.call.path == ("/responses" if native else "/chat/completions")
