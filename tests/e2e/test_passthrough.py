@@ -325,3 +325,43 @@ def test_gemma_s_count_tokens_is_llama_cpp_s_own(server, gemma, llama_server):
     assert response.status_code == 200
     assert response.headers["x-tokios-surface"] == "native"
     assert response.json() == {"input_tokens": own} and own > 2
+
+
+@GEMMA
+def test_gemma_in_auto_is_passed_through_on_what_the_connector_found_llama_cpp_speaks(server, gemma):
+    # No override: the connector probed llama.cpp when it connected and announced its surfaces.
+    headers = {"x-api-key": gemma.key, "anthropic-version": "2023-06-01"}
+    message = {"model": "gemma-tunnel", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hi"}]}
+    answer = httpx.post(f"{server.url}/v1/messages", headers=headers, json=message, timeout=120)
+    assert answer.status_code == 200 and answer.headers["x-tokios-surface"] == "native"
+    assert answer.json()["type"] == "message"
+    stateful = {"model": "gemma-tunnel", "input": "Say hi", "max_output_tokens": 8}  # store defaults to true
+    answer = httpx.post(
+        f"{server.url}/v1/responses", headers={"authorization": f"Bearer {gemma.key}"}, json=stateful, timeout=120
+    )
+    assert answer.status_code == 200 and answer.headers["x-tokios-surface"] == "translated"
+
+
+@GEMMA
+def test_gemma_translated_message_start_carries_llama_cpp_s_exact_input_count(server, gemma):
+    from deployments.models import Deployment
+
+    Deployment.objects.filter(name="gemma-tunnel").update(surface_mode="translate")
+    # A long prompt: llama.cpp's first token comes after it read the whole prompt, the count beside it
+    # (/apply-template + /tokenize) after two short round trips.
+    prompt = "Read this and say hi. " + " ".join(f"word{n}" for n in range(300))
+    message = {
+        "model": "gemma-tunnel",
+        "max_tokens": 4,
+        "stream": True,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    headers = {"x-api-key": gemma.key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{server.url}/v1/messages", headers=headers, json=message, timeout=120) as answer:
+        assert answer.headers["x-tokios-surface"] == "translated"
+        raw = answer.read().decode()
+    starts = [line[6:] for line in raw.splitlines() if line.startswith("data: ") and '"message_start"' in line]
+    start = json.loads(starts[0])
+    row = usage_row(org_id=gemma.org.pk, timeout=20)
+    assert not row.usage_estimated and row.input_tokens > 300
+    assert start["message"]["usage"]["input_tokens"] == row.input_tokens
