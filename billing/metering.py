@@ -24,14 +24,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
-import orjson
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connection, connections, transaction
@@ -39,62 +36,11 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 
-from .models import (
-    MAX_CONNECTOR_ID_CHARS,
-    MAX_EVENT_COST_MICROS,
-    MAX_EVENT_TOKENS,
-    MAX_REQUESTED_MODEL_CHARS,
-    UsageEvent,
-)
+from . import usage_sql
+from .usage_record import UsageRecord
 from .usage_rows import FLAGGED_ERROR_CODE, brief, figures, flagged_fields, is_unreachable
 
 log = logging.getLogger("tokios.usage")
-
-
-@dataclass(slots=True)
-class UsageRecord:
-    """What one /v1 request used, filled in by the gateway as the request goes."""
-
-    request_id: str
-    surface: str
-    started: float = field(default_factory=time.monotonic)
-    created_at: float = field(default_factory=time.time)
-    org_id: int | None = None
-    key_id: int | None = None
-    deployment_id: int | None = None
-    status_code: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    usage_estimated: bool = False
-    cost_micros: int = 0
-    latency_ms: int = 0
-    ttft_ms: int | None = None
-    streamed: bool = False
-    cancelled: bool = False
-    error_code: str = ""
-    requested_model: str = ""  # the `model` the client sent, whether or not a deployment has it
-    connector_id: str = ""  # the connector that took the call, if one did
-    queue_wait_ms: int = 0  # how long the request waited for a free slot of the model (proxy/tunnel/queue.py)
-    # Sent a second time, to another connector, after the first failed before the response began;
-    # served by one of the deployment's fallbacks (then `deployment_id` is the fallback's).
-    retried: bool = False
-    served_by_fallback: bool = False
-    # The connector's own timing of the model server (from its `end` frame), for metrics and the
-    # access log: what the model took, as against what Tokios added. Not stored in the usage row.
-    upstream_ms: int | None = None
-    upstream_ttfb_ms: int | None = None
-    # When `submit` queued it (time.monotonic()), for `writer_state().oldest_age`: a long stream's
-    # `started` is not when it began to wait for the database. Not stored in the usage row either.
-    submitted: float = 0.0
-
-    def first_token(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = int((time.monotonic() - self.started) * 1000)
-
-    def finish(self, status_code: int | None = None) -> None:
-        if status_code is not None:
-            self.status_code = status_code
-        self.latency_ms = int((time.monotonic() - self.started) * 1000)
 
 
 _queue: list[UsageRecord] = []
@@ -324,7 +270,7 @@ async def _write_postgres(batch: list[UsageRecord]) -> None:
     conn = await _pg_connection()
     try:
         async with asyncio.timeout(WRITE_TIMEOUT):
-            await conn.execute(_json_insert_sql(), [_json_payload(batch)])
+            await conn.execute(usage_sql.json_insert_sql(), [usage_sql.json_payload(batch)])
     except (psycopg.Error, TimeoutError) as exc:
         if is_unreachable(exc):
             conn.pgconn.finish()  # a broken or hung connection is replaced on the next batch
@@ -353,10 +299,10 @@ def write_batch(batch: list[UsageRecord]) -> None:
             # rows by PostgreSQL: one statement, one round trip in autocommit, and a few µs of Python
             # per event instead of ~40 for adapting sixteen arrays element by element.
             with connection.cursor() as cursor:
-                cursor.execute(_json_insert_sql(), [_json_payload(batch)])
+                cursor.execute(usage_sql.json_insert_sql(), [usage_sql.json_payload(batch)])
         else:
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.executemany(_insert_sql(connection), _rows(batch, connection))
+                cursor.executemany(usage_sql.insert_sql(connection), usage_sql.rows(batch, connection))
     except DatabaseError as exc:
         # The writer keeps its connection between batches (no health-check query per batch); a
         # broken one is dropped here so that the retry reconnects.
@@ -366,138 +312,6 @@ def write_batch(batch: list[UsageRecord]) -> None:
     due = _keys_due({r.key_id for r in batch if r.key_id})
     if due:
         _touch_keys(due)
-
-
-_COLUMNS = (
-    "request_id",
-    "created_at",
-    "org_id",
-    "api_key_id",
-    "deployment_id",
-    "surface",
-    "status_code",
-    "input_tokens",
-    "output_tokens",
-    "usage_estimated",
-    "cost_micros",
-    "latency_ms",
-    "ttft_ms",
-    "streamed",
-    "cancelled",
-    "error_code",
-    "requested_model",
-    "connector_id",
-    "queue_wait_ms",
-    "retried",
-    "served_by_fallback",
-)
-
-
-def _insert_sql(connection) -> str:
-    quote = connection.ops.quote_name
-    return (
-        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
-        f"VALUES ({', '.join(['%s'] * len(_COLUMNS))}) ON CONFLICT ({quote('request_id')}) DO NOTHING"
-    )
-
-
-def _json_payload(batch: list[UsageRecord]) -> str:
-    """The batch as a JSON array for `_json_insert_sql` (orjson serialises the records in C)."""
-    try:
-        return orjson.dumps(batch).decode()
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits from a bogus upstream
-        rows = _rows(batch, connection)
-        return orjson.dumps(
-            [{**dict(zip(_COLUMNS, row, strict=True)), "created_at": None, "created": row[1]} for row in rows]
-        ).decode()
-
-
-def _rows(batch: list[UsageRecord], connection) -> list[tuple]:
-    created = _created_at_adapter(connection)  # looked up once: `connection` is a thread-local proxy
-    return [
-        (
-            r.request_id,
-            created(r.created_at),
-            r.org_id,
-            r.key_id,
-            r.deployment_id,
-            r.surface,
-            r.status_code,
-            _int32(r.input_tokens),
-            _int32(r.output_tokens),
-            r.usage_estimated,
-            min(max(0, r.cost_micros), MAX_EVENT_COST_MICROS),
-            _int32(r.latency_ms),
-            None if r.ttft_ms is None else _int32(r.ttft_ms),
-            r.streamed,
-            r.cancelled,
-            r.error_code[:64],
-            r.requested_model[:MAX_REQUESTED_MODEL_CHARS],
-            r.connector_id[:MAX_CONNECTOR_ID_CHARS],
-            _int32(r.queue_wait_ms),
-            r.retried is True,
-            r.served_by_fallback is True,
-        )
-        for r in batch
-    ]
-
-
-def _created_at_adapter(connection):
-    """Epoch seconds -> the created_at column's value. On SQLite with UTC storage that is what
-    Django's adapt_datetimefield_value makes of an aware datetime (the naive UTC time as str), without
-    its per-value timezone work; elsewhere it is Django's adapter itself."""
-    if connection.vendor == "sqlite" and connection.timezone_name == "UTC":
-        return lambda seconds: str(datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None))
-    adapt = connection.ops.adapt_datetimefield_value
-    return lambda seconds: adapt(datetime.fromtimestamp(seconds, tz=UTC))
-
-
-@functools.cache
-def _json_insert_sql() -> str:
-    """PostgreSQL: insert the events of a JSON array, each either a UsageRecord as orjson writes it
-    or a row keyed by column name (the fallback); the same clamps as `_rows` in SQL."""
-    quote = connection.ops.quote_name
-    int32 = "least(greatest(coalesce({}, 0), 0), " + str(MAX_EVENT_TOKENS) + ")"
-    values = {
-        "request_id": "r.request_id",
-        "created_at": "coalesce(to_timestamp(r.created_at), r.created)",
-        "org_id": "r.org_id",
-        "api_key_id": "coalesce(r.key_id, r.api_key_id)",
-        "deployment_id": "r.deployment_id",
-        "surface": "r.surface",
-        "status_code": "r.status_code",
-        "input_tokens": int32.format("r.input_tokens"),
-        "output_tokens": int32.format("r.output_tokens"),
-        "usage_estimated": "coalesce(r.usage_estimated, false)",
-        "cost_micros": f"least(greatest(coalesce(r.cost_micros, 0), 0), {MAX_EVENT_COST_MICROS})",
-        "latency_ms": int32.format("r.latency_ms"),
-        "ttft_ms": f"CASE WHEN r.ttft_ms IS NULL THEN NULL ELSE {int32.format('r.ttft_ms')} END",
-        "streamed": "coalesce(r.streamed, false)",
-        "cancelled": "coalesce(r.cancelled, false)",
-        "error_code": "left(coalesce(r.error_code, ''), 64)",
-        "requested_model": f"left(coalesce(r.requested_model, ''), {MAX_REQUESTED_MODEL_CHARS})",
-        "connector_id": f"left(coalesce(r.connector_id, ''), {MAX_CONNECTOR_ID_CHARS})",
-        "queue_wait_ms": int32.format("r.queue_wait_ms"),
-        "retried": "coalesce(r.retried, false)",
-        "served_by_fallback": "coalesce(r.served_by_fallback, false)",
-    }
-    shape = (
-        "request_id text, created_at float8, created timestamptz, org_id bigint, key_id bigint, "
-        "api_key_id bigint, deployment_id bigint, surface text, status_code int, input_tokens numeric, "
-        "output_tokens numeric, usage_estimated boolean, cost_micros numeric, latency_ms numeric, "
-        "ttft_ms numeric, streamed boolean, cancelled boolean, error_code text, requested_model text, "
-        "connector_id text, queue_wait_ms numeric, retried boolean, served_by_fallback boolean"
-    )
-    return (
-        f"INSERT INTO {quote(UsageEvent._meta.db_table)} ({', '.join(quote(c) for c in _COLUMNS)}) "
-        f"SELECT {', '.join(values[c] for c in _COLUMNS)} FROM json_to_recordset(%s::json) AS r({shape}) "
-        f"ON CONFLICT ({quote('request_id')}) DO NOTHING"
-    )
-
-
-def _int32(value: int) -> int:
-    """Token counts and timings fit the columns: a bogus upstream number must not poison a batch."""
-    return min(max(0, int(value)), MAX_EVENT_TOKENS)
 
 
 @atexit.register
