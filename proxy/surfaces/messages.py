@@ -62,6 +62,9 @@ async def create_message(scope: RequestScope) -> HttpResponseBase:
         chat_body, info = anthropic.validate_and_translate_request(body, upstream_model=upstream_model(scope))
     except TranslationError as exc:
         raise _invalid(exc) from None
+    # Server tools (web_search_*, code_execution_*, …) and schema-less client tools (bash_*, …): the
+    # model is asked without them, and the client told which were left out rather than refused.
+    translated.omit_tools(scope, info.omitted_tools)
     prompt_estimate = anthropic.estimate_tokens(orjson.dumps(chat_body["messages"]).decode())
     await scope.check_limits(prompt_estimate + info.max_tokens)
     inner = anthropic.MessagesStreamTranslator(

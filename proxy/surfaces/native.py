@@ -14,8 +14,8 @@ GET /v1/responses/{id}), and a model server's own ids and storage are not the ga
 other Responses request is translated, whatever the mode: a client following the Responses
 contract (`store` defaults to true) keeps working, and clients that send the whole conversation
 each turn with `store: false` (coding agents) get the model server's own implementation. In
-"auto", a Responses request with tools other than plain functions (Codex's `namespace` and hosted
-tools) is translated too: see `_only_function_tools`.
+"auto", a request with tools other than plain ones (Codex's `namespace` and hosted tools,
+Anthropic server tools) is translated too: see `_only_plain_tools`.
 
 On the native path the request is checked as far as limits and safety need (the model, the
 output bound, the stream flag), its `model` replaced by the deployment's upstream model, and the
@@ -72,7 +72,7 @@ async def _native(scope: RequestScope, surface: str) -> bool:
         case SurfaceMode.PASSTHROUGH:
             return True
         case SurfaceMode.AUTO:
-            if surface == "responses" and not _only_function_tools(scope.body):
+            if not _only_plain_tools(scope.body, surface):
                 return False
             connectors = await presence.live_connectors(deployment.pool)
             return bool(connectors) and all(c.surfaces is not None and surface in c.surfaces for c in connectors)
@@ -83,16 +83,21 @@ def _responses_passable(body: dict) -> bool:
     return body.get("store") is False and body.get("previous_response_id") is None
 
 
-def _only_function_tools(body: dict) -> bool:
-    """Whether every tool is a plain function tool. Model servers' own Responses (llama.cpp, as
-    probed) silently drop other tool types, so the model would never see the functions inside a
-    `namespace` (Codex's multi-agent tools); the translator flattens those for the model and
-    lists the hosted tools it leaves out (x-tokios-omitted-tools). So in "auto" such requests
-    are translated; "passthrough" passes them anyway (the owner's word)."""
+def _only_plain_tools(body: dict, surface: str) -> bool:
+    """Whether every tool is one the model itself is given: a `function` tool on Responses, a
+    custom tool (no `type`, or "custom") on Messages. Model servers' own surfaces (llama.cpp's
+    Responses, as probed) silently drop other tool types, so the model would never see the
+    functions inside a `namespace` (Codex's multi-agent tools); the translators flatten those for
+    the model and list the hosted and server tools they leave out (x-tokios-omitted-tools). So in
+    "auto" such requests are translated; "passthrough" passes them anyway (the owner's word)."""
     tools = body.get("tools")
     if not isinstance(tools, list):
         return True
-    return all(isinstance(tool, dict) and tool.get("type") == "function" for tool in tools)
+    if surface == "responses":
+        return all(isinstance(tool, dict) and tool.get("type") == "function" for tool in tools)
+    if surface in ("messages", "count_tokens"):
+        return all(isinstance(tool, dict) and tool.get("type", "custom") in ("custom", None) for tool in tools)
+    return True
 
 
 # --- request checks ---------------------------------------------------------------------------------

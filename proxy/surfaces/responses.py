@@ -21,19 +21,6 @@ from . import native, translated
 from .chat import DEFAULT_OUTPUT_RESERVATION
 
 MAX_ID_LENGTH = 64  # the stored id's column; a longer id, or one with a NUL, cannot be ours
-OMITTED_TOOLS_HEADER = "x-tokios-omitted-tools"
-MAX_OMITTED_TOOLS_HEADER = 256  # characters: whole names only, the rest left out
-
-
-def omitted_tools_header(types: tuple[str, ...]) -> str:
-    """The hosted tool types the model could not run, comma-separated, at most 256 characters."""
-    shown = ""
-    for kind in types:
-        joined = f"{shown},{kind}" if shown else kind
-        if len(joined) > MAX_OMITTED_TOOLS_HEADER:
-            break
-        shown = joined
-    return shown
 
 
 def _could_be_stored(response_id: str) -> bool:
@@ -118,10 +105,9 @@ async def create_response(scope: RequestScope) -> HttpResponseBase:
         )
     except TranslationError as exc:
         raise GatewayError(400, exc.message, param=exc.param, code="invalid_value") from None
-    if info.omitted_tools:
-        # Hosted tools (web_search, file_search, …) need a server that runs them: the model is asked
-        # without them, and the client told which were left out rather than refused.
-        scope.headers[OMITTED_TOOLS_HEADER] = omitted_tools_header(info.omitted_tools)
+    # Hosted tools (web_search, file_search, …) need a server that runs them: the model is asked
+    # without them, and the client told which were left out rather than refused.
+    translated.omit_tools(scope, info.omitted_tools)
     prompt_estimate = estimate_tokens(orjson.dumps(chat_body["messages"]).decode())
     await scope.check_limits(prompt_estimate + (info.max_output_tokens or DEFAULT_OUTPUT_RESERVATION))
     inner = responses.ResponsesStreamTranslator(

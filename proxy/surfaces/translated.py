@@ -17,6 +17,23 @@ from ..gateway import RequestScope
 from ..stream import EventTranslator, relay, stream_response
 from ..upstream import open_call, read_body, upstream_error
 
+OMITTED_TOOLS_HEADER = "x-tokios-omitted-tools"
+MAX_OMITTED_TOOLS_HEADER = 256  # characters: whole names only, the rest left out
+
+
+def omit_tools(scope: RequestScope, types: tuple[str, ...]) -> None:
+    """Name the tool types the model was asked without (hosted and server tools, tools without a schema)
+    in the response's `x-tokios-omitted-tools` header: comma-separated, at most 256 characters, whole
+    names only; no header when there are none."""
+    shown = ""
+    for kind in types:
+        joined = f"{shown},{kind}" if shown else kind
+        if len(joined) > MAX_OMITTED_TOOLS_HEADER:
+            break
+        shown = joined
+    if shown:
+        scope.headers[OMITTED_TOOLS_HEADER] = shown
+
 
 async def run(
     scope: RequestScope, chat_body: dict, translator: EventTranslator, *, stream: bool, final: Callable[[], dict]

@@ -1,5 +1,6 @@
 """Coding agents with their default settings, in process against a scripted model: Codex's namespace
-and hosted tools on /v1/responses, Claude Code's mid-conversation system messages on /v1/messages, and
+and hosted tools on /v1/responses, Claude Code's mid-conversation system messages on /v1/messages, the
+server tools and hosted tools' history items left out of what the model sees, and
 `x-should-retry: false` on every 4xx that will not change on retry, on all three surfaces."""
 
 from __future__ import annotations
@@ -124,6 +125,118 @@ async def test_claude_code_s_mid_conversation_system_message_is_merged_into_the_
     assert upstream.call.body["messages"] == [
         {"role": "system", "content": "You are Claude Code.\n\n<system-reminder>new tools</system-reminder>"},
         {"role": "user", "content": "hi"},
+    ]
+
+
+# --- tools the model cannot run on /v1/messages, and hosted tools' items on /v1/responses ------------
+
+LEFT_OUT = [
+    {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+    {"type": "bash_20250124", "name": "bash"},
+    {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+]
+
+
+def claude_code(model: str, *, stream: bool, **changes) -> dict:
+    body = {
+        "model": model,
+        "max_tokens": 1024,
+        "stream": stream,
+        "messages": [
+            {"role": "user", "content": "news?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+                    {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+                    {"type": "text", "text": "Nothing new."},
+                ],
+            },
+            {"role": "user", "content": "list files"},
+        ],
+        "tools": [LEFT_OUT[0], {"name": "Bash", "input_schema": OBJ}, *LEFT_OUT[1:]],
+    }
+    body.update(changes)
+    return body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_server_tools_on_messages_are_left_out_and_named_in_a_header(key, deployment, upstream, ledger, stream):
+    upstream.answer(*streamed("Hi"))
+
+    response = await call_v1(
+        "POST", "/v1/messages", claude_code(deployment.name, stream=stream), secret=key.secret, headers=ANTHROPIC
+    )
+
+    assert response.status == 200
+    assert response.headers["x-tokios-omitted-tools"] == "web_search_20250305,bash_20250124,text_editor_20250728"
+    sent = upstream.call.body
+    assert [t["function"]["name"] for t in sent["tools"]] == ["Bash"]
+    assert sent["messages"] == [
+        {"role": "user", "content": "news?"},
+        {"role": "assistant", "content": "Nothing new."},
+        {"role": "user", "content": "list files"},
+    ]
+    ledger.only(surface="messages", status_code=200)
+
+
+async def test_messages_without_server_tools_have_no_omitted_tools_header(key, deployment, upstream, ledger):
+    upstream.answer(*streamed("Hi"))
+    body = claude_code(deployment.name, stream=False, tools=[{"name": "Bash", "input_schema": OBJ}])
+
+    response = await call_v1("POST", "/v1/messages", body, secret=key.secret, headers=ANTHROPIC)
+
+    assert response.status == 200 and "x-tokios-omitted-tools" not in response.headers
+
+
+async def test_the_omitted_tools_header_holds_whole_names_within_256_characters(key, deployment, upstream, ledger):
+    upstream.answer(*streamed("Hi"))
+    long_types = [{"type": f"server_tool_{i}_" + "x" * 60, "name": f"t{i}"} for i in range(6)]
+    body = claude_code(deployment.name, stream=False, tools=long_types)
+
+    response = await call_v1("POST", "/v1/messages", body, secret=key.secret, headers=ANTHROPIC)
+
+    shown = response.headers["x-tokios-omitted-tools"]
+    assert len(shown) <= 256
+    assert shown.split(",") == [t["type"][:64] for t in long_types[: len(shown.split(","))]]
+    assert len(shown.split(",")) == 3  # a fourth 64-character name would pass 256
+
+
+async def test_choosing_a_left_out_tool_on_messages_is_a_400_before_the_model_is_called(
+    key, deployment, upstream, ledger
+):
+    body = claude_code(deployment.name, stream=True, tool_choice={"type": "tool", "name": "web_search"})
+
+    response = await call_v1("POST", "/v1/messages", body, secret=key.secret, headers=ANTHROPIC)
+
+    assert response.status == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "left out" in error["message"]
+    assert upstream.calls == []
+
+
+async def test_a_responses_conversation_that_used_hosted_tools_goes_on_without_them(key, deployment, upstream, ledger):
+    searched = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "find it"}]},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "q"}},
+        {"type": "computer_call", "id": "cu_1", "call_id": "cc_1", "action": {"type": "click"}, "status": "completed"},
+        {"type": "computer_call_output", "call_id": "cc_1", "output": {"type": "computer_screenshot"}},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Found it."}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and now?"}]},
+    ]
+    upstream.answer(*streamed("Here."))
+    first = await call_v1("POST", "/v1/responses", {"model": deployment.name, "input": searched}, secret=key.secret)
+    upstream.answer(*streamed("Done."))
+    follow = {"model": deployment.name, "input": "thanks", "previous_response_id": first.json()["id"]}
+    second = await call_v1("POST", "/v1/responses", follow, secret=key.secret)
+
+    assert (first.status, second.status) == (200, 200)
+    assert [(m["role"], m["content"]) for m in upstream.calls[1].body["messages"]] == [
+        ("user", "find it"),
+        ("assistant", "Found it."),
+        ("user", "and now?"),
+        ("assistant", "Here."),
+        ("user", "thanks"),
     ]
 
 

@@ -515,3 +515,22 @@ async def test_auto_translates_a_response_whose_tools_are_not_all_functions(
 
     assert response.headers["x-tokios-surface"] == ("native" if native else "translated")
     assert upstream.call.path == ("/responses" if native else "/chat/completions")
+
+
+@pytest.mark.parametrize(
+    ("tools", "native"),
+    [
+        ([{"name": "Read", "input_schema": {"type": "object"}}], True),
+        ([{"type": "custom", "name": "Read", "input_schema": {"type": "object"}}], True),
+        ([{"type": "web_search_20250305", "name": "web_search"}], False),  # a server tool: left out when translated
+    ],
+    ids=["untyped", "custom", "server-tool"],
+)
+async def test_auto_translates_a_message_with_server_tools(tools, native, key, deployment, upstream, ledger):
+    await connect(deployment, ["chat", "messages"])
+    upstream.answer(*streamed("Hi"))
+
+    response = await send(key, message(deployment.name, tools=tools))
+
+    assert response.headers["x-tokios-surface"] == ("native" if native else "translated")
+    assert upstream.call.path == ("/messages" if native else "/chat/completions")

@@ -203,3 +203,14 @@ def lead_with_one_system_message(messages: list[dict]) -> list[dict]:
     if not texts:
         return rest
     return [{"role": "system", "content": "\n\n".join(texts)}, *rest]
+
+
+_OMITTED_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def omitted_tool_type(kind: Any) -> str:
+    """A tool type the model cannot run, as the omitted-tools header may carry it: at most 64
+    characters, lower case, only `a-z 0-9 _ - .` (never a separator or a line break)."""
+    text = kind.lower()[:64] if isinstance(kind, str) else ""
+    text = "".join(c for c in text if c in _OMITTED_TYPE_CHARS)
+    return text or "unknown"

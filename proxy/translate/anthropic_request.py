@@ -1,5 +1,19 @@
 """Anthropic Messages request side: validate like Anthropic does and build the upstream
 Chat Completions body (wire-formats §3.2, §6.1); ``count_tokens`` prompt rendering (§3.7).
+
+Only custom tools (no `type`, or `"type": "custom"`, with an `input_schema`) reach the model. A tool
+with any other `type` is left out of what the model sees and named in ``omitted_tools`` (the
+surface's `x-tokios-omitted-tools` header), as /v1/responses does with hosted tools:
+- server tools (`web_search_*`, `web_fetch_*`, `code_execution_*`, `tool_search_tool_*`, …) need
+  Anthropic's servers to run them;
+- Anthropic's schema-less client tools (`bash_*`, `text_editor_*`, `computer_*`, `memory_*`) are run
+  by the client, but their input schema is built into Claude models and never sent: a model behind
+  Chat Completions cannot know how to call them, so showing it a bare name would only invite
+  malformed calls. Clients that want a model to edit files or run commands define custom tools
+  (Claude Code does by default).
+A `tool_choice` naming a left-out tool is a 400, as naming a tool not in `tools` is. Server tool
+blocks in the history (`server_tool_use`, `web_search_tool_result`, `mcp_tool_use`, …) are dropped
+the same way, so a conversation that used them elsewhere goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from ._common import (
     check_str,
     is_int,
     lead_with_one_system_message,
+    omitted_tool_type,
 )
 from .errors import TranslationError
 
@@ -30,6 +45,9 @@ __all__ = [
 
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+# Blocks of server tools in an assistant turn (module docstring): the call and its result, dropped
+# together; every `*_tool_result` type but the client's own `tool_result` is one of them.
+_SERVER_TOOL_BLOCKS = frozenset({"server_tool_use", "mcp_tool_use", "mcp_tool_result", "container_upload"})
 _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 # The gateway matches stop sequences on the streamed text itself (holding back any tail that may
 # grow into one), so their number and length are what that costs per token, kept small.
@@ -47,6 +65,8 @@ class MessagesRequestInfo:
     tool_names: tuple[str, ...] = ()
     thinking: bool = False
     user_id: str | None = None
+    # types of the tools left out of what the model sees (module docstring), each once, in order
+    omitted_tools: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -74,7 +94,8 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
     if max_tokens > MAX_INT32:
         raise TranslationError(f"max_tokens: Input should be less than or equal to {MAX_INT32}", "max_tokens")
 
-    messages, tools, tool_choice, parallel = _conversation(body)
+    messages, tool_set, tool_choice, parallel = _conversation(body)
+    tools = tool_set.chat
 
     stop_sequences = body.get("stop_sequences")
     stops: tuple[str, ...] = ()
@@ -146,6 +167,7 @@ def validate_and_translate_request(body: dict, *, upstream_model: str | None) ->
         tool_names=tuple(t["function"]["name"] for t in tools),
         thinking=thinking,
         user_id=user_id,
+        omitted_tools=tool_set.omitted,
     )
     return chat, info
 
@@ -177,7 +199,14 @@ def _output_effort(value: Any) -> str | None:
     return check_str(value, "effort", "output_config.effort")
 
 
-def _conversation(body: dict) -> tuple[list[dict], list[dict], Any, bool | None]:
+@dataclass(slots=True)
+class _Tools:
+    chat: list[dict]  # the custom tools, as Chat Completions tools
+    omitted: tuple[str, ...] = ()  # the left-out tools' types, for the header
+    omitted_names: frozenset[str] = frozenset()  # and their names, for tool_choice
+
+
+def _conversation(body: dict) -> tuple[list[dict], _Tools, Any, bool | None]:
     """Messages, tools and tool_choice shared by /v1/messages and count_tokens."""
     messages = body.get("messages")
     if messages is None:
@@ -391,7 +420,7 @@ def _assistant_blocks(blocks: list, path: str, out: list[dict]) -> None:
                     "function": {"name": name, "arguments": json.dumps(tool_input, ensure_ascii=False)},
                 }
             )
-        elif kind in _DROPPED_BLOCKS:
+        elif kind in _DROPPED_BLOCKS or _is_server_tool_block(kind):
             continue
         elif kind in ("tool_result", "image"):
             raise TranslationError(f"{bpath}.type: {kind} blocks are only allowed in user messages", f"{bpath}.type")
@@ -405,23 +434,32 @@ def _assistant_blocks(blocks: list, path: str, out: list[dict]) -> None:
     out.append(msg)
 
 
-def _tools(tools: Any) -> list[dict]:
+def _is_server_tool_block(kind: str) -> bool:
+    return kind in _SERVER_TOOL_BLOCKS or (kind.endswith("_tool_result") and kind != "tool_result")
+
+
+def _tools(tools: Any) -> _Tools:
+    """The custom tools for the model; any other `type` is left out and named (module docstring)."""
     if tools is None:
-        return []
+        return _Tools([])
     if not isinstance(tools, list):
         raise TranslationError("tools: Input should be a valid list", "tools")
     out = []
     seen: set[str] = set()
+    omitted: dict[str, None] = {}
+    omitted_names: set[str] = set()
     for i, tool in enumerate(tools):
         path = f"tools.{i}"
         if not isinstance(tool, dict):
             raise TranslationError(f"{path}: Input should be a valid dictionary", path)
         kind = tool.get("type")
+        if not isinstance(kind, str | None):
+            raise TranslationError(f"{path}.type: Input should be a valid string", f"{path}.type")
         if kind not in (None, "custom"):
-            raise TranslationError(
-                f"{path}.type: server tool '{kind}' is not supported by this gateway; define it as a custom tool",
-                f"{path}.type",
-            )
+            omitted[omitted_tool_type(kind)] = None
+            if isinstance(tool.get("name"), str):
+                omitted_names.add(tool["name"])
+            continue
         name = check_str(tool, "name", f"{path}.name", required=True)
         if name in seen:
             raise TranslationError(f"{path}.name: tool names must be unique, '{name}' is repeated", f"{path}.name")
@@ -437,10 +475,11 @@ def _tools(tools: Any) -> list[dict]:
             fn["description"] = description
         fn["parameters"] = schema
         out.append({"type": "function", "function": fn})
-    return out
+    return _Tools(out, tuple(omitted), frozenset(omitted_names - seen))
 
 
-def _tool_choice(choice: Any, tools: list[dict]) -> tuple[Any, bool | None]:
+def _tool_choice(choice: Any, tool_set: _Tools) -> tuple[Any, bool | None]:
+    tools = tool_set.chat
     if choice is None:
         return None, None
     if not isinstance(choice, dict):
@@ -452,10 +491,17 @@ def _tool_choice(choice: Any, tools: list[dict]) -> tuple[Any, bool | None]:
         raise TranslationError("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'", "tool_choice.type")
     if kind in _TOOL_CHOICE:
         if kind == "any" and not tools:
-            raise TranslationError("tool_choice.type: 'any' requires at least one tool in tools", "tool_choice.type")
+            left_out = " the model can call (tools with a type are left out)" if tool_set.omitted else " in tools"
+            raise TranslationError(f"tool_choice.type: 'any' requires at least one tool{left_out}", "tool_choice.type")
         return _TOOL_CHOICE[kind], parallel
     if kind == "tool":
         name = check_str(choice, "name", "tool_choice.name", required=True)
+        if name in tool_set.omitted_names:
+            raise TranslationError(
+                f"tool_choice.name: tool '{name}' is not a custom tool and is left out of what the model sees "
+                "(x-tokios-omitted-tools), so the model cannot call it",
+                "tool_choice.name",
+            )
         if not any(t["function"]["name"] == name for t in tools):
             raise TranslationError(f"tool_choice.name: no tool named '{name}' in tools", "tool_choice.name")
         return {"type": "function", "function": {"name": name}}, parallel
@@ -477,7 +523,8 @@ def count_tokens_prompt(body: dict) -> tuple[list[dict], str]:
     if not isinstance(body, dict):
         raise TranslationError("Request body must be a JSON object.")
     check_str(body, "model", required=True)
-    messages, tools, _choice, _parallel = _conversation(body)
+    messages, tool_set, _choice, _parallel = _conversation(body)
+    tools = tool_set.chat
     _thinking(body.get("thinking"))
     pieces: list[str] = []
     for tool in tools:
@@ -497,7 +544,7 @@ def count_tokens_prompt(body: dict) -> tuple[list[dict], str]:
 
 def count_tokens_tools(body: dict) -> list[dict]:
     """The request's tools as Chat Completions tools, for a tokenizer's chat template."""
-    return _tools(body.get("tools"))
+    return _tools(body.get("tools")).chat
 
 
 def estimate_tokens(text: str) -> int:

@@ -1,6 +1,16 @@
 """OpenAI Responses request side: validate the body and its input items, prepend the
 stored ``previous_response_id`` chain, build the upstream Chat Completions body
 (wire-formats §2.1, §2.2, §6.4).
+
+Only `function` tools (and the functions inside a `namespace`) reach the model. Every other tool type
+is a hosted tool a server runs (`web_search`, `file_search`, `code_interpreter`, `mcp`, …) or one the
+model cannot be described to (`custom`, `local_shell`, `computer_use_preview`): it is left out of what
+the model sees and named in ``omitted_tools`` (the surface's `x-tokios-omitted-tools` header). Their
+items in the input or the stored history (`web_search_call`, `computer_call` and its
+`computer_call_output`, `mcp_call`, `custom_tool_call` and its output, … : ``HOSTED_TOOL_ITEMS``) are
+accepted and stored but not sent to the model, so a conversation that used them on another server
+goes on; a call and its output are both left out, so no answer is left without its call.
+`item_reference` stays a 400: it needs items this gateway did not store.
 """
 
 from __future__ import annotations
@@ -15,10 +25,17 @@ from ._common import (
     check_number,
     check_str,
     lead_with_one_system_message,
+    omitted_tool_type,
 )
 from .errors import TranslationError
 
-__all__ = ["NAMESPACE_SEPARATOR", "ResponsesRequestInfo", "model_tool_name", "validate_and_translate_request"]
+__all__ = [
+    "HOSTED_TOOL_ITEMS",
+    "NAMESPACE_SEPARATOR",
+    "ResponsesRequestInfo",
+    "model_tool_name",
+    "validate_and_translate_request",
+]
 
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -29,7 +46,30 @@ _METADATA_MAX_KEYS, _METADATA_MAX_KEY, _METADATA_MAX_VALUE = 16, 64, 512
 # function or one of another namespace; the client's calls come back as `name` + `namespace`.
 NAMESPACE_SEPARATOR = "__"
 _MAX_TOOLS = 512
-_OMITTED_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+# Input items of tools a server runs, or of tool types the model is not shown (module docstring):
+# accepted, stored and echoed like any item, never sent to the model.
+HOSTED_TOOL_ITEMS = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "computer_call",
+        "computer_call_output",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "custom_tool_call",
+        "custom_tool_call_output",
+    }
+)
 
 
 def model_tool_name(namespace: str | None, name: str) -> str:
@@ -251,7 +291,7 @@ def _normalise_items(items: list, label: str) -> list[dict]:
                 raise TranslationError(
                     f"{path}.output: Input should be a string or a list of content parts", f"{path}.output"
                 )
-        elif kind == "reasoning":
+        elif kind == "reasoning" or kind in HOSTED_TOOL_ITEMS:
             pass  # accepted and stored, never sent upstream
         elif kind == "item_reference":
             raise TranslationError(
@@ -365,7 +405,8 @@ def _items_to_chat(items: list[dict], label: str, messages: list[dict]) -> None:
                         texts.append(part["text"])
                 output = "\n\n".join(texts)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
-        # reasoning items: dropped (no upstream field to carry them back)
+        # reasoning items: dropped (no upstream field to carry them back); hosted tools' items:
+        # dropped (the model has none of those tools; a call and its output both go)
     flush_images()
 
 
@@ -426,21 +467,14 @@ def _tools(value: Any) -> tuple[list[dict], list[dict], dict[str, tuple[str, str
                 if not isinstance(member, dict):
                     raise TranslationError(f"{mpath}: Input should be a valid dictionary", mpath)
                 if member.get("type") != "function":
-                    omitted[_omitted_name(member.get("type"))] = None
+                    omitted[omitted_tool_type(member.get("type"))] = None
                     continue
                 fn_tool = _function_tool(member, mpath, space, names, space_description)
                 namespaced[fn_tool["function"]["name"]] = (space, member["name"])  # type: ignore[assignment]
                 chat.append(fn_tool)
         else:
-            omitted[_omitted_name(kind)] = None
+            omitted[omitted_tool_type(kind)] = None
     return value, chat, namespaced, tuple(omitted)
-
-
-def _omitted_name(kind: Any) -> str:
-    """A tool type as the omitted-tools header may carry it: short, lower case, no separators."""
-    text = kind.lower()[:64] if isinstance(kind, str) else ""
-    text = "".join(c for c in text if c in _OMITTED_TYPE_CHARS)
-    return text or "unknown"
 
 
 def _function_tool(

@@ -80,7 +80,7 @@ INVALID = [
     ({"stream": "yes"}, "stream"),
     ({"tools": [{"name": "x"}]}, "tools.0.input_schema"),
     ({"tools": [{"input_schema": {}}]}, "tools.0.name"),
-    ({"tools": [TOOL, {"type": "web_search_20250305", "name": "web_search"}]}, "tools.1.type"),
+    ({"tools": [TOOL, {"type": 7, "name": "web_search"}]}, "tools.1.type"),
     ({"tools": [TOOL, TOOL]}, "tools.1.name"),
     ({"tools": [TOOL], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
     ({"tools": [TOOL], "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice.name"),

@@ -47,7 +47,7 @@ INVALID = [
     ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]}, "input[0].arguments"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
-    ({"input": [{"type": "web_search_call", "id": "ws"}]}, "input[0].type"),
+    ({"input": [{"type": "compaction_summary", "id": "cs"}]}, "input[0].type"),
     ({"instructions": 3}, "instructions"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"max_output_tokens": 1.5}, "max_output_tokens"),
