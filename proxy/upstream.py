@@ -142,6 +142,23 @@ async def read_body(scope: RequestScope, call: UpstreamCall, limit: int | None =
                 )
 
 
+async def ask_json(scope: RequestScope, path: str, payload: dict, limit: int) -> dict | None:
+    """A helper call's answer (a rendered prompt, a token list, a count) as a JSON object, or None:
+    the call failed, the status was not 200, or the body is not a JSON object of at most `limit` bytes."""
+    try:
+        call, status = await open_call(scope, path, payload)
+        raw = await read_body(scope, call, limit)
+    except GatewayError:
+        return None
+    if status != 200:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def response_too_large(limit: int) -> GatewayError:
     return GatewayError(
         502,

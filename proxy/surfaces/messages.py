@@ -27,7 +27,7 @@ from ..translate import anthropic
 from ..translate.errors import TranslationError
 from ..tunnel import presence
 from ..tunnel.router import TunnelCall
-from ..upstream import open_call, read_body, upstream_model
+from ..upstream import ask_json, read_body, upstream_model
 from . import native, translated
 
 log = logging.getLogger("tokios.gateway")
@@ -110,18 +110,7 @@ async def count_tokens(scope: RequestScope) -> HttpResponse:
 
 
 async def _ask(scope: RequestScope, path: str, payload: dict) -> dict | None:
-    try:
-        call, status = await open_call(scope, path, payload)
-        raw = await read_body(scope, call, HELPER_RESPONSE_LIMIT)
-    except GatewayError:
-        return None
-    if status != 200:
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    return await ask_json(scope, path, payload, HELPER_RESPONSE_LIMIT)
 
 
 async def _tokenize(

@@ -43,7 +43,7 @@ from ..translate import log_odd_usage
 from ..translate.anthropic import estimate_tokens
 from ..translate.sse import DONE, SSEParser, encode_event
 from ..tunnel import presence
-from ..upstream import open_call, read_body, upstream_error, upstream_model
+from ..upstream import ask_json, open_call, read_body, upstream_error, upstream_model
 
 SURFACE_HEADER = "x-tokios-surface"
 MAX_TOKENS_BOUND = 2**31 - 1  # as the translators bound max_tokens / max_output_tokens
@@ -188,17 +188,7 @@ async def count_tokens(scope: RequestScope) -> int | None:
 
 
 async def _count_tokens(scope: RequestScope) -> int | None:
-    try:
-        call, status = await open_call(scope, "/messages/count_tokens", _upstream_payload(scope))
-        raw = await read_body(scope, call, COUNT_RESPONSE_LIMIT)
-    except GatewayError:
-        return None
-    if status != 200:
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    data = await ask_json(scope, "/messages/count_tokens", _upstream_payload(scope), COUNT_RESPONSE_LIMIT)
     odd: list[str] = []
     counted = _count(data, "input_tokens", odd)
     if odd:
